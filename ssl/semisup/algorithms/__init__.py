@@ -1,0 +1,28 @@
+"""Algorithm registry: each algorithm is a short module registered by name."""
+from __future__ import annotations
+
+from .base import Algorithm, StepBatch, StepOutput
+
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register(cls: type[Algorithm]) -> type[Algorithm]:
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no `name`")
+    ALGORITHMS[cls.name] = cls
+    return cls
+
+
+def build_algorithm(name: str, params: dict, *, num_classes: int, num_unlabeled: int,
+                    total_steps: int) -> Algorithm:
+    """Instantiate a registered algorithm with its hyperparameters from the config."""
+    if name not in ALGORITHMS:
+        raise KeyError(f"unknown algorithm {name!r}; registered: {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name](num_classes=num_classes, num_unlabeled=num_unlabeled,
+                            total_steps=total_steps, **params)
+
+
+# Importing the modules registers them.
+from . import supervised, fixmatch  # noqa: E402,F401
+
+__all__ = ["ALGORITHMS", "Algorithm", "StepBatch", "StepOutput", "build_algorithm", "register"]

@@ -1,0 +1,5 @@
+"""Datasets (registered by name), labeled splits and batched augmentation."""
+from .registry import DATASETS, DatasetError, DatasetSpec, ImageData, get_dataset, register_dataset
+from . import digits  # noqa: F401  (registers)
+
+__all__ = ["DATASETS", "DatasetError", "DatasetSpec", "ImageData", "get_dataset", "register_dataset"]
