@@ -10,9 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-
-class DatasetError(RuntimeError):
-    """A dataset could not be downloaded or read; the message says which files and what to do."""
+from ..errors import DatasetError
 
 
 @dataclass

@@ -1,0 +1,148 @@
+# ssl-repro: download -> split -> train -> evaluate -> tables, figures.
+# `snakemake --cores all` runs the study in params.yaml; `--configfile configs/<study>.yaml`
+# merges another study on top of it. Every rule is a thin call of a `pipeline` module.
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from pipeline.config import load_study
+from pipeline.errors import USER_ERRORS, report as report_error
+
+configfile: Path(workflow.basedir) / "params.yaml"
+
+try:
+    STUDY = load_study(config)
+except USER_ERRORS as error:
+    report_error(error)
+    sys.exit(2)
+
+PY = shlex.quote(sys.executable)
+RESULTS = STUDY.results_dir
+REPORTS = STUDY.reports_dir
+DATASET = STUDY.dataset
+N_LABELS = STUDY.config["study"]["n_labels"]
+SEEDS = STUDY.config["study"]["seeds"]
+ALGORITHMS = STUDY.config["study"]["algorithms"]
+RUN = RESULTS + "/{dataset}-{n_labels}/{algorithm}/seed{seed}"
+
+wildcard_constraints:
+    dataset="[a-z0-9_]+",
+    n_labels=r"\d+",
+    algorithm="[a-z0-9_]+",
+    seed=r"\d+",
+
+
+def run_config(wildcards):
+    return STUDY.run_config(wildcards.dataset, int(wildcards.n_labels), wildcards.algorithm,
+                            int(wildcards.seed))
+
+
+onstart:
+    shell(f"{PY} -m pipeline.tracking init --experiment {shlex.quote(STUDY.name)}")
+
+
+rule all:
+    input:
+        f"{REPORTS}/tables/main.tex",
+        f"{REPORTS}/metrics.json",
+        f"{REPORTS}/figures/error_curves.pdf",
+
+
+rule download:
+    output:
+        manifest="data/raw/{dataset}/manifest.json",
+    params:
+        options=lambda w: json.dumps(STUDY.dataset_options(w.dataset), sort_keys=True),
+    log:
+        "logs/download/{dataset}.log",
+    shell:
+        "{PY} -m pipeline.download --dataset {wildcards.dataset} --options {params.options:q}"
+        " --manifest {output.manifest} > {log} 2>&1"
+
+
+rule split:
+    input:
+        manifest="data/raw/{dataset}/manifest.json",
+    output:
+        split="data/splits/{dataset}/{n_labels}/seed{seed}.json",
+    log:
+        "logs/split/{dataset}-{n_labels}-seed{seed}.log",
+    shell:
+        "{PY} -m pipeline.split --manifest {input.manifest} --n-labels {wildcards.n_labels}"
+        " --seed {wildcards.seed} --out {output.split} > {log} 2>&1"
+
+
+rule train:
+    input:
+        manifest="data/raw/{dataset}/manifest.json",
+        split="data/splits/{dataset}/{n_labels}/seed{seed}.json",
+    output:
+        metrics=RUN + "/metrics.json",
+        run=RUN + "/run.json",
+        evaluations=RUN + "/evaluations.csv",
+        stats=RUN + "/train_stats.csv",
+    params:
+        run_config=lambda w: json.dumps(run_config(w), sort_keys=True),
+        # Checkpoints live outside the declared outputs, so a killed job keeps them; the config
+        # hash in the path makes a changed config start afresh instead of resuming a stale run.
+        checkpoints=lambda w: f"checkpoints/{STUDY.name}/{w.dataset}-{w.n_labels}/"
+        f"{w.algorithm}/seed{w.seed}/{run_config(w)['config_hash'][:16]}",
+    threads: STUDY.config["train"]["threads"]
+    resources:
+        gpu=lambda w: 1 if STUDY.config["train"]["device"] != "cpu" else 0,
+    log:
+        f"logs/{STUDY.name}/train/{{dataset}}-{{n_labels}}-{{algorithm}}-seed{{seed}}.log",
+    benchmark:
+        f"logs/{STUDY.name}/benchmarks/train/{{dataset}}-{{n_labels}}-{{algorithm}}-seed{{seed}}.tsv"
+    shell:
+        "{PY} -m pipeline.train --run-config {params.run_config:q} --manifest {input.manifest}"
+        " --split {input.split} --out $(dirname {output.metrics})"
+        " --checkpoint-dir {params.checkpoints} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        metrics=expand(RUN + "/metrics.json", seed=SEEDS, allow_missing=True),
+        runs=expand(RUN + "/run.json", seed=SEEDS, allow_missing=True),
+    output:
+        summary=RESULTS + "/{dataset}-{n_labels}/{algorithm}/summary.json",
+    log:
+        f"logs/{STUDY.name}/evaluate/{{dataset}}-{{n_labels}}-{{algorithm}}.log",
+    shell:
+        "{PY} -m pipeline.evaluate --metrics {input.metrics} --out {output.summary} > {log} 2>&1"
+
+
+SUMMARIES = expand(RESULTS + "/{dataset}-{n_labels}/{algorithm}/summary.json",
+                   dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS)
+
+rule tables:
+    input:
+        summaries=SUMMARIES,
+    output:
+        table=f"{REPORTS}/tables/main.tex",
+        metrics=f"{REPORTS}/metrics.json",
+    params:
+        selection=STUDY.config["reports"]["selection"],
+        model=STUDY.config["reports"]["model"],
+    log:
+        f"logs/{STUDY.name}/tables.log",
+    shell:
+        "{PY} -m pipeline.tables --summaries {input.summaries} --selection {params.selection}"
+        " --model {params.model} --table {output.table} --metrics {output.metrics} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        evaluations=expand(RUN + "/evaluations.csv", dataset=DATASET, n_labels=N_LABELS,
+                           algorithm=ALGORITHMS, seed=SEEDS),
+    output:
+        pdf=f"{REPORTS}/figures/error_curves.pdf",
+        png=f"{REPORTS}/figures/error_curves.png",
+    params:
+        model=STUDY.config["reports"]["model"],
+    log:
+        f"logs/{STUDY.name}/figures.log",
+    shell:
+        "{PY} -m pipeline.figures --evaluations {input.evaluations} --model {params.model}"
+        " --out {REPORTS}/figures > {log} 2>&1"

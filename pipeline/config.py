@@ -1,0 +1,198 @@
+"""Load and validate the study parameters (params.yaml + --configfile overrides).
+
+Kept free of torch so that the Snakefile can validate in a fraction of a second. The registries'
+names are listed in the schema (enums); tests check that they match the code's registries.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from .errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+
+# Classes per dataset, for checking label budgets before any job starts (image_folder: unknown
+# until its folder is read; the split step checks it then).
+NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "stl10": 10}
+
+
+class ConfigError(UserError):
+    pass
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Nested dicts merge key by key; any other value (lists included) is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_params(*paths: str | Path) -> dict:
+    """Read params files in order, each merged on top of the previous one."""
+    config: dict = {}
+    for path in paths:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as error:
+            raise ConfigError(f"the config file {path} does not exist") from error
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        config = deep_merge(config, data)
+    return config
+
+
+def _key_path(error) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+
+
+def _allowed(schema: dict) -> str:
+    if "enum" in schema:
+        return "one of " + ", ".join(repr(v) for v in schema["enum"])
+    parts = []
+    kind = schema.get("type")
+    if kind:
+        parts.append({"integer": "an integer", "number": "a number", "string": "a string",
+                      "boolean": "true or false", "array": "a list", "object": "a mapping"}
+                     .get(kind, kind))
+    for word, bound in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                        ("exclusiveMaximum", "<")):
+        if word in schema:
+            parts.append(f"{bound} {schema[word]}")
+    if "pattern" in schema:
+        parts.append(f"matching {schema['pattern']}")
+    return " ".join(parts) or "see pipeline/params.schema.yaml"
+
+
+def describe(error, source: str) -> str:
+    """One sentence per schema violation: where, what was found, what is allowed."""
+    where = _key_path(error)
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        prefix = f"{where}." if where != "(top level)" else ""
+        return (f"{source}: unknown key {', '.join(prefix + h for h in hints)}. "
+                f"Allowed keys{' under ' + where if prefix else ''}: {', '.join(known)}.")
+    if error.validator == "required":
+        return f"{source}: {where} lacks a required key: {error.message}."
+    if error.validator in ("minItems", "uniqueItems"):
+        return f"{source}: {where} = {error.instance!r}: {error.message}."
+    return (f"{source}: {where} = {error.instance!r} is not allowed; it must be "
+            f"{_allowed(error.schema)}.")
+
+
+def validate(config: dict, source: str = "params.yaml") -> None:
+    """Raise ConfigError listing every problem, each with key, bad value and what is allowed."""
+    validator = Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [describe(error, source) for error in errors]
+    if not problems:
+        problems = semantic_problems(config, source)
+    if problems:
+        raise ConfigError(" ".join(problems) + " Fix the value(s) and rerun; the schema with "
+                          "every key documented is pipeline/params.schema.yaml.")
+
+
+def semantic_problems(config: dict, source: str) -> list[str]:
+    """Checks that need more than one key."""
+    study = config["study"]
+    problems = []
+    classes = NUM_CLASSES.get(study["dataset"])
+    for n_labels in study["n_labels"]:
+        if classes and n_labels % classes:
+            problems.append(f"{source}: study.n_labels contains {n_labels}, which is not a multiple "
+                            f"of the {classes} classes of {study['dataset']}; use e.g. "
+                            f"{max(classes, n_labels // classes * classes)}.")
+    for name in study["algorithms"]:
+        if name not in config["algorithms"]:
+            problems.append(f"{source}: study.algorithms lists {name!r}, which has no entry under "
+                            f"`algorithms:` for its hyperparameters; add `algorithms: {{{name}: {{}}}}`.")
+    train = config["train"]
+    for key in ("eval_every", "log_every"):
+        if train[key] > train["steps"]:
+            problems.append(f"{source}: train.{key} = {train[key]} is larger than train.steps = "
+                            f"{train['steps']}; make it at most {train['steps']}.")
+    return problems
+
+
+def enum_of(*keys: str) -> list[str]:
+    """The allowed values the schema lists at a key path (for registry consistency tests)."""
+    node = load_schema()
+    for key in keys:
+        node = node["properties"][key]
+    return node.get("items", node)["enum"]
+
+
+def canonical_hash(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Study:
+    """The validated config with the paths and per-run settings the workflow needs."""
+
+    config: dict
+
+    @property
+    def name(self) -> str:
+        return self.config["study"]["name"]
+
+    @property
+    def dataset(self) -> str:
+        return self.config["study"]["dataset"]
+
+    @property
+    def results_dir(self) -> str:
+        return f"results/{self.name}"
+
+    @property
+    def reports_dir(self) -> str:
+        return self.config["reports"]["dir"]
+
+    def dataset_options(self, dataset: str) -> dict:
+        return self.config["datasets"].get(dataset, {})
+
+    def run_config(self, dataset: str, n_labels: int, algorithm: str, seed: int) -> dict:
+        """Everything that determines one run's numbers; its hash names the run."""
+        train = dict(self.config["train"])
+        train.update(self.config["algorithm_overrides"].get(algorithm, {}))
+        model = self.config["study"]["model"]
+        run = {
+            "study": self.name, "dataset": dataset,
+            "dataset_options": self.dataset_options(dataset),
+            "n_labels": int(n_labels), "seed": int(seed),
+            "algorithm": algorithm, "algorithm_params": self.config["algorithms"][algorithm],
+            "model": model, "model_options": self.config["models"].get(model, {}),
+            "train": train,
+        }
+        # threads and device choose where the run executes, not what it computes.
+        hashed = copy.deepcopy(run)
+        for key in ("threads", "device"):
+            hashed["train"].pop(key, None)
+        run["config_hash"] = canonical_hash(hashed)
+        return run
+
+
+def load_study(config: dict, source: str = "params.yaml") -> Study:
+    validate(config, source)
+    return Study(config)

@@ -1,0 +1,58 @@
+"""Rule `download`: fetch a dataset into data/raw/<dataset>/ and write its manifest
+(array shapes, file sha256s) — the dataset digest every run records."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+from semisup.data import get_dataset
+from semisup.data.registry import sha256_file
+
+from .errors import UserError, cli
+from .files import write_json
+
+
+def manifest_for(dataset: str, root: Path, files: list[Path], options: dict) -> dict:
+    data = get_dataset(dataset).load(root, **options)
+    shapes = {"train_images": list(data.train_images.shape), "test_images": list(data.test_images.shape)}
+    if data.extra_unlabeled_images is not None:
+        shapes["extra_unlabeled_images"] = list(data.extra_unlabeled_images.shape)
+    checksums = {str(path.relative_to(root)): sha256_file(path) for path in sorted(files)}
+    return {"dataset": dataset, "options": options, "num_classes": data.num_classes,
+            "class_names": data.class_names, "shapes": shapes, "files": checksums,
+            "digest": hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()}
+
+
+def verify_files(manifest: dict, root: Path) -> None:
+    """Check every raw file against the manifest's sha256 (missing or corrupt -> clear error)."""
+    for name, expected in manifest["files"].items():
+        path = root / name
+        if not path.exists():
+            raise UserError(f"the raw data file {path} listed in {root}/manifest.json is missing; "
+                            f"delete {root}/manifest.json and rerun snakemake to download it again")
+        if sha256_file(path) != expected:
+            raise UserError(f"the raw data file {path} does not match its sha256 in "
+                            f"{root}/manifest.json (corrupt or changed); delete {path} and "
+                            f"{root}/manifest.json and rerun snakemake to download it again")
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--options", default="{}", help="dataset options as JSON")
+    parser.add_argument("--manifest", required=True, type=Path)
+    args = parser.parse_args(argv)
+    options = json.loads(args.options)
+    root = args.manifest.parent
+    print(f"downloading {args.dataset} into {root} with options {options}", flush=True)
+    files = get_dataset(args.dataset).download(root, **options)
+    manifest = manifest_for(args.dataset, root, files, options)
+    write_json(args.manifest, manifest)
+    print(f"wrote {args.manifest}: {manifest['shapes']}, digest {manifest['digest'][:12]}")
+
+
+if __name__ == "__main__":
+    main()

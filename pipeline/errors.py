@@ -1,0 +1,36 @@
+"""User-facing errors: one paragraph naming the problem and the fix, a non-zero exit, no traceback."""
+from __future__ import annotations
+
+import functools
+import sys
+import textwrap
+from typing import Callable
+
+from semisup.errors import SemisupError
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment that the user can fix."""
+
+
+USER_ERRORS = (UserError, SemisupError)
+EXIT_USER_ERROR = 2
+
+
+def report(error: BaseException, stream=sys.stderr) -> None:
+    message = " ".join(str(error).split())
+    print(textwrap.fill(f"ssl-repro error: {message}", width=100), file=stream)
+
+
+def cli(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | None], None]:
+    """Wrap a module's main(): user errors print one paragraph and exit 2; bugs keep tracebacks."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> None:
+        try:
+            main(argv)
+        except USER_ERRORS as error:
+            report(error)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper

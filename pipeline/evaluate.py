@@ -1,0 +1,48 @@
+"""Rule `evaluate`: aggregate one (dataset, n_labels, algorithm) over seeds: mean, std, n of
+every metric, with each seed's provenance (MLflow run id, hashes, git commit)."""
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from .errors import cli
+from .files import read_json, write_json
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    keys = sorted(per_seed[0]["metrics"])
+    summary = {}
+    for key in keys:
+        values = [seed["metrics"][key] for seed in per_seed]
+        summary[key] = {"mean": statistics.fmean(values),
+                        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "n": len(values), "values": values}
+    return summary
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--metrics", nargs="+", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    per_seed = [read_json(path, "run metrics file") for path in args.metrics]
+    runs = [read_json(path.with_name("run.json"), "run provenance file") for path in args.metrics]
+    first = per_seed[0]["run"]
+    summary = {
+        "dataset": first["dataset"], "n_labels": first["n_labels"],
+        "algorithm": first["algorithm"], "model": first["model"],
+        "metrics": aggregate(per_seed),
+        "seeds": [{"seed": m["run"]["seed"], "mlflow_run_id": r["mlflow_run_id"],
+                   "config_hash": m["config_hash"], "split_sha256": m["split_sha256"],
+                   "dataset_digest": m["dataset_digest"], "git_commit": m["git_commit"],
+                   "wall_seconds": r["wall_seconds"]}
+                  for m, r in zip(per_seed, runs)],
+    }
+    write_json(args.out, summary)
+    print(f"wrote {args.out} over {len(per_seed)} seeds")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Atomic file writes: a killed job leaves either the old file or the new one, never half a file."""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import UserError
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the folder {path.parent} ({error.strerror}); make it "
+                        f"writable or choose another output location") from error
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except PermissionError as error:
+        raise UserError(f"cannot write {path} ({error.strerror}); make {path.parent} writable "
+                        f"and rerun — finished results are kept") from error
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json(path: str | Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path, what: str = "file"):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise UserError(f"the {what} {path} is missing; rerun snakemake to recreate it") from error
+    except json.JSONDecodeError as error:
+        raise UserError(f"the {what} {path} is not valid JSON ({error}); delete it and rerun "
+                        f"snakemake to recreate it") from error

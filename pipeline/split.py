@@ -1,0 +1,38 @@
+"""Rule `split`: the labeled indices of one (dataset, n_labels, seed), balanced per class, with
+their sha256. Shared by every algorithm; the unlabeled set is the whole training set."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from semisup.data import get_dataset
+from semisup.data.splits import make_split
+
+from .download import verify_files
+from .errors import cli
+from .files import read_json, write_json
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--n-labels", required=True, type=int)
+    parser.add_argument("--seed", required=True, type=int)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    manifest = read_json(args.manifest, "dataset manifest")
+    root = args.manifest.parent
+    verify_files(manifest, root)
+    data = get_dataset(manifest["dataset"]).load(root, **manifest["options"])
+    split = make_split(data.train_labels.numpy(), args.n_labels, data.num_classes, args.seed,
+                       manifest["dataset"])
+    split["dataset_digest"] = manifest["digest"]
+    write_json(args.out, split)
+    print(f"wrote {args.out}: {len(split['labeled_indices'])} labeled indices, "
+          f"sha256 {split['sha256'][:12]}")
+
+
+if __name__ == "__main__":
+    main()

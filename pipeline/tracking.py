@@ -1,0 +1,155 @@
+"""MLflow tracking: one MLflow run per training job, resumed under the same run id.
+
+The tracking URI is `sqlite:///mlflow.db` in the working directory unless MLFLOW_TRACKING_URI
+is set (e.g. an `mlflow server` on a cluster). The schema is created once, before jobs fan out
+(`python -m pipeline.tracking init`, called from the Snakefile's onstart), so that parallel jobs
+never race to migrate it. Writes retry with backoff when SQLite is busy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from .errors import UserError, cli
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+T = TypeVar("T")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+def retry(action: Callable[[], T], what: str, attempts: int = 8) -> T:
+    """Run `action`, retrying on transient store errors (SQLite 'database is locked')."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 - filtered below, re-raised when not transient
+            transient = "locked" in str(error) or "busy" in str(error).lower()
+            if not transient or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.1 * 2 ** attempt, 3.0) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def client():
+    """An MlflowClient on the tracking URI; an unreachable store is a user error."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    try:
+        tracking = MlflowClient(uri)
+        retry(lambda: tracking.search_experiments(max_results=1), "reach the tracking store")
+    except Exception as error:  # noqa: BLE001 - any failure to reach the store is reported
+        raise UserError(
+            f"cannot reach the MLflow tracking store {uri!r} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]}). Start the server or fix MLFLOW_TRACKING_URI; "
+            f"unset it to use the default {DEFAULT_URI} in the working directory") from error
+    return tracking
+
+
+def experiment_id(tracking, name: str) -> str:
+    experiment = retry(lambda: tracking.get_experiment_by_name(name), "read experiment")
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return retry(lambda: tracking.create_experiment(name), "create experiment")
+    except Exception:  # noqa: BLE001 - another job created it first
+        return retry(lambda: tracking.get_experiment_by_name(name), "read experiment").experiment_id
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """HEAD of the project's git repository (suffixed -dirty with uncommitted changes)."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+class RunLogger:
+    """The MLflow run of one training job. `run_id_file` (kept beside the checkpoint) makes a
+    restarted job continue the same run instead of opening a duplicate."""
+
+    def __init__(self, experiment: str, run_name: str, run_id_file: Path, tags: dict[str, str],
+                 params: dict[str, object]):
+        from mlflow.entities import Param, RunTag
+
+        self.tracking = client()
+        self.run_id = self._existing_run(run_id_file)
+        if self.run_id is None:
+            run = retry(lambda: self.tracking.create_run(
+                experiment_id(self.tracking, experiment), run_name=run_name,
+                tags={"mlflow.runName": run_name}), "create run")
+            self.run_id = run.info.run_id
+            run_id_file.parent.mkdir(parents=True, exist_ok=True)
+            run_id_file.write_text(self.run_id + "\n")
+            retry(lambda: self.tracking.log_batch(
+                self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                tags=[RunTag(k, str(v)) for k, v in tags.items()]), "log params")
+        else:
+            retry(lambda: self.tracking.update_run(self.run_id, status="RUNNING"), "reopen run")
+            retry(lambda: self.tracking.set_tag(self.run_id, "resumed", "true"), "tag run")
+
+    def _existing_run(self, run_id_file: Path) -> str | None:
+        if not run_id_file.exists():
+            return None
+        run_id = run_id_file.read_text().strip()
+        try:
+            retry(lambda: self.tracking.get_run(run_id), "read run")
+        except Exception:  # noqa: BLE001 - the store was reset: start a new run, say so
+            print(f"MLflow run {run_id} from {run_id_file} is not in {tracking_uri()}; "
+                  f"opening a new run", file=sys.stderr)
+            return None
+        return run_id
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        retry(lambda: self.tracking.log_batch(self.run_id, metrics=batch), "log metrics")
+
+    def log_input(self, name: str, digest: str, source: str) -> None:
+        """The split as an MLflow input dataset, with its sha256 as digest."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.http_dataset_source import HTTPDatasetSource  # noqa: F401 (registers)
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+
+        dataset = MetaDataset(source=FileSystemDatasetSource(source), name=name, digest=digest[:36])
+        entity = DatasetInput(dataset._to_mlflow_entity(),
+                              tags=[InputTag("mlflow.data.context", "train")])
+        retry(lambda: self.tracking.log_inputs(self.run_id, datasets=[entity]), "log input")
+
+    def log_artifact(self, path: Path) -> None:
+        retry(lambda: self.tracking.log_artifact(self.run_id, str(path)), "log artifact")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        retry(lambda: self.tracking.set_terminated(self.run_id, status=status), "end run")
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="MLflow helpers")
+    parser.add_argument("command", choices=["init"])
+    parser.add_argument("--experiment", required=True)
+    args = parser.parse_args(argv)
+    tracking = client()   # creates the SQLite schema on first use
+    experiment_id(tracking, args.experiment)
+    print(f"MLflow tracking store {tracking_uri()} ready (experiment {args.experiment!r})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Rule `train`: one run = (dataset, n_labels, algorithm, seed). Reads the raw data and the split,
+trains with `semisup`, logs to MLflow, checkpoints outside the rule's outputs and resumes.
+
+Outputs (in --out):
+  metrics.json         best/last/median/mean errors (EMA and raw) + config, split and data hashes
+                       and the git commit: identical for identical inputs, resumed or not
+  run.json             this execution: MLflow run id, wall time, steps/s, resumed-from step
+  evaluations.csv      the test error curve (every eval_every steps)
+  train_stats.csv      per-step statistics averaged over log_every steps
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from .download import verify_files
+from .errors import UserError, cli
+from .files import atomic_path, read_json, write_json
+from .tracking import RunLogger, git_commit
+
+
+def choose_device(requested: str):
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but no CUDA GPU is available here (torch sees "
+                        "none); set train.device to 'auto' or 'cpu' in params.yaml, or run on a "
+                        "machine with a GPU")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    columns = sorted({key for row in rows for key in row}, key=lambda k: (k != "step", k))
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: (int(v) if k == "step" else v) for k, v in row.items()})
+
+
+def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
+    import torch
+    from semisup.data import get_dataset
+    from semisup.data.splits import verify_split
+    from semisup.train import TrainData
+
+    manifest = read_json(manifest_path, "dataset manifest")
+    verify_files(manifest, manifest_path.parent)
+    split = read_json(split_path, "split file")
+    indices = verify_split(split, str(split_path))
+    if split.get("dataset_digest") != manifest["digest"]:
+        raise UserError(f"{split_path} was made from other raw data than {manifest_path} "
+                        f"describes; delete the split and rerun snakemake to recreate it")
+    spec = get_dataset(run["dataset"])
+    data = spec.load(manifest_path.parent, **manifest["options"])
+    on = lambda tensor: None if tensor is None else tensor.to(device)  # noqa: E731
+    train_data = TrainData(
+        train_images=on(data.train_images), train_labels=on(data.train_labels),
+        labeled_indices=torch.tensor(indices, device=device),
+        test_images=on(data.test_images), test_labels=on(data.test_labels),
+        mean=spec.mean, std=spec.std,
+        extra_unlabeled_images=on(data.extra_unlabeled_images),
+        extra_unlabeled_labels=on(data.extra_unlabeled_labels))
+    return train_data, spec, data.num_classes, manifest, split
+
+
+def train_config(run: dict, spec):
+    from semisup.train import TrainConfig
+
+    options = {k: v for k, v in run["train"].items() if k not in ("device", "threads")}
+    options.setdefault("horizontal_flip", spec.horizontal_flip)
+    return TrainConfig(**options)
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-config", required=True, help="the run's config as JSON")
+    parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--split", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="folder of the outputs")
+    parser.add_argument("--checkpoint-dir", required=True, type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    started = time.time()
+    run = json.loads(args.run_config)
+
+    import torch
+    from semisup.algorithms import build_algorithm
+    from semisup.models import build_model
+    from semisup.train import Trainer
+
+    torch.set_num_threads(args.threads)
+    device = choose_device(run["train"]["device"])
+    data, spec, num_classes, manifest, split = load_train_data(run, args.manifest, args.split, device)
+    config = train_config(run, spec)
+    torch.manual_seed(run["seed"])
+    model = build_model(run["model"], num_classes, spec.image_shape[0], **run["model_options"])
+    algorithm = build_algorithm(run["algorithm"], run["algorithm_params"], num_classes=num_classes,
+                                num_unlabeled=len(data.unlabeled()[0]), total_steps=config.steps)
+
+    commit = git_commit()
+    provenance = {"config_hash": run["config_hash"], "split_sha256": split["sha256"],
+                  "dataset_digest": manifest["digest"], "git_commit": commit}
+    name = f"{run['algorithm']}-{run['dataset']}-{run['n_labels']}-seed{run['seed']}"
+    tags = {"algorithm": run["algorithm"], "dataset": run["dataset"],
+            "n_labels": run["n_labels"], "seed": run["seed"], "study": run["study"],
+            "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+            "config_hash": run["config_hash"], "split_hash": split["sha256"],
+            "dataset_digest": manifest["digest"], "device": device.type}
+    params = {"algorithm": run["algorithm"], "model": run["model"], "n_labels": run["n_labels"],
+              "seed": run["seed"], "dataset": run["dataset"],
+              **{f"train.{k}": v for k, v in run["train"].items()},
+              **{f"{run['algorithm']}.{k}": v for k, v in run["algorithm_params"].items()},
+              **{f"model.{k}": v for k, v in run["model_options"].items()}}
+    logger = RunLogger(run["study"], name, args.checkpoint_dir / "mlflow_run_id.txt", tags, params)
+    logger.log_input(f"{run['dataset']}-{run['n_labels']}-split{run['seed']}", split["sha256"],
+                     str(args.split.resolve()))
+    print(f"{name}: device {device}, {config.steps} steps, MLflow run {logger.run_id}", flush=True)
+
+    trainer = Trainer(model, algorithm, data, config, run["seed"], device, log=logger.log_metrics,
+                      checkpoint_path=args.checkpoint_dir / "checkpoint.pt",
+                      progress=lambda line: print(f"{name}: {line}", flush=True))
+    try:
+        result = trainer.fit()
+    except BaseException:
+        logger.finish("FAILED")
+        raise
+
+    out = args.out
+    write_csv(out / "evaluations.csv", result.curve)
+    write_csv(out / "train_stats.csv", result.stat_history)
+    write_json(out / "metrics.json", {"metrics": result.metrics, **provenance,
+                                      "run": {k: run[k] for k in ("dataset", "n_labels",
+                                                                  "algorithm", "seed", "model")}})
+    write_json(out / "run.json", {"mlflow_run_id": logger.run_id, "mlflow_tracking_uri":
+                                  logger.tracking._tracking_client.tracking_uri,
+                                  "wall_seconds": round(time.time() - started, 2),
+                                  "steps_per_second": round(result.steps_per_second, 2),
+                                  "resumed_from_step": result.resumed_from, "device": device.type,
+                                  "threads": args.threads, **provenance})
+    logger.log_metrics(config.steps, {f"final/{k}": v for k, v in result.metrics.items()})
+    for artifact in ("metrics.json", "evaluations.csv", "train_stats.csv"):
+        logger.log_artifact(out / artifact)
+    logger.finish()
+    print(f"{name}: done; " + ", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items()
+                                         if k.startswith("ema/")), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Labeled splits: n_labels / C indices per class drawn with a seeded generator, stored with their
+sha256 so that every algorithm trains on exactly the same labeled images."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from ..errors import SplitError
+
+
+def labeled_indices(labels: np.ndarray, n_labels: int, num_classes: int, seed: int) -> list[int]:
+    """Draw n_labels / num_classes indices of each class, without replacement, sorted."""
+    if n_labels <= 0 or n_labels % num_classes:
+        raise SplitError(f"n_labels={n_labels} must be a positive multiple of the number of "
+                         f"classes ({num_classes}) so that every class gets the same count")
+    per_class = n_labels // num_classes
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in range(num_classes):
+        members = np.flatnonzero(labels == cls)
+        if len(members) < per_class:
+            raise SplitError(f"n_labels={n_labels} asks for {per_class} images of class {cls}, "
+                             f"but the training set has only {len(members)}; use a smaller n_labels")
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return sorted(int(i) for i in np.concatenate(chosen))
+
+
+def indices_sha256(indices: list[int]) -> str:
+    return hashlib.sha256(json.dumps(indices).encode()).hexdigest()
+
+
+def make_split(labels: np.ndarray, n_labels: int, num_classes: int, seed: int,
+               dataset: str) -> dict:
+    indices = labeled_indices(labels, n_labels, num_classes, seed)
+    return {"dataset": dataset, "n_labels": n_labels, "seed": seed,
+            "labeled_indices": indices, "sha256": indices_sha256(indices)}
+
+
+def verify_split(split: dict, source: str = "split") -> list[int]:
+    """Return the labeled indices after checking them against the stored sha256."""
+    try:
+        indices, stored = split["labeled_indices"], split["sha256"]
+    except (KeyError, TypeError) as missing:
+        raise SplitError(f"{source} lacks the key {missing}; delete it and rerun to recreate it")
+    if indices_sha256(indices) != stored:
+        raise SplitError(f"{source}: the labeled indices do not match their sha256 (was the file "
+                         f"edited by hand?). Delete it and rerun snakemake to recreate it, or "
+                         f"restore it with `dvc checkout`")
+    return indices

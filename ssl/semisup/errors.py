@@ -1,0 +1,18 @@
+"""Errors the library raises for problems a user can fix (kept free of torch so that the
+workflow can catch them cheaply). Each message says what is wrong and what to do."""
+
+
+class SemisupError(RuntimeError):
+    """Base of the library's user-facing errors."""
+
+
+class DatasetError(SemisupError):
+    """A dataset could not be downloaded or read; the message says which files and what to do."""
+
+
+class SplitError(SemisupError, ValueError):
+    """A split cannot be made (bad n_labels) or a split file does not match its hash."""
+
+
+class CheckpointError(SemisupError):
+    """A checkpoint exists but cannot be used; never silently start afresh."""
