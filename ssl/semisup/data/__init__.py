@@ -1,5 +1,6 @@
 """Datasets (registered by name), labeled splits and batched augmentation."""
 from .registry import DATASETS, DatasetError, DatasetSpec, ImageData, get_dataset, register_dataset
 from . import digits  # noqa: F401  (registers)
+from . import public  # noqa: F401  (registers)
 
 __all__ = ["DATASETS", "DatasetError", "DatasetSpec", "ImageData", "get_dataset", "register_dataset"]
