@@ -123,12 +123,12 @@ class RunLogger:
 
     def log_input(self, name: str, digest: str, source: str) -> None:
         """The split as an MLflow input dataset, with its sha256 as digest."""
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.data.http_dataset_source import HTTPDatasetSource  # noqa: F401 (registers)
         from mlflow.entities import DatasetInput, InputTag
-        from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
 
-        dataset = MetaDataset(source=FileSystemDatasetSource(source), name=name, digest=digest[:36])
+        dataset = MetaDataset(source=HTTPDatasetSource(f"file://{source}"), name=name,
+                              digest=digest[:36])
         entity = DatasetInput(dataset._to_mlflow_entity(),
                               tags=[InputTag("mlflow.data.context", "train")])
         retry(lambda: self.tracking.log_inputs(self.run_id, datasets=[entity]), "log input")

@@ -1,0 +1,79 @@
+"""End to end: Snakemake runs a tiny study in a temporary folder; the table, a figure and the
+MLflow runs exist; a second run does nothing; a bad config stops before any job starts."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ROOT
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+
+TINY = {
+    "study": {"name": "tiny", "n_labels": [10], "seeds": [0, 1],
+              "algorithms": ["supervised", "fixmatch"]},
+    "train": {"steps": 6, "batch_size": 8, "uratio": 2, "eval_every": 3, "log_every": 2,
+              "checkpoint_every": 3, "last_k": 2},
+}
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
+    return subprocess.run([*SNAKEMAKE, *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("study")
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    result = snakemake(workdir, "--cores", "2", "--configfile", "tiny.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def test_study_writes_table_figures_and_metrics(tiny_study):
+    table = (tiny_study / "reports/tables/main.tex").read_text()
+    assert r"\toprule" in table and "FixMatch" in table and "Supervised" in table
+    assert (tiny_study / "reports/figures/error_curves.pdf").read_bytes().startswith(b"%PDF")
+    assert (tiny_study / "reports/figures/error_curves.png").stat().st_size > 1000
+    metrics = json.loads((tiny_study / "reports/metrics.json").read_text())
+    assert set(metrics["digits-10"]) == {"supervised", "fixmatch"}
+
+
+def test_every_training_job_is_one_finished_mlflow_run_with_tags(tiny_study):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tiny_study}/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 4
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        for tag in ("algorithm", "dataset", "n_labels", "seed", "git_commit", "config_hash",
+                    "split_hash"):
+            assert run.data.tags[tag]
+        history = client.get_metric_history(run.info.run_id, "ema/error")
+        assert [m.step for m in history] == [3, 6]
+        assert "metrics.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    seeds = sorted(json.loads((tiny_study / f"results/tiny/digits-10/fixmatch/seed{s}/run.json")
+                              .read_text())["mlflow_run_id"] for s in (0, 1))
+    assert seeds == sorted(r.info.run_id for r in runs if r.data.tags["algorithm"] == "fixmatch")
+
+
+def test_second_run_with_nothing_changed_does_nothing(tiny_study):
+    result = snakemake(tiny_study, "--cores", "2", "--configfile", "tiny.yaml", "--dry-run")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"train": {"steps": -1}}))
+    result = snakemake(tmp_path, "--cores", "1", "--configfile", "bad.yaml")
+    assert result.returncode != 0
+    assert "train.steps = -1" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
