@@ -23,6 +23,7 @@ def build_algorithm(name: str, params: dict, *, num_classes: int, num_unlabeled:
 
 
 # Importing the modules registers them.
-from . import supervised, fixmatch  # noqa: E402,F401
+from . import (supervised, fixmatch, flexmatch, dash, freematch, softmatch, uda,  # noqa: E402,F401
+               pseudolabel, meanteacher)
 
 __all__ = ["ALGORITHMS", "Algorithm", "StepBatch", "StepOutput", "build_algorithm", "register"]

@@ -1,8 +1,9 @@
 """The algorithm interface: one training step's loss and statistics, plus explicit state."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,17 +43,20 @@ class Algorithm:
       uses_unlabeled: whether unlabeled batches are drawn at all.
       second_view:    "strong" (weak + RandAugment + Cutout), "weak" (a second weak view) or None.
       needs_teacher:  whether `training_step` needs the EMA model (Mean Teacher).
+    `state_names` lists the attributes (tensors or Python scalars) that checkpoints must carry.
     """
 
     name: ClassVar[str] = ""
     uses_unlabeled: ClassVar[bool] = True
     second_view: ClassVar[str | None] = "strong"
     needs_teacher: ClassVar[bool] = False
+    state_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_classes: int, num_unlabeled: int, total_steps: int):
         self.num_classes = num_classes
         self.num_unlabeled = num_unlabeled
         self.total_steps = total_steps
+        self.device = torch.device("cpu")   # where tensor state lives; set by `to`
 
     def training_step(self, model: nn.Module, batch: StepBatch, step: int,
                       teacher: nn.Module | None = None) -> StepOutput:
@@ -66,7 +70,8 @@ class Algorithm:
         """Called by the trainer after each evaluation (Dash `usb` reads the EMA eval loss)."""
 
     def to(self, device: torch.device) -> "Algorithm":
-        """Move tensor state to `device`. Subclasses with tensor state override `_tensors`."""
+        """Move every tensor attribute (the algorithm's state) to `device`."""
+        self.device = torch.device(device)
         for key in self._tensor_state_names():
             setattr(self, key, getattr(self, key).to(device))
         return self
@@ -76,13 +81,23 @@ class Algorithm:
 
     def state_dict(self) -> dict:
         """Algorithm state that checkpoints must carry (tensors cloned, scalars as is)."""
-        return {}
+        state = {}
+        for key in self.state_names:
+            value = getattr(self, key)
+            state[key] = value.detach().clone() if isinstance(value, Tensor) else value
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        missing = set(self.state_names) - set(state)
+        if missing:
+            raise KeyError(f"{self.name}: the saved algorithm state lacks {sorted(missing)}; was it "
+                           f"written by another algorithm or an older version of {self.name}?")
         for key, value in state.items():
             current = getattr(self, key)
-            if isinstance(current, Tensor):
-                setattr(self, key, value.to(current.device, current.dtype))
+            if isinstance(current, Tensor) and isinstance(value, Tensor):
+                setattr(self, key, value.to(current.device, current.dtype).clone())
+            elif isinstance(value, Tensor):   # state that starts as None (e.g. Dash's rho_hat)
+                setattr(self, key, value.to(self.device).clone())
             else:
                 setattr(self, key, value)
 
@@ -92,6 +107,30 @@ def forward_views(model: nn.Module, *views: Tensor) -> list[Tensor]:
     sizes = [v.shape[0] for v in views]
     logits = model(torch.cat(views))
     return list(logits.split(sizes))
+
+
+@contextmanager
+def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave BatchNorm running statistics untouched.
+
+    In training mode BatchNorm still normalises with the batch statistics (as USB's
+    `freeze_bn`); it only stops updating running_mean / running_var / num_batches_tracked.
+    Eval mode is unaffected (it always uses the running statistics).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    for module in norms:
+        module.track_running_stats = False
+    try:
+        yield
+    finally:
+        for module in norms:
+            module.track_running_stats = True
+
+
+def scalar(value: float, like: Tensor) -> Tensor:
+    """A 0-dim float statistic on `like`'s device (a fill, not a host-to-device copy)."""
+    return torch.full((), value, dtype=torch.float32, device=like.device)
 
 
 def supervised_loss(logits: Tensor, labels: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 
 from . import register
 from .base import (Algorithm, StepBatch, StepOutput, cross_entropy_per_sample, forward_views,
-                   selection_stats, supervised_loss)
+                   scalar, selection_stats, supervised_loss)
 from .masking import confidence_and_pseudo_labels, fixed_threshold_mask
 
 
@@ -29,6 +29,6 @@ class FixMatch(Algorithm):
         loss_unsup = (cross_entropy_per_sample(logits_s, pseudo_labels) * mask).mean()
 
         stats = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(),
-                 "threshold": torch.tensor(self.tau)}
+                 "threshold": scalar(self.tau, loss_sup)}
         stats.update(selection_stats(mask, pseudo_labels, batch.unlabeled_labels))
         return StepOutput(loss_sup + self.lambda_u * loss_unsup, stats)

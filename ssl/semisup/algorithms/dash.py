@@ -1,0 +1,123 @@
+"""Dash (Xu et al., ICML 2021): keep an unlabeled sample only while its loss is below a threshold
+rho_t that decays geometrically from rho_hat, an estimate of the loss after warm-up.
+
+Two variants (ALGORITHMS.md):
+  `official` (the paper's code): warm-up = ordinary SSL keeping every sample for `warmup_epochs`;
+      rho_hat = mean per-sample unsupervised loss over the last warm-up epoch (its most recent
+      N_unlabeled values); rho_t = max(rho_hat * gamma^(-floor((t-1)/9)), rho_min), t = epoch;
+      keep [-log q < rho_t]; unsup = 0.9 * sum(H(pseudo, p_s) * mask) / max(sum(mask), 1).
+  `usb` (semilearn): `warmup_steps` supervised-only steps; rho_hat = the EMA model's evaluation
+      loss at the end of warm-up; rho = max(C * gamma^(-k) * rho_hat, rho_min), k += 1 every
+      10 epochs; keep [H(pseudo, p_w) <= rho]; unsup averaged over all mu*B samples.
+In both, pseudo = softmax(logits_w / T), one-hot argmax once rho has reached rho_min.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import register
+from .base import (Algorithm, StepBatch, StepOutput, cross_entropy_per_sample, forward_views,
+                   scalar, selection_stats, supervised_loss)
+from .masking import (confidence_and_pseudo_labels, dash_mask_official, dash_mask_usb,
+                      dash_rho_official, dash_rho_usb, sharpen)
+
+VARIANTS = ("official", "usb")
+OFFICIAL_LOSS_FACTOR = 0.9   # the official code scales its unsupervised loss by 0.9
+
+
+@register
+class Dash(Algorithm):
+    name = "dash"
+    state_names = ("rho_hat", "loss_buffer", "n_recorded")
+
+    def __init__(self, variant: str = "official", T: float = 0.5, gamma: float = 1.27,
+                 C: float = 1.0001, rho_min: float = 0.05, warmup_epochs: int = 10,
+                 warmup_steps: int = 2048, steps_per_epoch: int = 1024, lambda_u: float = 1.0,
+                 **base):
+        super().__init__(**base)
+        if variant not in VARIANTS:
+            raise ValueError(f"dash: variant {variant!r} is not one of {VARIANTS}")
+        if variant == "official" and warmup_epochs < 1:
+            raise ValueError("dash (official): warmup_epochs must be >= 1: rho_hat is the mean "
+                             "loss of the last warm-up epoch")
+        self.variant, self.T, self.gamma, self.C, self.rho_min = variant, T, gamma, C, rho_min
+        self.warmup_epochs, self.warmup_steps = warmup_epochs, warmup_steps
+        self.steps_per_epoch, self.lambda_u = steps_per_epoch, lambda_u
+        self.rho_hat: Tensor | float | None = None
+        # official: per-sample unsupervised losses of the last warm-up epoch (a ring buffer).
+        buffer_size = self.num_unlabeled if variant == "official" else 0
+        self.loss_buffer = torch.zeros(buffer_size)
+        self.n_recorded = 0
+
+    # ---- the trainer's hooks ------------------------------------------------------------------
+    def supervised_only(self, step: int) -> bool:
+        return self.variant == "usb" and step < self.warmup_steps
+
+    def on_evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        # usb: the last evaluation at or before the end of warm-up gives rho_hat.
+        if self.variant == "usb" and step <= self.warmup_steps:
+            self.rho_hat = float(metrics["ema/loss"])
+
+    # ---- official: recording the warm-up losses -------------------------------------------------
+    def record_losses(self, losses: Tensor) -> None:
+        size = self.loss_buffer.numel()
+        losses = losses.detach().float()[-size:]
+        positions = (self.n_recorded + torch.arange(len(losses), device=losses.device)) % size
+        self.loss_buffer[positions] = losses.to(self.loss_buffer.device)
+        self.n_recorded += len(losses)
+
+    def recorded_mean(self) -> Tensor:
+        if self.n_recorded == 0:
+            raise RuntimeError("dash (official): no unsupervised losses were recorded in the last "
+                               "warm-up epoch, so rho_hat is undefined; start the run from step 0")
+        return self.loss_buffer[:min(self.n_recorded, self.loss_buffer.numel())].mean()
+
+    def rho(self, step: int):
+        if self.variant == "official":
+            epoch = step // self.steps_per_epoch
+            if epoch >= self.warmup_epochs and self.rho_hat is None:
+                self.rho_hat = self.recorded_mean()
+            return dash_rho_official(epoch, self.rho_hat, self.gamma, self.rho_min, self.warmup_epochs)
+        if self.rho_hat is None:
+            raise RuntimeError(
+                "dash (usb): no evaluation of the EMA model happened by the end of warm-up (step "
+                f"{self.warmup_steps}), so rho_hat is undefined; make train.eval_every divide "
+                "the algorithm's warmup_steps")
+        return dash_rho_usb(step, self.rho_hat, self.gamma, self.C, self.rho_min,
+                            self.warmup_steps, self.steps_per_epoch)
+
+    # ---- one step -------------------------------------------------------------------------------
+    def training_step(self, model, batch: StepBatch, step: int, teacher=None) -> StepOutput:
+        logits_lb, logits_w, logits_s = forward_views(
+            model, batch.labeled_images, batch.weak_images, batch.strong_images)
+        loss_sup = supervised_loss(logits_lb, batch.labels)
+        logits_w = logits_w.detach()
+        confidence, pseudo_labels = confidence_and_pseudo_labels(torch.softmax(logits_w, dim=-1))
+
+        rho = self.rho(step)
+        soft_targets = sharpen(logits_w, self.T)
+        hard_targets = F.one_hot(pseudo_labels, self.num_classes).to(soft_targets.dtype)
+        if isinstance(rho, Tensor):
+            targets = torch.where(rho <= self.rho_min, hard_targets, soft_targets)
+        else:
+            targets = hard_targets if rho <= self.rho_min else soft_targets
+
+        if self.variant == "official":
+            mask = dash_mask_official(confidence, rho)
+            per_sample = cross_entropy_per_sample(logits_s, targets)
+            loss_unsup = OFFICIAL_LOSS_FACTOR * (per_sample * mask).sum() / mask.sum().clamp(min=1)
+            if step // self.steps_per_epoch == self.warmup_epochs - 1:
+                self.record_losses(per_sample)
+        else:
+            mask = dash_mask_usb(logits_w, targets, rho)
+            loss_unsup = (cross_entropy_per_sample(logits_s, targets) * mask).mean()
+
+        rho_stat = (rho.detach().float() if isinstance(rho, Tensor)
+                    else scalar(rho if math.isfinite(rho) else math.nan, loss_sup))
+        stats = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(), "rho": rho_stat}
+        stats.update(selection_stats(mask, pseudo_labels, batch.unlabeled_labels))
+        return StepOutput(loss_sup + self.lambda_u * loss_unsup, stats)

@@ -1,0 +1,421 @@
+"""Every registered algorithm on tiny models and hand-made batches: one step, gradients, state
+round-trips, and the behaviours each paper depends on."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semisup.algorithms import ALGORITHMS, StepBatch, build_algorithm
+from semisup.algorithms.base import frozen_batchnorm_statistics
+from semisup.algorithms.freematch import freematch_fairness_loss
+from semisup.algorithms.masking import sharpen
+
+NUM_CLASSES, BATCH, MU, NUM_UNLABELED, TOTAL_STEPS = 3, 4, 2, 16, 100
+SELECTION = {"mask_rate", "n_selected", "n_selected_correct", "n_selected_wrong",
+             "pseudo_label_accuracy"}
+SSL = {"loss_sup", "loss_unsup"} | SELECTION
+EXPECTED_STATS = {
+    "supervised": {"loss_sup"},
+    "fixmatch": SSL | {"threshold"},
+    "flexmatch": SSL | {"threshold_mean", "threshold_min"},
+    "dash": SSL | {"rho"},
+    "freematch": SSL | {"tau_global", "threshold_mean", "threshold_min", "loss_fairness"},
+    "softmatch": SSL | {"mu", "var"},
+    "uda": SSL | {"threshold", "tsa_threshold"},
+    "pseudolabel": SSL | {"threshold", "unsup_weight"},
+    "meanteacher": {"loss_sup", "loss_unsup", "unsup_weight"},
+}
+# (registered name, hyperparameters): every algorithm, and Dash in both variants.
+CASES = [(name, {}) for name in sorted(ALGORITHMS)] + [("dash", {"variant": "usb"})]
+CASE_IDS = [name + ("-" + params["variant"] if params else "") for name, params in CASES]
+# Hyperparameters under which the tiny model's unlabeled samples pass the mask (and ramps are on),
+# so that a missing gradient cannot hide behind an empty mask.
+LENIENT = {"fixmatch": {"tau": 0.0}, "uda": {"tau": 0.0},
+           "pseudolabel": {"tau": 0.0, "rampup_fraction": 0.0},
+           "meanteacher": {"rampup_fraction": 0.0}}
+
+
+class TinyNet(nn.Module):
+    """Conv -> BatchNorm -> ReLU -> pool -> linear on 2x4x4 images."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(4, NUM_CLASSES)
+
+    def forward(self, images):
+        return self.classifier(self.features(images))
+
+
+class LogitsAreInputs(nn.Module):
+    """logits = images * s (s = 1, learnable): hand-made 'images' are the logits themselves."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, images):
+        return images.flatten(1) * self.scale
+
+
+class Recorder(nn.Module):
+    """Wraps a model and keeps every output it produces, with .grad retained after backward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.outputs = model, []
+
+    def forward(self, images):
+        logits = self.model(images)
+        if logits.requires_grad:
+            logits.retain_grad()
+        self.outputs.append(logits)
+        return logits
+
+
+def make(name, num_unlabeled=NUM_UNLABELED, num_classes=NUM_CLASSES, **params):
+    return build_algorithm(name, params, num_classes=num_classes, num_unlabeled=num_unlabeled,
+                           total_steps=TOTAL_STEPS)
+
+
+def image_batch(algorithm, seed, offset=0) -> StepBatch:
+    generator = torch.Generator().manual_seed(seed)
+    images = lambda n: torch.randn(n, 2, 4, 4, generator=generator)  # noqa: E731
+    labels = lambda n: torch.randint(0, NUM_CLASSES, (n,), generator=generator)  # noqa: E731
+    batch = StepBatch(labeled_images=images(BATCH), labels=labels(BATCH))
+    if algorithm.uses_unlabeled:
+        batch.weak_images = images(BATCH * MU)
+        batch.strong_images = images(BATCH * MU) if algorithm.second_view else None
+        batch.unlabeled_indices = (torch.arange(BATCH * MU) + offset) % NUM_UNLABELED
+        batch.unlabeled_labels = labels(BATCH * MU)
+    return batch
+
+
+def logit_batch(weak, strong=None, labeled=None, labels=None, indices=None) -> StepBatch:
+    """A batch for LogitsAreInputs: the 'images' are the logits each view will produce."""
+    weak = torch.as_tensor(weak, dtype=torch.float32)
+    labeled = torch.zeros(1, weak.shape[1]) if labeled is None else labeled
+    return StepBatch(labeled_images=labeled,
+                     labels=torch.zeros(len(labeled), dtype=torch.long) if labels is None else labels,
+                     weak_images=weak,
+                     strong_images=weak.clone() if strong is None else torch.as_tensor(strong),
+                     unlabeled_indices=torch.arange(len(weak)) if indices is None else indices,
+                     unlabeled_labels=torch.zeros(len(weak), dtype=torch.long))
+
+
+def first_ssl_step(algorithm) -> int:
+    """Dash `usb` trains on labels only at first: feed it the end-of-warm-up evaluation."""
+    step = 0
+    while algorithm.supervised_only(step):
+        step += 1
+    algorithm.on_evaluation(step, {"ema/loss": 5.0, "ema/error": 50.0,
+                                   "raw/loss": 5.0, "raw/error": 50.0})
+    return step
+
+
+def teacher_for(algorithm, model):
+    if not algorithm.needs_teacher:
+        return None
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in teacher.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+            parameter.requires_grad_(False)
+    return teacher
+
+
+# ---- every algorithm --------------------------------------------------------------------------
+def test_every_registered_algorithm_has_documented_stats():
+    assert set(EXPECTED_STATS) == set(ALGORITHMS)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
+def test_one_step_returns_a_finite_scalar_loss_and_the_documented_stats(name, params):
+    torch.manual_seed(0)
+    algorithm, model = make(name, **params), TinyNet()
+    step = first_ssl_step(algorithm)
+    output = algorithm.training_step(model, image_batch(algorithm, 0), step,
+                                     teacher_for(algorithm, model))
+    assert output.loss.dim() == 0 and torch.isfinite(output.loss)
+    assert set(output.stats) == EXPECTED_STATS[name]
+    for key, value in output.stats.items():
+        assert isinstance(value, torch.Tensor) and value.dim() == 0, key
+        assert not value.requires_grad, key
+
+
+@pytest.mark.parametrize("name,params", [c for c in CASES if c[0] != "supervised"],
+                         ids=[i for i in CASE_IDS if i != "supervised"])
+def test_the_unsupervised_loss_reaches_the_students_unlabeled_logits(name, params):
+    """The student's unlabeled logits (strong view; Pseudo-Label's weak view; Mean Teacher's second
+    view) are the last mu*B rows the model produced; only unsupervised terms touch them."""
+    torch.manual_seed(0)
+    algorithm = make(name, **{**LENIENT.get(name, {}), **params})
+    model = Recorder(TinyNet())
+    step = first_ssl_step(algorithm)
+    teacher = teacher_for(algorithm, model.model)
+    output = algorithm.training_step(model, image_batch(algorithm, 0), step, teacher)
+    output.loss.backward()
+    if "mask_rate" in output.stats:
+        assert output.stats["mask_rate"] > 0
+    grads = torch.cat([o.grad if o.grad is not None else torch.zeros_like(o) for o in model.outputs])
+    unlabeled_grads = grads[-BATCH * MU:]
+    assert (unlabeled_grads.abs().sum(dim=1) > 0).all()
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
+def test_state_dict_round_trip_resumes_exactly(name, params):
+    torch.manual_seed(0)
+    # Short Dash epochs; a FlexMatch tau the tiny model reaches, so that sigma fills up.
+    short = {"dash": {"warmup_epochs": 2, "warmup_steps": 2, "steps_per_epoch": 1},
+             "flexmatch": {"tau": 0.4}}
+    params = {**params, **short.get(name, {})}
+    algorithm, model = make(name, **params), TinyNet()
+    teacher = teacher_for(algorithm, model)
+    initial_state = make(name, **params).state_dict()
+    step = first_ssl_step(algorithm)
+    for _ in range(4):   # Dash official: warm-up epochs 0 and 1, then two epochs with rho
+        model.zero_grad()
+        algorithm.training_step(model, image_batch(algorithm, step, offset=3 * step), step,
+                                teacher).loss.backward()
+        sgd_step(model)
+        step += 1
+
+    buffer = io.BytesIO()
+    torch.save(algorithm.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = make(name, **params)
+    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    if algorithm.state_names:   # the state has moved away from its initial value
+        assert any(not _equal(initial_state[k], algorithm.state_dict()[k]) for k in initial_state)
+
+    batch = image_batch(algorithm, 99, offset=5)
+    original = algorithm.training_step(copy.deepcopy(model), batch, step, teacher)
+    again = resumed.training_step(copy.deepcopy(model), batch, step, teacher)
+    assert torch.equal(original.loss, again.loss)
+    assert all(torch.equal(original.stats[k], again.stats[k]) or
+               (original.stats[k].isnan() and again.stats[k].isnan()) for k in original.stats)
+    assert all(_equal(algorithm.state_dict()[k], resumed.state_dict()[k])
+               for k in algorithm.state_names)
+
+
+def sgd_step(model, lr=0.1):
+    """Plain SGD by hand (torch.optim's first step costs seconds of imports)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter -= lr * parameter.grad
+
+
+def _equal(a, b):
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and torch.equal(a, b)
+    return a == b
+
+
+# ---- FlexMatch --------------------------------------------------------------------------------
+def flexmatch_batch():
+    # 10 classes. Sample 0: class 0 with q = 0.99; sample 1: class 0 with q = 0.15 (the other nine
+    # share 0.85, 0.0944 each). Logits are log-probabilities.
+    probs = torch.tensor([[0.99] + [0.01 / 9] * 9, [0.15] + [0.85 / 9] * 9])
+    return logit_batch(torch.log(probs), labeled=torch.zeros(1, 10), indices=torch.tensor([0, 1]))
+
+
+def test_flexmatch_masks_with_the_counts_before_recording_the_batch():
+    algorithm, model = make("flexmatch", num_unlabeled=4, num_classes=10), LogitsAreInputs()
+    # Step 0: all sigma = -1 -> every threshold 0 -> both samples pass, although q = 0.15 for one.
+    first = algorithm.training_step(model, flexmatch_batch(), 0)
+    assert first.stats["mask_rate"] == 1.0 and first.stats["threshold_mean"] == 0.0
+    # ... and only then is the confident sample recorded.
+    assert algorithm.sigma.tolist() == [0, -1, -1, -1]
+    # Step 1: n_0 = 1, n_unused = 3 -> beta_0 = 1/3, threshold 0.95 * (1/3) / (5/3) = 0.19:
+    # q = 0.99 passes, q = 0.15 does not.
+    second = algorithm.training_step(model, flexmatch_batch(), 1)
+    assert second.stats["mask_rate"] == 0.5
+    assert second.stats["threshold_mean"] == pytest.approx(0.019)   # 0.19 / 10 classes
+
+
+def test_flexmatch_without_threshold_warmup_uses_the_largest_class_count():
+    algorithm = make("flexmatch", num_unlabeled=4, num_classes=10, threshold_warmup=False)
+    model = LogitsAreInputs()
+    algorithm.training_step(model, flexmatch_batch(), 0)
+    # n_0 = 1 = max_c n_c -> beta_0 = 1 -> threshold 0.95: 0.99 passes, 0.15 does not
+    second = algorithm.training_step(model, flexmatch_batch(), 1)
+    assert second.stats["mask_rate"] == 0.5
+    assert second.stats["threshold_mean"] == pytest.approx(0.095)
+
+
+# ---- Dash -------------------------------------------------------------------------------------
+def test_dash_official_warmup_keeps_every_sample_and_rho_hat_is_the_mean_recorded_loss():
+    # Epochs of 2 steps, 2 warm-up epochs (steps 0-3); 4 unlabeled samples per step, N = 6.
+    algorithm = make("dash", num_unlabeled=6, warmup_epochs=2, steps_per_epoch=2)
+    model, generator = LogitsAreInputs(), torch.Generator().manual_seed(0)
+    batches = [logit_batch(0.3 * torch.randn(4, 3, generator=generator),
+                           torch.randn(4, 3, generator=generator)) for _ in range(5)]
+    for step in range(4):
+        output = algorithm.training_step(model, batches[step], step)
+        # low-confidence predictions (q < 0.6) all pass: no effective threshold in warm-up
+        assert output.stats["mask_rate"] == 1.0
+        assert math.isnan(output.stats["rho"])
+        # unsup = 0.9 * mean_i H(softmax(w / 0.5), p_s)
+        losses = -(sharpen(batches[step].weak_images, 0.5)
+                   * F.log_softmax(batches[step].strong_images, -1)).sum(-1)
+        assert output.stats["loss_unsup"] == pytest.approx(0.9 * losses.mean().item(), rel=1e-5)
+
+    # Recorded: the last warm-up epoch (steps 2 and 3: 8 losses); the most recent N = 6 count.
+    def per_sample(step):
+        return -(sharpen(batches[step].weak_images, 0.5)
+                 * F.log_softmax(batches[step].strong_images, -1)).sum(-1)
+    rho_hat = torch.cat([per_sample(2), per_sample(3)])[-6:].mean()
+
+    output = algorithm.training_step(model, batches[4], 4)   # epoch 2: floor((2-1)/9) = 0
+    assert algorithm.rho_hat.item() == pytest.approx(rho_hat.item(), rel=1e-6)
+    assert output.stats["rho"].item() == pytest.approx(rho_hat.item(), rel=1e-6)
+    confidence = torch.softmax(batches[4].weak_images, -1).max(-1).values
+    expected_mask = (-confidence.log() < rho_hat).float()
+    assert output.stats["mask_rate"].item() == pytest.approx(expected_mask.mean().item())
+
+
+def test_dash_official_switches_to_one_hot_labels_at_rho_min():
+    algorithm = make("dash", num_unlabeled=2, warmup_epochs=1, steps_per_epoch=1)
+    model = LogitsAreInputs()
+    weak = torch.log(torch.tensor([[0.99, 0.005, 0.005], [0.4, 0.3, 0.3]]))
+    strong = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    algorithm.training_step(model, logit_batch(weak, strong), 0)
+    algorithm.rho_hat = torch.tensor(0.04)   # below rho_min: rho = rho_min, labels one-hot
+    output = algorithm.training_step(model, logit_batch(weak, strong), 1)
+    # only sample 0 passes (-log 0.99 = 0.01 < 0.05): unsup = 0.9 * H(one-hot 0, p_s) / 1
+    expected = 0.9 * F.cross_entropy(strong[:1], torch.tensor([0]))
+    assert output.stats["rho"].item() == pytest.approx(0.05)
+    assert output.stats["loss_unsup"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_dash_usb_trains_supervised_only_during_warmup_and_takes_rho_hat_from_evaluation():
+    algorithm = make("dash", variant="usb", warmup_steps=4, steps_per_epoch=1)
+    assert [algorithm.supervised_only(step) for step in range(6)] == [True] * 4 + [False] * 2
+    algorithm.on_evaluation(2, {"ema/loss": 9.0})
+    algorithm.on_evaluation(4, {"ema/loss": 0.7})    # the end of warm-up: this one counts
+    algorithm.on_evaluation(5, {"ema/loss": 0.1})    # later evaluations do not
+    assert algorithm.rho_hat == 0.7
+    model = LogitsAreInputs()
+    weak = torch.log(torch.tensor([[0.8, 0.1, 0.1], [0.34, 0.33, 0.33]]))
+    output = algorithm.training_step(model, logit_batch(weak), 4)
+    # rho = C * rho_hat = 0.70007. Soft targets sharpen(p_w, 0.5): H(pseudo, p_w) is about 0.39
+    # for the confident sample (kept) and about 1.10 for the flat one (dropped).
+    assert output.stats["rho"].item() == pytest.approx(0.70007)
+    assert output.stats["mask_rate"] == 0.5
+    # after 10 epochs (10 steps here) rho = C * rho_hat / gamma
+    output = algorithm.training_step(model, logit_batch(weak), 14)
+    assert output.stats["rho"].item() == pytest.approx(0.70007 / 1.27)
+
+
+def test_dash_usb_refuses_to_guess_rho_hat_without_an_evaluation():
+    algorithm = make("dash", variant="usb", warmup_steps=4)
+    with pytest.raises(RuntimeError, match="eval_every"):
+        algorithm.training_step(LogitsAreInputs(), logit_batch(torch.zeros(2, 3)), 4)
+
+
+# ---- FreeMatch, SoftMatch, UDA ----------------------------------------------------------------
+def test_freematch_fairness_loss_by_hand():
+    # p_model = label_hist = uniform -> target [0.5, 0.5]. Strong probs [[0.8, 0.2], [0.4, 0.6]]
+    # both selected: hist_s = [0.5, 0.5], mean p_s = [0.6, 0.4] -> modulated [0.6, 0.4]
+    # loss = 0.5 ln 0.6 + 0.5 ln 0.4 = -0.713558
+    logits = torch.log(torch.tensor([[0.8, 0.2], [0.4, 0.6]])).requires_grad_()
+    half = torch.full((2,), 0.5)
+    loss = freematch_fairness_loss(logits, torch.ones(2), half, half)
+    assert loss.item() == pytest.approx(-0.713558, abs=1e-5)
+    loss.backward()
+    assert logits.grad.abs().sum() > 0
+    # nothing selected: no loss, and a finite (zero) gradient
+    logits.grad = None
+    empty = freematch_fairness_loss(logits, torch.zeros(2), half, half)
+    empty.backward()
+    assert empty.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_freematch_folds_the_batch_into_its_statistics_before_masking():
+    algorithm = make("freematch", num_classes=2, ema_momentum=0.5)
+    probs = torch.tensor([[0.8, 0.2], [0.3, 0.7], [0.55, 0.45]])
+    output = algorithm.training_step(LogitsAreInputs(), logit_batch(torch.log(probs)), 0)
+    # as worked out in test_masking: tau_g = 0.591667, thresholds [0.591667, 0.535317] -> 2 of 3
+    assert output.stats["tau_global"].item() == pytest.approx(0.591667, abs=1e-5)
+    assert output.stats["mask_rate"].item() == pytest.approx(2 / 3)
+
+
+def test_softmatch_alignment_estimate_starts_at_the_first_batch_mean():
+    algorithm = make("softmatch", num_classes=2)
+    probs = torch.tensor([[0.6, 0.4], [0.2, 0.8]])
+    output = algorithm.training_step(LogitsAreInputs(), logit_batch(torch.log(probs)), 0)
+    assert torch.allclose(algorithm.p_model, torch.tensor([0.4, 0.6]))
+    # aligned q = [0.692308, 0.727273] (test_masking); mu = 0.999 * 0.5 + 0.001 * 0.709790
+    assert output.stats["mu"].item() == pytest.approx(0.999 * 0.5 + 0.001 * 0.709790, abs=1e-6)
+    # second batch: an EMA from there on
+    algorithm.training_step(LogitsAreInputs(), logit_batch(torch.log(probs.flip(1))), 1)
+    assert torch.allclose(algorithm.p_model, 0.999 * torch.tensor([0.4, 0.6])
+                          + 0.001 * torch.tensor([0.6, 0.4]))
+
+
+def test_uda_sharpens_its_targets_with_temperature():
+    algorithm = make("uda", num_classes=3)
+    weak = torch.log(torch.tensor([[0.85, 0.1, 0.05], [0.5, 0.3, 0.2]]))
+    strong = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    output = algorithm.training_step(LogitsAreInputs(), logit_batch(weak, strong), 0)
+    # only sample 0 has q >= 0.8; target softmax(logits_w / 0.4); mean over both samples
+    target = torch.softmax(weak[0] / 0.4, -1)
+    expected = -(target * F.log_softmax(strong[0], -1)).sum() / 2
+    assert output.stats["loss_unsup"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ---- Mean Teacher, Pseudo-Label ---------------------------------------------------------------
+def test_mean_teacher_compares_the_student_with_the_teacher_not_with_itself():
+    torch.manual_seed(0)
+    algorithm, student = make("meanteacher", rampup_fraction=0.0), TinyNet()
+    batch = image_batch(algorithm, 0)
+    batch.strong_images = batch.weak_images.clone()   # same view: only the weights differ
+    # identical weights, identical views: nothing to learn
+    same = algorithm.training_step(student, batch, 0, teacher=copy.deepcopy(student))
+    assert same.stats["loss_unsup"] == 0.0
+    # different weights: a non-zero loss, whose gradient reaches the student only
+    teacher = teacher_for(algorithm, student)
+    output = algorithm.training_step(student, batch, 0, teacher=teacher)
+    assert output.stats["loss_unsup"] > 0
+    output.loss.backward()
+    assert student.classifier.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_pseudo_label_leaves_batchnorm_statistics_to_the_labeled_pass():
+    torch.manual_seed(0)
+    algorithm, model = make("pseudolabel"), TinyNet()
+    batch = image_batch(algorithm, 0)
+    labeled_only = copy.deepcopy(model)
+    labeled_only(batch.labeled_images)
+    algorithm.training_step(model, batch, 50)
+    bn, expected = model.features[1], labeled_only.features[1]
+    assert torch.equal(bn.running_mean, expected.running_mean)
+    assert torch.equal(bn.running_var, expected.running_var)
+    assert bn.num_batches_tracked.item() == 1
+
+
+def test_frozen_batchnorm_statistics_still_normalises_with_the_batch():
+    model = TinyNet()
+    images = torch.randn(8, 2, 4, 4)
+    before = copy.deepcopy(model.state_dict())
+    with frozen_batchnorm_statistics(model):
+        frozen = model(images)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.allclose(frozen, copy.deepcopy(model)(images))   # same output as a normal pass
+    assert model.features[1].track_running_stats
+
+
+def test_pseudo_label_weight_ramps_up_over_40_percent_of_training():
+    algorithm, model = make("pseudolabel"), TinyNet()
+    weights = [algorithm.training_step(model, image_batch(algorithm, 0), step)
+               .stats["unsup_weight"].item() for step in (0, 20, 40, 90)]
+    assert weights == pytest.approx([0.0, 0.5, 1.0, 1.0])   # clip(t / (0.4 * 100))
