@@ -237,6 +237,7 @@ class Trainer:
         self.step = 0
         self.curve: list[dict[str, float]] = []
         self.stat_sums: dict[str, Tensor] = {}   # per-step statistics since the last log line
+        self.stat_counts: dict[str, int] = {}    # steps that reported each statistic
         self.stat_history: list[dict[str, float]] = []   # the averages logged so far
 
     # ---- one step -------------------------------------------------------------------------
@@ -306,7 +307,7 @@ class Trainer:
             "augment_generator": self.augment_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "curve": self.curve, "stat_sums": self.stat_sums,
+            "curve": self.curve, "stat_sums": self.stat_sums, "stat_counts": self.stat_counts,
             "stat_history": self.stat_history,
         }
 
@@ -329,6 +330,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.curve = state["curve"]
         self.stat_sums = state["stat_sums"]
+        self.stat_counts = state["stat_counts"]
         self.stat_history = state["stat_history"]
 
     def resume_if_possible(self) -> int:
@@ -352,14 +354,15 @@ class Trainer:
         while self.step < config.steps:
             for key, value in self.train_step().items():
                 self.stat_sums[key] = self.stat_sums.get(key, 0) + value.detach().float()
+                self.stat_counts[key] = self.stat_counts.get(key, 0) + 1
             step = self.step
             if step % config.log_every == 0 or step == config.steps:
-                count = config.log_every if step % config.log_every == 0 else step % config.log_every
-                averages = {f"train/{k}": (v / count).item() for k, v in self.stat_sums.items()}
+                averages = {f"train/{k}": (v / self.stat_counts[k]).item()
+                            for k, v in self.stat_sums.items()}
                 averages["train/lr"] = self.scheduler.get_last_lr()[0]
                 self.stat_history.append({"step": float(step), **averages})
                 self.log(step, averages)
-                self.stat_sums = {}
+                self.stat_sums, self.stat_counts = {}, {}
             if step % config.eval_every == 0 or step == config.steps:
                 point = self.evaluate_both()
                 self.log(step, {k: v for k, v in point.items() if k != "step"})
