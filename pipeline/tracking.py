@@ -13,6 +13,8 @@ import random
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -39,11 +41,29 @@ def retry(action: Callable[[], T], what: str, attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
+def check_server_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail within seconds when an HTTP tracking server does not answer: MLflow's own client
+    retries a refused connection for minutes before giving up."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return   # it answered (e.g. 401 behind authentication): reachable
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(
+            f"cannot reach the MLflow tracking server {uri!r} (MLFLOW_TRACKING_URI): {reason}. "
+            f"Start the server or fix MLFLOW_TRACKING_URI; unset it to use the default "
+            f"{DEFAULT_URI} in the working directory") from error
+
+
 def client():
     """An MlflowClient on the tracking URI; an unreachable store is a user error."""
+    uri = tracking_uri()
+    check_server_reachable(uri)   # before importing mlflow: seconds, not minutes
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri()
     try:
         tracking = MlflowClient(uri)
         retry(lambda: tracking.search_experiments(max_results=1), "reach the tracking store")
