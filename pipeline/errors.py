@@ -19,7 +19,9 @@ EXIT_USER_ERROR = 2
 
 def report(error: BaseException, stream=sys.stderr) -> None:
     message = " ".join(str(error).split())
-    print(textwrap.fill(f"ssl-repro error: {message}", width=100), file=stream)
+    # Never break inside a word: paths and keys in the message must stay whole to be copied.
+    print(textwrap.fill(f"ssl-repro error: {message}", width=100, break_long_words=False,
+                        break_on_hyphens=False), file=stream)
 
 
 def cli(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | None], None]:
