@@ -9,22 +9,33 @@ from pathlib import Path
 from .errors import UserError
 
 
+def writable_dir(folder: str | Path) -> Path:
+    """Create `folder` if needed and check that files can be written there, so that a job fails
+    before hours of work rather than when it writes its results."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot create or write the folder {folder} ({error.strerror}); make it "
+                        f"writable or choose another output location") from error
+    return folder
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the folder {path.parent} ({error.strerror}); make it "
-                        f"writable or choose another output location") from error
+    writable_dir(path.parent)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         tmp.replace(path)
-    except PermissionError as error:
+    except OSError as error:   # no permission, disk full, read-only file system, ...
         raise UserError(f"cannot write {path} ({error.strerror}); make {path.parent} writable "
                         f"and rerun — finished results are kept") from error
     finally:

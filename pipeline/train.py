@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .download import verify_files
 from .errors import UserError, cli
-from .files import atomic_path, read_json, write_json
+from .files import atomic_path, read_json, writable_dir, write_json
 from .tracking import RunLogger, git_commit
 
 
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.time()
     run = json.loads(args.run_config)
+    writable_dir(args.out)   # fail now, not after training
+    writable_dir(args.checkpoint_dir)
 
     import torch
     from semisup.algorithms import build_algorithm
