@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from .errors import UserError, cli
+from .files import write_text
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 T = TypeVar("T")
@@ -113,8 +114,7 @@ class RunLogger:
                 experiment_id(self.tracking, experiment), run_name=run_name,
                 tags={"mlflow.runName": run_name}), "create run")
             self.run_id = run.info.run_id
-            run_id_file.parent.mkdir(parents=True, exist_ok=True)
-            run_id_file.write_text(self.run_id + "\n")
+            write_text(run_id_file, self.run_id + "\n")   # atomic: never an empty id file
             retry(lambda: self.tracking.log_batch(
                 self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
                 tags=[RunTag(k, str(v)) for k, v in tags.items()]), "log params")
