@@ -116,20 +116,31 @@ rule evaluate:
 SUMMARIES = expand(RESULTS + "/{dataset}-{n_labels}/{algorithm}/summary.json",
                    dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS)
 
+# reports.published: published numbers to put beside ours in tables/published.tex (a path relative
+# to the project folder, like params.yaml); without it there is no such table.
+PUBLISHED = STUDY.config["reports"].get("published")
+PUBLISHED_CSV = str(Path(workflow.basedir, PUBLISHED)) if PUBLISHED else None
+PUBLISHED_TABLE = {"published": f"{REPORTS}/tables/published.tex"} if PUBLISHED else {}
+
 rule tables:
     input:
         summaries=SUMMARIES,
+        published=[PUBLISHED_CSV] if PUBLISHED else [],
     output:
         table=f"{REPORTS}/tables/main.tex",
         metrics=f"{REPORTS}/metrics.json",
+        **PUBLISHED_TABLE,
     params:
         selection=STUDY.config["reports"]["selection"],
         model=STUDY.config["reports"]["model"],
+        published=f"--published {shlex.quote(PUBLISHED_CSV)} --published-table "
+        f"{shlex.quote(PUBLISHED_TABLE['published'])}" if PUBLISHED else "",
     log:
         f"logs/{STUDY.name}/tables.log",
     shell:
         "{PY} -m pipeline.tables --summaries {input.summaries} --selection {params.selection}"
-        " --model {params.model} --table {output.table} --metrics {output.metrics} > {log} 2>&1"
+        " --model {params.model} --table {output.table} --metrics {output.metrics}"
+        " {params.published} > {log} 2>&1"
 
 
 rule figures:

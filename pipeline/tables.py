@@ -1,11 +1,14 @@
 """Rule `tables`: the LaTeX table (booktabs; error rate mean +- std over seeds per algorithm and
-label budget; best bold per column) and reports/metrics.json (for `dvc metrics`)."""
+label budget; best bold per column), reports/metrics.json (for `dvc metrics`) and, given a CSV of
+published numbers, a second table with the published numbers beside ours and the difference."""
 from __future__ import annotations
 
 import argparse
+import csv
+import re
 from pathlib import Path
 
-from .errors import cli
+from .errors import UserError, cli
 from .files import read_json, write_json, write_text
 
 SELECTION_TEXT = {
@@ -64,6 +67,167 @@ def render(summaries: list[dict], model: str, selection: str) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------
+# Published numbers beside ours (reference/published_results.csv, see reference/README.md).
+
+PUBLISHED_COLUMNS = ("source", "reference", "selection", "networks", "algorithm", "dataset",
+                     "n_labels", "error_mean", "error_std")
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                 "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(character, character) for character in text)
+
+
+def read_published(path: Path) -> list[dict]:
+    """Rows of the published-numbers CSV, with n_labels, error_mean and error_std (None when
+    empty) as numbers."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in PUBLISHED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path} lacks the column(s) {', '.join(missing)}; its header must "
+                                f"be {','.join(PUBLISHED_COLUMNS)} (see reference/README.md)")
+            rows = list(reader)
+    except FileNotFoundError as error:
+        raise UserError(f"the published numbers file {path} does not exist; fix reports.published "
+                        f"in the study's config or remove it") from error
+    parsed = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            std = row["error_std"].strip()
+            parsed.append({**row, "n_labels": int(row["n_labels"]),
+                           "error_mean": float(row["error_mean"]),
+                           "error_std": float(std) if std else None})
+        except (ValueError, AttributeError) as error:
+            raise UserError(f"{path}, line {line}: n_labels must be an integer and error_mean, "
+                            f"error_std numbers (error_std may be empty); got {row}") from error
+    return parsed
+
+
+def selection_text(rule: str) -> str:
+    """A published `selection` value in the words of our own tables' captions."""
+    if rule in SELECTION_TEXT:
+        return SELECTION_TEXT[rule].format(k=20)
+    match = re.fullmatch(r"(median|mean) of (?:the )?last (\d+)(?: evaluations)?", rule.strip())
+    if match:
+        return SELECTION_TEXT[match.group(1)].format(k=match.group(2))
+    return latex_escape(rule)
+
+
+def mean_std(mean: float, std: float | None) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} $\\pm$ {std:.2f}"
+
+
+def difference(ours: float, published: float) -> str:
+    delta = round(ours - published, 2)
+    return "$0.00$" if delta == 0 else f"${delta:+.2f}$"
+
+
+Source = tuple[str, str, str]  # (source, reference, selection) columns of the published CSV
+
+
+def source_of(row: dict) -> Source:
+    return row["source"], row["reference"], row["selection"]
+
+
+def source_letters(rows: list[dict]) -> dict[Source, str]:
+    """a, b, c, ... for the sources in order of first appearance."""
+    sources = dict.fromkeys(source_of(row) for row in rows)
+    return {source: chr(ord("a") + i) if i < 26 else f"s{i + 1}"
+            for i, source in enumerate(sources)}
+
+
+def algorithm_lines(algorithm: str, budgets: list[int], ours: dict, best: dict,
+                    published: dict, letters: dict[Source, str]) -> list[str]:
+    """One table line per source with numbers for `algorithm` (a single line when none has):
+    per budget ours (on the first line; best bold), published (marked) and ours - published."""
+    sources = [s for s in letters if any((s, algorithm, n) in published for n in budgets)]
+    lines = []
+    for position, source in enumerate(sources or [None]):
+        cells = [DISPLAY_NAMES.get(algorithm, algorithm) if position == 0 else ""]
+        for n in budgets:
+            stats, row = ours.get((algorithm, n)), published.get((source, algorithm, n))
+            if position > 0:
+                cells.append("")
+            elif stats is None:
+                cells.append("--")
+            else:
+                text = mean_std(stats["mean"], stats["std"])
+                bold = round(stats["mean"], 2) == round(best[n], 2)
+                cells.append(rf"\textbf{{{text}}}" if bold else text)
+            if row is None:
+                cells += ["--", "--"]
+                continue
+            mark = f"$^{{{letters[source]}}}$"
+            cells.append(mean_std(row["error_mean"], row["error_std"]) + mark)
+            cells.append("--" if stats is None else difference(stats["mean"], row["error_mean"]))
+        lines.append(" & ".join(cells) + r" \\")
+    return lines
+
+
+def source_notes(rows: list[dict], letters: dict[Source, str]) -> list[str]:
+    """Per source: its letter, name, exact reference and networks."""
+    notes = []
+    for source, letter in letters.items():
+        networks = "; ".join(dict.fromkeys(r["networks"] for r in rows if source_of(r) == source))
+        notes.append(rf"$^{{{letter}}}$ {latex_escape(source[0])} ({latex_escape(source[1])}); "
+                     f"networks: {latex_escape(networks)}.")
+    return notes
+
+
+def render_published(summaries: list[dict], published_rows: list[dict], model: str,
+                     selection: str, published_name: str = "the published numbers") -> str:
+    """Ours beside the published numbers of the same dataset, algorithms and label budgets, with
+    the checkpoint-selection rule of every column in the caption."""
+    last_k = find_last_k(summaries[0])
+    key = metric_key(model, selection, last_k)
+    budgets = sorted({s["n_labels"] for s in summaries})
+    algorithms = list(dict.fromkeys(s["algorithm"] for s in summaries))
+    ours = {(s["algorithm"], s["n_labels"]): s["metrics"][key] for s in summaries}
+    best = {n: min(ours[a, n]["mean"] for a in algorithms if (a, n) in ours) for n in budgets}
+    dataset, n_seeds = summaries[0]["dataset"], summaries[0]["metrics"][key]["n"]
+    rows = [r for r in published_rows if r["dataset"] == dataset and r["algorithm"] in algorithms
+            and r["n_labels"] in budgets]
+    letters = source_letters(rows)
+    published = {(source_of(r), r["algorithm"], r["n_labels"]): r for r in rows}
+    if letters:
+        marks_by_rule: dict[str, list[str]] = {}
+        for source, letter in letters.items():
+            marks_by_rule.setdefault(selection_text(source[2]), []).append(letter)
+        rules = "; ".join(f"$^{{{','.join(marks)}}}$ {rule}"
+                          for rule, marks in marks_by_rule.items())
+        published_text = ("as reported by the source its letter marks (notes below), with that "
+                          f"source's checkpoint selection: {rules}")
+    else:
+        published_text = f"none for {dataset} in {latex_escape(published_name)}"
+    lines = [
+        "% Generated by `snakemake` (rule tables, pipeline/tables.py); do not edit by hand.",
+        r"\begin{table*}[t]", r"\centering",
+        rf"\caption{{Reproduced and published test error rate (\%) on {dataset}. "
+        rf"Ours: {SELECTION_TEXT[selection].format(k=last_k)} of the {model.upper()} model, "
+        rf"mean $\pm$ std over {n_seeds} seeds; best per label budget in bold. "
+        rf"Published: {published_text}. $\Delta$: ours $-$ published (negative: a lower error "
+        r"than published); -- where a number is missing.}",
+        rf"\label{{tab:{dataset}-published}}",
+        r"\begin{tabular}{l" + "ccc" * len(budgets) + "}", r"\toprule",
+        "".join(rf" & \multicolumn{{3}}{{c}}{{{n} labels}}" for n in budgets) + r" \\",
+        " ".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(budgets))),
+        "Algorithm" + r" & Ours & Published & $\Delta$" * len(budgets) + r" \\", r"\midrule",
+    ]
+    for algorithm in algorithms:
+        lines += algorithm_lines(algorithm, budgets, ours, best, published, letters)
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if letters:
+        lines += [r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize",
+                  " \\\\\n".join(source_notes(rows, letters)), r"\end{minipage}"]
+    lines += [r"\end{table*}", ""]
+    return "\n".join(lines)
+
+
 def metrics_document(summaries: list[dict]) -> dict:
     """Nested {dataset-n_labels: {algorithm: {metric: mean, metric_std: std}}} for dvc metrics."""
     document: dict = {}
@@ -86,11 +250,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="ema", choices=["ema", "raw"])
     parser.add_argument("--table", required=True, type=Path)
     parser.add_argument("--metrics", required=True, type=Path)
+    parser.add_argument("--published", type=Path,
+                        help="CSV of published numbers (reference/README.md) to compare with")
+    parser.add_argument("--published-table", type=Path,
+                        help="where to write the comparison table (with --published)")
     args = parser.parse_args(argv)
+    if (args.published is None) != (args.published_table is None):
+        parser.error("--published and --published-table go together")
     summaries = [read_json(path, "summary") for path in args.summaries]
     write_text(args.table, render(summaries, args.model, args.selection))
     write_json(args.metrics, metrics_document(summaries))
     print(f"wrote {args.table} and {args.metrics}")
+    if args.published is not None:
+        published = read_published(args.published)
+        write_text(args.published_table, render_published(summaries, published, args.model,
+                                                          args.selection, args.published.name))
+        print(f"wrote {args.published_table} beside the published numbers of {args.published}")
 
 
 if __name__ == "__main__":
