@@ -1,0 +1,355 @@
+"""Steps and images per second of one FixMatch training step at the classic shape (WRN-28-2,
+32x32x3, B=64, mu=7: 64 labeled + 448 weak + 448 strong = 960 images per step) for two pipelines:
+
+(a) conventional: uint8 HWC images in a torch Dataset; each image goes through PIL crop/flip
+    (weak) and PIL crop/flip + RandAugment + Cutout (strong, the implementation in
+    benchmarks/augment.py), then ToTensor/Normalize, in DataLoader worker processes (pinned
+    memory on CUDA); the model runs in fp32, contiguous memory format, eager.
+(b) ssl-repro: the real semisup.train.Trainer.train_step: uint8 data resident on the training
+    device, batched per-sample weak/strong augmentation there, bf16 autocast and channels_last on
+    CUDA, optionally torch.compile (--compile).
+
+Both run the same model (semisup.models.wrn_28_2, same initial weights), the same loss
+(semisup.algorithms FixMatch.training_step), SGD with Nesterov momentum, the 7/16 cosine LR
+schedule and the EMA update (semisup.train.update_ema); only the data path, precision, memory
+format and compilation differ.
+
+    python benchmarks/train_step.py [--device cpu|cuda ...] [--steps N] [--warmup N]
+        [--batch 64] [--uratio 7] [--workers N] [--threads N] [--compile]
+        [--dataset-size N] [--augment-repeats N]
+
+Timing: --warmup untimed steps (DataLoader worker start-up, cuDNN autotuning, compilation), then
+--steps timed steps; the clock reads (and, on CUDA, torch.cuda.synchronize) happen only at the
+start and end of the timed window: the loop itself reads nothing back from the device. The
+pipelines run one after the other; the load average is printed before each, since the other
+processes on the machine slow both. A short "augmentation alone" section (strong augmentation,
+images per second, the PIL code of benchmarks/augment.py in this one process against the batched
+semisup.data.augment.strong_augment on the device) follows unless --augment-repeats 0.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
+from torchvision.transforms import functional as TF
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from augment import images_per_second, pil_strong_augment, run_pil  # noqa: E402  (benchmarks/)
+
+from semisup.algorithms import StepBatch, build_algorithm  # noqa: E402
+from semisup.data.augment import strong_augment  # noqa: E402
+from semisup.models import build_model  # noqa: E402
+from semisup.train import (TrainConfig, TrainData, Trainer, cosine_7_16,  # noqa: E402
+                           sgd_with_decay_groups, update_ema)
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)   # CIFAR-10's
+NUM_CLASSES = 10
+DEFAULTS = {"cpu": {"steps": 5, "warmup": 1, "dataset_size": 10_000},
+            "cuda": {"steps": 200, "warmup": 20, "dataset_size": 50_000}}
+
+
+# ---- (a) the conventional pipeline --------------------------------------------------------------
+
+def pil_weak_augment(array: np.ndarray, rng: random.Random, pad: int = 4) -> Image.Image:
+    """Reflect-pad, random crop, horizontal flip with probability 0.5: one HWC uint8 image."""
+    height, width, _ = array.shape
+    padded = np.pad(array, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    top, left = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
+    image = Image.fromarray(padded[top:top + height, left:left + width])
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
+def to_normalized_tensor(image) -> torch.Tensor:
+    """transforms.ToTensor() then transforms.Normalize(MEAN, STD), per image. (An array from
+    np.asarray(PIL image) is read-only: copied, as ToTensor copies a PIL image's pixels.)"""
+    if isinstance(image, np.ndarray):
+        image = np.array(image)
+    return TF.normalize(TF.to_tensor(image), MEAN, STD)
+
+
+class LabeledDataset(Dataset):
+    """(weak view, label) per image, as the reference codebases' labeled Dataset."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int = 0):
+        self.images, self.labels, self.rng = images, labels, random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        weak = to_normalized_tensor(pil_weak_augment(self.images[index], self.rng))
+        return weak, int(self.labels[index])
+
+
+class UnlabeledDataset(LabeledDataset):
+    """(weak view, strong view, true label) per image; the label only feeds statistics."""
+
+    def __getitem__(self, index: int):
+        array = self.images[index]
+        weak = to_normalized_tensor(pil_weak_augment(array, self.rng))
+        strong = to_normalized_tensor(pil_strong_augment(array, "fixmatch", self.rng))
+        return weak, strong, int(self.labels[index])
+
+
+def seed_worker(worker_id: int) -> None:
+    info = get_worker_info()
+    info.dataset.rng.seed(info.seed)     # distinct augmentation draws in each worker
+
+
+def infinite(loader: DataLoader):
+    while True:
+        yield from loader
+
+
+def loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device,
+           seed: int) -> DataLoader:
+    """Sampling with replacement, as TorchSSL/USB's RandomSampler(num_samples=...), so that
+    epochs never end inside the timed window."""
+    sampler = RandomSampler(dataset, replacement=True, num_samples=10 ** 9,
+                            generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", drop_last=True,
+                      persistent_workers=workers > 0,
+                      worker_init_fn=seed_worker if workers > 0 else None)
+
+
+class ConventionalStep:
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, n_labels: int, args,
+                 device: torch.device, total_steps: int):
+        self.device = device
+        torch.manual_seed(args.seed)
+        self.model = build_model(args.model, NUM_CLASSES, 3).to(device)
+        self.model.train()
+        self.ema_model = build_model(args.model, NUM_CLASSES, 3).to(device)
+        self.ema_model.load_state_dict(self.model.state_dict())
+        self.ema_model.requires_grad_(False)
+        config = TrainConfig(steps=total_steps, batch_size=args.batch, uratio=args.uratio)
+        self.ema_decay = config.ema_decay
+        self.optimizer = sgd_with_decay_groups(self.model, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_7_16(total_steps))
+        self.algorithm = build_algorithm("fixmatch", {}, num_classes=NUM_CLASSES,
+                                         num_unlabeled=len(images_hwc),
+                                         total_steps=total_steps).to(device)
+        labeled = LabeledDataset(images_hwc[:n_labels], labels[:n_labels], args.seed)
+        unlabeled = UnlabeledDataset(images_hwc, labels, args.seed + 1)
+        self.labeled = infinite(loader(labeled, args.batch, args.workers, device, args.seed))
+        self.unlabeled = infinite(loader(unlabeled, args.batch * args.uratio, args.workers,
+                                         device, args.seed + 1))
+        self.step = 0
+
+    def __call__(self) -> None:
+        to = lambda tensor: tensor.to(self.device, non_blocking=True)  # noqa: E731
+        labeled_images, labels = next(self.labeled)
+        weak_images, strong_images, unlabeled_labels = next(self.unlabeled)
+        batch = StepBatch(labeled_images=to(labeled_images), labels=to(labels),
+                          weak_images=to(weak_images), strong_images=to(strong_images),
+                          unlabeled_labels=to(unlabeled_labels))
+        output = self.algorithm.training_step(self.model, batch, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        update_ema(self.ema_model, self.model, self.ema_decay)
+        self.step += 1
+
+    def close(self) -> None:
+        """Stop the DataLoader workers before the next pipeline runs."""
+        self.labeled.close()
+        self.unlabeled.close()
+
+
+# ---- (b) ssl-repro: semisup.train.Trainer -------------------------------------------------------
+
+class SslReproStep:
+    def __init__(self, images_nchw: torch.Tensor, labels: torch.Tensor, n_labels: int, args,
+                 device: torch.device, total_steps: int):
+        cuda = device.type == "cuda"
+        data = TrainData(
+            train_images=images_nchw.to(device), train_labels=labels.to(device),
+            labeled_indices=torch.arange(n_labels, device=device),
+            test_images=images_nchw[:16].to(device), test_labels=labels[:16].to(device),
+            mean=MEAN, std=STD)
+        config = TrainConfig(steps=total_steps, batch_size=args.batch, uratio=args.uratio,
+                             precision="bf16" if cuda else "fp32", channels_last=cuda,
+                             compile=args.compile)
+        torch.manual_seed(args.seed)
+        model = build_model(args.model, NUM_CLASSES, 3)
+        algorithm = build_algorithm("fixmatch", {}, num_classes=NUM_CLASSES,
+                                    num_unlabeled=len(images_nchw), total_steps=total_steps)
+        self.trainer = Trainer(model, algorithm, data, config, args.seed, device)
+        self.trainer.model.train()
+        self.config = config
+
+    def __call__(self) -> None:
+        self.trainer.train_step()     # returns 0-dim device tensors; nothing is read back
+
+    def close(self) -> None:
+        pass
+
+
+# ---- timing -------------------------------------------------------------------------------------
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, device: torch.device, warmup: int, steps: int) -> float:
+    """Seconds for `steps` steps after `warmup` untimed ones; synchronised at both ends only."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return f"load average: {load_average()}"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({os.cpu_count()} logical cores)"
+
+
+def synthetic_data(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 CIFAR-shaped images, stored HWC as torchvision's CIFAR10.data, and labels."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8),
+            rng.integers(0, NUM_CLASSES, size, dtype=np.int64))
+
+
+def benchmark_device(device: torch.device, args) -> None:
+    defaults = DEFAULTS[device.type]
+    steps = args.steps if args.steps is not None else defaults["steps"]
+    warmup = args.warmup if args.warmup is not None else defaults["warmup"]
+    size = args.dataset_size if args.dataset_size is not None else defaults["dataset_size"]
+    n_labels = min(args.n_labels, size)
+    images_per_step = args.batch * (1 + 2 * args.uratio)
+    images_hwc, labels = synthetic_data(size, args.seed)
+    images_nchw = torch.from_numpy(images_hwc).permute(0, 3, 1, 2).contiguous()
+
+    print(f"\n== {device.type}: {device_name(device)}")
+    print(f"   {args.model}, B={args.batch}, mu={args.uratio}: {images_per_step} images per step; "
+          f"{size} synthetic 32x32x3 images ({n_labels} labeled); {warmup} warm-up + {steps} "
+          f"timed steps per pipeline; torch threads {torch.get_num_threads()}; "
+          f"(a) DataLoader workers {args.workers}; (b) compile {args.compile}")
+    rows = []
+    pipelines = (
+        ("(a) conventional", "PIL per image in workers, fp32", ConventionalStep,
+         (images_hwc, labels)),
+        ("(b) ssl-repro", ("on-device batched aug, bf16 autocast, channels_last"
+                           if device.type == "cuda" else "on-device batched aug, fp32")
+         + (", compiled" if args.compile else ""), SslReproStep,
+         (images_nchw, torch.from_numpy(labels))),
+    )
+    for name, description, make, data in pipelines:
+        load_before = load_average()
+        step = make(*data, n_labels, args, device, warmup + steps)
+        seconds = time_steps(step, device, warmup, steps)
+        rows.append((name, description, steps / seconds, load_before))
+        step.close()
+        del step
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"{'pipeline':17s} {'what':58s} {'steps/s':>8s} {'images/s':>9s} {'s/step':>7s}  "
+          f"load before (1/5/15 min)")
+    for name, description, rate, load in rows:
+        print(f"{name:17s} {description:58s} {rate:8.3f} {rate * images_per_step:9,.0f} "
+              f"{1 / rate:7.3f}  {load}")
+    print(f"ratio (b)/(a): {rows[1][2] / rows[0][2]:.2f}x   (load after: {load_average()})")
+
+    if args.augment_repeats > 0:
+        batch = args.batch * args.uratio
+        cpu_images = images_nchw[:batch]
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        rng = random.Random(args.seed)
+        speeds = images_per_second({
+            "pil": (lambda images: run_pil(images, "fixmatch", rng), cpu_images),
+            "batched": (lambda images: strong_augment(images, generator, variant="fixmatch"),
+                        cpu_images.to(device)),
+        }, args.augment_repeats, batch)
+        print(f"augmentation alone (strong, fixmatch RandAugment, {batch} images per batch, "
+              f"median of {args.augment_repeats}): PIL per image in 1 process "
+              f"{speeds['pil']:,.0f} img/s, batched on {device.type} {speeds['batched']:,.0f} "
+              f"img/s, ratio {speeds['batched'] / speeds['pil']:.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--device", nargs="+", choices=["cpu", "cuda"],
+                        default=["cuda" if torch.cuda.is_available() else "cpu"],
+                        help="one or more devices, each benchmarked in turn "
+                             "(default: cuda if available, else cpu)")
+    parser.add_argument("--steps", type=int, help="timed steps per pipeline (default: 5 on "
+                                                  "CPU, 200 on CUDA)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default: 1 on CPU, "
+                                                   "20 on CUDA)")
+    parser.add_argument("--batch", type=int, default=64, help="labeled batch size B")
+    parser.add_argument("--uratio", type=int, default=7, help="mu: unlabeled batch = mu * B")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="DataLoader workers of each loader of (a) (default: all cores)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch CPU threads of the training process (default: all cores)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model in (b)")
+    parser.add_argument("--model", default="wrn_28_2")
+    parser.add_argument("--dataset-size", type=int,
+                        help="synthetic images (default: 10000 on CPU, 50000 on CUDA)")
+    parser.add_argument("--n-labels", type=int, default=4000, help="labeled images")
+    parser.add_argument("--augment-repeats", type=int, default=10,
+                        help="timed batches of the augmentation-alone figure (0: skip it)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if "cuda" in args.device and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA GPU here")
+
+    torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
+    print(f"torch {torch.__version__}, Python {platform.python_version()}, "
+          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} logical cores")
+    print(f"uptime: {uptime()}")
+    for name in args.device:
+        benchmark_device(torch.device(name), args)
+    print(f"\nuptime: {uptime()}")
+
+
+if __name__ == "__main__":
+    main()
