@@ -17,7 +17,9 @@ USER_ERRORS = (UserError, SemisupError)
 EXIT_USER_ERROR = 2
 
 
-def report(error: BaseException, stream=sys.stderr) -> None:
+def report(error: BaseException, stream=None) -> None:
+    # sys.stderr looked up at call time (a default argument would pin the one at import time).
+    stream = stream or sys.stderr
     message = " ".join(str(error).split())
     # Never break inside a word: paths and keys in the message must stay whole to be copied.
     print(textwrap.fill(f"ssl-repro error: {message}", width=100, break_long_words=False,
