@@ -294,3 +294,18 @@ def test_ops_on_cuda_equal_ops_on_cpu():
     generator = torch.Generator(device="cuda").manual_seed(0)
     for variant in augment.VARIANTS:
         assert strong_augment(images.cuda(), generator, variant=variant).is_cuda
+
+
+def test_sync_free_op_selection_equals_the_grouped_path():
+    """The CUDA path (every op on the whole batch, select per sample) gives exactly the CPU
+    path's result (ops sorted into blocks), so GPU runs need no host synchronisation."""
+    from semisup.data.augment import _OPS, _apply_chosen_ops
+
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    op_indices = torch.randint(0, len(_OPS) + 1, (64,), generator=generator)
+    magnitudes = torch.rand(64, generator=generator)
+    signs = torch.where(torch.rand(64, generator=generator) < 0.5, -1.0, 1.0)
+    grouped = _apply_chosen_ops(images.clone(), op_indices, magnitudes, signs, grouped=True)
+    selected = _apply_chosen_ops(images.clone(), op_indices, magnitudes, signs, grouped=False)
+    assert torch.equal(grouped, selected)
