@@ -32,7 +32,33 @@ def choose_device(requested: str):
                         "machine with a GPU")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        return torch.device("cuda", claim_gpu(torch.cuda.device_count()))
     return torch.device(requested)
+
+
+_claimed_gpus: list = []   # open lock files, held for the life of the process
+
+
+def claim_gpu(count: int, lock_dir: Path | None = None) -> int:
+    """Index of a GPU no other training job on this machine holds (an flock per GPU, released
+    when the process ends). The default profile runs at most one job per GPU, so one is free;
+    Snakemake itself does not tell a job which GPU to use."""
+    import fcntl
+    import tempfile
+
+    lock_dir = lock_dir or Path(tempfile.gettempdir()) / "ssl-repro-gpu-locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        handle = open(lock_dir / f"gpu{index}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _claimed_gpus.append(handle)
+        return index
+    return 0   # more jobs than GPUs (no profile limit): share the first one
 
 
 def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
