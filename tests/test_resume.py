@@ -1,0 +1,298 @@
+"""Resume and determinism: a run killed at any step and restarted ends exactly where an
+uninterrupted run ends (CPU, bit for bit); the same seed gives the same numbers, another seed
+other data order, augmentation and initial weights; an unreadable checkpoint is an error."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from semisup.algorithms import ALGORITHMS, build_algorithm
+from semisup.data import get_dataset
+from semisup.data.splits import make_split
+from semisup.errors import CheckpointError
+from semisup.models import build_model
+from semisup.train import TrainConfig, TrainData, Trainer
+
+from pipeline.config import ROOT, deep_merge, load_params, load_study
+
+CPU = torch.device("cpu")
+TINY_TRAIN = TrainConfig(steps=12, batch_size=4, uratio=2, eval_every=3, log_every=2,
+                         checkpoint_every=3, last_k=3, ema_decay=0.9, horizontal_flip=False)
+# Algorithms with state the checkpoint must carry (FlexMatch's per-sample record sigma, Dash's
+# loss buffer and rho_hat: a 3-step epoch so that warm-up ends and rho_hat is set mid-run).
+ALGORITHM_PARAMS = {
+    "fixmatch": {"tau": 0.5},
+    "flexmatch": {"tau": 0.5},
+    "dash": {"variant": "official", "warmup_epochs": 1, "steps_per_epoch": 3},
+}
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL in-process: raised from the log callback, after a checkpoint."""
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    spec = get_dataset("digits")
+    root = tmp_path_factory.mktemp("digits")
+    spec.download(root, **spec.options)
+    return spec, spec.load(root, **spec.options)
+
+
+def make_trainer(digits, algorithm: str, seed: int, checkpoint: Path | None = None,
+                 log=lambda step, metrics: None, config: TrainConfig = TINY_TRAIN,
+                 split_seed: int | None = None) -> Trainer:
+    spec, data = digits
+    split_seed = seed if split_seed is None else split_seed
+    split = make_split(data.train_labels.numpy(), 20, data.num_classes, split_seed, "digits")
+    train_data = TrainData(train_images=data.train_images, train_labels=data.train_labels,
+                           labeled_indices=torch.tensor(split["labeled_indices"]),
+                           test_images=data.test_images[:64], test_labels=data.test_labels[:64],
+                           mean=spec.mean, std=spec.std)
+    torch.manual_seed(seed)   # as pipeline.train does before building the model
+    model = build_model("small_cnn", data.num_classes, 1, width=4)
+    algo = build_algorithm(algorithm, ALGORITHM_PARAMS.get(algorithm, {}),
+                           num_classes=data.num_classes, num_unlabeled=len(data.train_images),
+                           total_steps=config.steps)
+    return Trainer(model, algo, train_data, config, seed, CPU, log=log,
+                   checkpoint_path=checkpoint)
+
+
+def kill_at(step_to_die: int):
+    def log(step, metrics):
+        if step >= step_to_die:
+            raise Killed(step)
+    return log
+
+
+def same_result(first, second) -> None:
+    """Bit-identical numbers (JSON keeps every float exactly; NaN statistics compare equal)."""
+    for field in ("metrics", "curve", "stat_history"):
+        assert as_json(getattr(first, field)) == as_json(getattr(second, field)), field
+
+
+def as_json(value) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits):
+    return {name: make_trainer(digits, name, seed=0).fit()
+            for name in ALGORITHM_PARAMS if name in ALGORITHMS}
+
+
+# ---- in-process resume -----------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHM_PARAMS])
+@pytest.mark.parametrize("die_at", [4, 8])
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(digits, uninterrupted, tmp_path,
+                                                            algorithm, die_at):
+    if algorithm not in ALGORITHMS:
+        pytest.skip(f"{algorithm} is not registered")
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(Killed):
+        make_trainer(digits, algorithm, 0, checkpoint, log=kill_at(die_at)).fit()
+    saved = torch.load(checkpoint, weights_only=False)
+    assert 0 < saved["step"] < die_at <= saved["step"] + TINY_TRAIN.checkpoint_every
+    resumed = make_trainer(digits, algorithm, 0, checkpoint).fit()
+    assert resumed.resumed_from == saved["step"]
+    same_result(resumed, uninterrupted[algorithm])
+
+
+def test_checkpoint_is_written_atomically_and_only_before_the_end(digits, tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    make_trainer(digits, "fixmatch", 0, checkpoint).fit()
+    assert torch.load(checkpoint, weights_only=False)["step"] == 9   # 3, 6, 9; none at 12
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["checkpoint.pt"]   # no temp
+
+
+def test_unreadable_checkpoint_is_an_error_never_a_fresh_start(digits, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"\x00not a checkpoint\xff" * 10)
+    trainer = make_trainer(digits, "fixmatch", 0, checkpoint)
+    with pytest.raises(CheckpointError) as caught:
+        trainer.fit()
+    assert str(checkpoint) in str(caught.value) and "cannot be read" in str(caught.value)
+    assert trainer.step == 0 and checkpoint.read_bytes().startswith(b"\x00not a checkpoint")
+
+
+def test_checkpoint_of_another_config_is_refused(digits, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(Killed):
+        make_trainer(digits, "fixmatch", 0, checkpoint, log=kill_at(4)).fit()
+    other = TrainConfig(**{**TINY_TRAIN.__dict__, "lr": 0.1})
+    with pytest.raises(CheckpointError, match="another seed or training config"):
+        make_trainer(digits, "fixmatch", 0, checkpoint, config=other).fit()
+
+
+# ---- determinism -----------------------------------------------------------------------------
+def test_same_config_and_seed_give_identical_metrics(digits, uninterrupted):
+    same_result(make_trainer(digits, "fixmatch", seed=0).fit(), uninterrupted["fixmatch"])
+
+
+def test_other_seed_changes_initialisation_data_order_and_augmentation(digits):
+    # One split for both, so that only the run's own seed differs.
+    first = make_trainer(digits, "fixmatch", 0, split_seed=0)
+    second = make_trainer(digits, "fixmatch", 1, split_seed=0)
+    first_weights = torch.cat([p.flatten() for p in first.model.parameters()])
+    second_weights = torch.cat([p.flatten() for p in second.model.parameters()])
+    assert not torch.equal(first_weights, second_weights)
+    assert not torch.equal(first.unlabeled_sampler.next(64), second.unlabeled_sampler.next(64))
+    assert not torch.equal(first.labeled_sampler.next(20), second.labeled_sampler.next(20))
+    # The same images (fixed indices) augmented under each seed's augmentation stream.
+    for trainer in (first, second):
+        trainer.labeled_sampler.next = lambda count: torch.arange(count)
+        trainer.unlabeled_sampler.next = lambda count: torch.arange(count)
+    first_batch, second_batch = first.next_batch(False), second.next_batch(False)
+    assert torch.equal(first_batch.labels, second_batch.labels)
+    assert torch.equal(first_batch.unlabeled_indices, second_batch.unlabeled_indices)
+    assert not torch.equal(first_batch.weak_images, second_batch.weak_images)
+    assert not torch.equal(first_batch.strong_images, second_batch.strong_images)
+
+
+# ---- through Snakemake: SIGKILL, rerun, same metrics, same MLflow run ---------------------------
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+             "--cores", "1", "--configfile", "study.yaml", "--"]   # then the targets
+STUDY = {
+    "study": {"name": "resume", "n_labels": [10], "seeds": [0], "algorithms": ["fixmatch"]},
+    "models": {"small_cnn": {"width": 4}},
+    # Enough steps that the job is still running well after its first checkpoints.
+    "train": {"steps": 150, "batch_size": 4, "uratio": 2, "eval_every": 25, "log_every": 5,
+              "checkpoint_every": 7, "last_k": 3, "eval_batch_size": 512},
+}
+RUN_DIR = Path("results/resume/digits-10/fixmatch/seed0")
+TARGET = str(RUN_DIR / "metrics.json")
+MANIFEST, SPLIT = Path("data/raw/digits/manifest.json"), Path("data/splits/digits/10/seed0.json")
+
+
+def workflow_env() -> dict[str, str]:
+    """The default tracking store: sqlite:///mlflow.db in the working directory."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def client(workdir: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+
+
+def mlflow_runs(workdir: Path) -> list:
+    experiment = client(workdir).get_experiment_by_name(STUDY["study"]["name"])
+    return client(workdir).search_runs([experiment.experiment_id])
+
+
+def without_commit(metrics: dict) -> dict:
+    # Other commits may land in the repository between the two runs; nothing else may differ.
+    return {k: v for k, v in metrics.items() if k != "git_commit"}
+
+
+def run_config() -> dict:
+    """The run's config as the Snakefile builds it from params.yaml + study.yaml."""
+    study = load_study(deep_merge(load_params(ROOT / "params.yaml"), STUDY))
+    return study.run_config("digits", 10, "fixmatch", 0)
+
+
+def train_argv(workdir: Path, out: Path, checkpoints: Path) -> list[str]:
+    return ["--run-config", json.dumps(run_config()), "--manifest", str(workdir / MANIFEST),
+            "--split", str(workdir / SPLIT), "--out", str(out), "--checkpoint-dir",
+            str(checkpoints), "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory) -> Path:
+    """The reference: the rules' own commands, run in this process (saves process start-ups)."""
+    from pipeline import download, split, train
+
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    options = json.dumps(run_config()["dataset_options"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+        download.main(["--dataset", "digits", "--options", options, "--manifest", str(MANIFEST)])
+        split.main(["--manifest", str(MANIFEST), "--n-labels", "10", "--seed", "0",
+                    "--out", str(SPLIT)])
+        train.main(train_argv(workdir, RUN_DIR, workdir / "checkpoints"))
+    return workdir
+
+
+def training_process(snakemake: subprocess.Popen, deadline: float):
+    import psutil   # a dependency of Snakemake
+
+    while time.monotonic() < deadline:
+        assert snakemake.poll() is None, "snakemake ended before the training job started"
+        for child in psutil.Process(snakemake.pid).children(recursive=True):
+            try:
+                if "pipeline.train" in child.cmdline():   # python -m pipeline.train, not the shell
+                    return child
+            except psutil.Error:   # a short-lived process (a shell, `git`) already gone
+                pass
+        time.sleep(0.05)
+    raise AssertionError("no training job started")
+
+
+def test_training_job_killed_by_sigkill_resumes_on_rerun_to_identical_metrics_and_mlflow_run(
+        uninterrupted_run, tmp_path):
+    workdir = tmp_path
+    (workdir / "study.yaml").write_text(yaml.safe_dump(STUDY))
+    shutil.copytree(uninterrupted_run / "data", workdir / "data")   # raw data and split
+    snakemake = subprocess.Popen([*SNAKEMAKE, TARGET], cwd=workdir, env=workflow_env(),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    job = training_process(snakemake, deadline)
+    checkpoints = workdir / "checkpoints"
+    while not list(checkpoints.rglob("checkpoint.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)   # run on past the checkpoint: the kill lands between two of them
+    job.send_signal(signal.SIGKILL)
+    assert snakemake.wait(timeout=120) != 0   # Snakemake sees the job fail and stops
+    assert not (workdir / TARGET).exists(), "the job finished before the kill; raise train.steps"
+    log = workdir / "logs/resume/train/digits-10-fixmatch-seed0.log"
+    [checkpoint] = checkpoints.rglob("checkpoint.pt")   # kept: it is not a declared output
+    killed_after = torch.load(checkpoint, weights_only=False)["step"]
+    assert 0 < killed_after < STUDY["train"]["steps"]
+    run_id = (checkpoint.parent / "mlflow_run_id.txt").read_text().strip()
+    [killed_run] = mlflow_runs(workdir)
+    logged = max(m.step for m in client(workdir).get_metric_history(run_id, "train/loss"))
+    print(f"killed after step {logged} (last logged), checkpoint at step {killed_after}; "
+          f"MLflow run {run_id} {killed_run.info.status}")
+
+    rerun = subprocess.run([*SNAKEMAKE, TARGET], cwd=workdir, env=workflow_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"resumed from checkpoint at step {killed_after}/" in log.read_text()
+    resumed = json.loads((workdir / TARGET).read_text())
+    reference = json.loads((uninterrupted_run / TARGET).read_text())
+    assert without_commit(resumed) == without_commit(reference)
+    run = json.loads((workdir / RUN_DIR / "run.json").read_text())
+    assert run["resumed_from_step"] == killed_after and run["mlflow_run_id"] == run_id
+    [mlflow_run] = mlflow_runs(workdir)   # one run, continued: no duplicate
+    assert mlflow_run.info.run_id == run_id and mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.data.tags["resumed"] == "true"
+    [reference_run] = mlflow_runs(uninterrupted_run)
+    assert mlflow_run.data.metrics == reference_run.data.metrics   # the latest value of each
+
+
+def test_unreadable_checkpoint_stops_the_cli_with_exit_2_and_names_the_file(
+        uninterrupted_run, tmp_path, monkeypatch, capsys):
+    from pipeline.train import main as train_main
+
+    checkpoint = tmp_path / "checkpoints" / "checkpoint.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"PK\x03\x04 truncated zip, not a checkpoint")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(SystemExit) as exit_:
+        train_main(train_argv(uninterrupted_run, tmp_path / "out", checkpoint.parent))
+    message = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert str(checkpoint) in message and "cannot be read" in message
+    assert "Traceback" not in message and not (tmp_path / "out" / "metrics.json").exists()
+    assert checkpoint.read_bytes().startswith(b"PK\x03\x04 truncated")   # left for the user
