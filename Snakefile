@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.config import load_study
 from pipeline.errors import USER_ERRORS, report as report_error
+from pipeline.figures import figures_for, stats_algorithms
 
 configfile: Path(workflow.basedir) / "params.yaml"
 
@@ -25,12 +26,19 @@ N_LABELS = STUDY.config["study"]["n_labels"]
 SEEDS = STUDY.config["study"]["seeds"]
 ALGORITHMS = STUDY.config["study"]["algorithms"]
 RUN = RESULTS + "/{dataset}-{n_labels}/{algorithm}/seed{seed}"
+FIGURES = figures_for(ALGORITHMS)   # the Dash figures only where the study has those algorithms
+REPORT_PAGES = [f"{REPORTS}/report/tables.html", f"{REPORTS}/report/run_times.html"]
 
 wildcard_constraints:
     dataset="[a-z0-9_]+",
     n_labels=r"\d+",
     algorithm="[a-z0-9_]+",
     seed=r"\d+",
+
+
+# On a cluster these run on the submitting (login) node: downloads need the internet that compute
+# nodes often lack, and the rest take seconds.
+localrules: all, download, split, evaluate, tables, figures
 
 
 def run_config(wildcards):
@@ -42,11 +50,17 @@ onstart:
     shell(f"{PY} -m pipeline.tracking init --experiment {shlex.quote(STUDY.name)}")
 
 
+# `snakemake --report reports/report.html` (after a run) bundles the outputs marked report(...)
+# (figures, tables, run times) with this description into one self-contained HTML file.
+report: "report/workflow.rst"
+
+
 rule all:
     input:
         f"{REPORTS}/tables/main.tex",
         f"{REPORTS}/metrics.json",
-        f"{REPORTS}/figures/error_curves.pdf",
+        expand(f"{REPORTS}/figures/{{name}}.{{ext}}", name=FIGURES, ext=["pdf", "png"]),
+        REPORT_PAGES,
 
 
 rule download:
@@ -147,13 +161,40 @@ rule figures:
     input:
         evaluations=expand(RUN + "/evaluations.csv", dataset=DATASET, n_labels=N_LABELS,
                            algorithm=ALGORITHMS, seed=SEEDS),
+        stats=expand(RUN + "/train_stats.csv", dataset=DATASET, n_labels=N_LABELS,
+                     algorithm=stats_algorithms(ALGORITHMS), seed=SEEDS),
     output:
-        pdf=f"{REPORTS}/figures/error_curves.pdf",
-        png=f"{REPORTS}/figures/error_curves.png",
+        pdf=expand(f"{REPORTS}/figures/{{name}}.pdf", name=FIGURES),
+        # The PNGs go into the HTML report (`snakemake --report`), each with its caption.
+        png=[report(f"{REPORTS}/figures/{name}.png", caption=f"report/figures/{name}.rst",
+                    category="Figures", labels={"figure": name}) for name in FIGURES],
     params:
+        figures=" ".join(FIGURES),
+        dash=json.dumps(STUDY.config["algorithms"].get("dash", {}), sort_keys=True),
         model=STUDY.config["reports"]["model"],
     log:
         f"logs/{STUDY.name}/figures.log",
+    benchmark:
+        f"logs/{STUDY.name}/benchmarks/figures.tsv"
     shell:
-        "{PY} -m pipeline.figures --evaluations {input.evaluations} --model {params.model}"
+        "{PY} -m pipeline.figures --evaluations {input.evaluations} --train-stats {input.stats}"
+        " --figures {params.figures} --dash-params {params.dash:q} --model {params.model}"
         " --out {REPORTS}/figures > {log} 2>&1"
+
+
+TRAIN_RUNS = dict(dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS, seed=SEEDS)
+
+rule report_pages:
+    input:
+        tables=[path for path in rules.tables.output if path.endswith(".tex")],
+        runs=expand(RUN + "/run.json", **TRAIN_RUNS),
+        benchmarks=expand(rules.train.benchmark, **TRAIN_RUNS),
+    output:
+        tables=report(REPORT_PAGES[0], caption="report/tables.rst", category="Tables"),
+        run_times=report(REPORT_PAGES[1], caption="report/run_times.rst", category="Run times"),
+    log:
+        f"logs/{STUDY.name}/report_pages.log",
+    shell:
+        "{PY} -m pipeline.report_pages --tables {input.tables} --runs {input.runs}"
+        " --benchmarks {input.benchmarks} --tables-html {output.tables}"
+        " --run-times-html {output.run_times} > {log} 2>&1"

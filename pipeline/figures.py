@@ -1,23 +1,62 @@
-"""Rule `figures`: test error curves per algorithm (mean over seeds, band = min..max), one panel
-per label budget, as PDF (fixed metadata: byte-identical across reruns) and PNG."""
+"""Rule `figures`: the Dash paper's figures for a study, each as PDF (for papers) and PNG.
+
+  error_curves   test error over training per algorithm (mean over seeds, band = min..max),
+                 one panel per label budget; always made.
+  dash_rho       Dash's threshold rho over training: the values the runs used (train/rho in
+                 train_stats.csv) and the schedule for several gamma from the runs' own rho_hat;
+                 made when the study includes dash.
+  pseudo_labels  correct and wrong pseudo-labels selected per step, and the mask rate, FixMatch
+                 versus Dash; made when the study includes either.
+
+Outputs are byte-identical across reruns on the same results: matplotlib's defaults (not the
+user's matplotlibrc), no creation dates or software versions in the files.
+"""
 from __future__ import annotations
 
 import argparse
 import csv
+import inspect
+import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
-from .errors import cli
+from .errors import UserError, cli
 from .files import atomic_path
 from .tables import DISPLAY_NAMES
 
 PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": "ssl-repro"}
 PNG_METADATA = {"Software": None}
+STYLE = {"svg.hashsalt": "ssl-repro", "pdf.compression": 6, "pdf.fonttype": 42}
+
+DASH_GAMMAS = (1.1, 1.27, 1.5)                 # the schedules drawn beside the study's own gamma
+PSEUDO_LABEL_ALGORITHMS = ("fixmatch", "dash")  # the comparison of the Dash paper
 
 
+def figures_for(algorithms: list[str]) -> list[str]:
+    """The figures a study with these algorithms gets (the Snakefile declares them as outputs)."""
+    names = ["error_curves"]
+    if "dash" in algorithms:
+        names.append("dash_rho")
+    if any(name in algorithms for name in PSEUDO_LABEL_ALGORITHMS):
+        names.append("pseudo_labels")
+    return names
+
+
+def stats_algorithms(algorithms: list[str]) -> list[str]:
+    """The algorithms whose train_stats.csv the figures read."""
+    return [name for name in algorithms if name in PSEUDO_LABEL_ALGORITHMS]
+
+
+# ---- reading results ----------------------------------------------------------------------------
 def read_csv(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+    try:
+        with open(path, newline="") as handle:
+            return [{k: float(v) for k, v in row.items() if v != ""}
+                    for row in csv.DictReader(handle)]
+    except FileNotFoundError as error:
+        raise UserError(f"the results file {path} is missing; rerun snakemake to recreate "
+                        f"it") from error
 
 
 def run_key(path: Path) -> tuple[str, int, str]:
@@ -28,10 +67,83 @@ def run_key(path: Path) -> tuple[str, int, str]:
 
 
 def group_runs(paths: list[Path]) -> dict[tuple[str, int, str], list[list[dict[str, float]]]]:
+    """Rows of each run's CSV, grouped over seeds by (dataset, n_labels, algorithm)."""
     groups: dict = defaultdict(list)
     for path in sorted(paths):
         groups[run_key(path)].append(read_csv(path))
-    return groups
+    return dict(groups)
+
+
+def seed_curves(runs: list[list[dict[str, float]]], column: str):
+    """(steps, values[seed, step]) over the steps every seed logged."""
+    import numpy as np
+
+    length = min(len(run) for run in runs)
+    steps = np.array([runs[0][i]["step"] for i in range(length)])
+    values = np.array([[run[i].get(column, math.nan) for i in range(length)] for run in runs])
+    return steps, values
+
+
+# ---- Dash's schedule ----------------------------------------------------------------------------
+def dash_settings(params: dict) -> dict:
+    """The dash hyperparameters of the study: the config's values over the class defaults."""
+    from semisup.algorithms import ALGORITHMS
+
+    signature = inspect.signature(ALGORITHMS["dash"].__init__)
+    defaults = {name: parameter.default for name, parameter in signature.parameters.items()
+                if parameter.default is not inspect.Parameter.empty}
+    return {**defaults, **params}
+
+
+def dash_rho(settings: dict, step: int, rho_hat: float, gamma: float, rho_min: float) -> float:
+    """rho at (0-based) training step `step`, from the library's schedule functions; inf while
+    no threshold applies (warm-up)."""
+    from semisup.algorithms.masking import dash_rho_official, dash_rho_usb
+
+    if settings["variant"] == "official":
+        return float(dash_rho_official(step // settings["steps_per_epoch"], rho_hat, gamma,
+                                       rho_min, settings["warmup_epochs"]))
+    if step < settings["warmup_steps"]:
+        return math.inf
+    return float(dash_rho_usb(step, rho_hat, gamma, settings["C"], rho_min,
+                              settings["warmup_steps"], settings["steps_per_epoch"]))
+
+
+def schedule_steps(settings: dict, total_steps: int) -> list[int]:
+    """The steps where rho can change (epoch starts, the end of a usb warm-up), and the last:
+    enough to draw the piecewise-constant schedule of a 2^20-step run quickly."""
+    epoch = settings["steps_per_epoch"]
+    starts = set(range(0, total_steps, epoch)) | {total_steps - 1}
+    if settings["variant"] == "usb":
+        starts |= set(range(settings["warmup_steps"], total_steps, epoch))
+    return sorted(step for step in starts if 0 <= step < total_steps)
+
+
+def recover_rho_hat(rows: list[dict[str, float]], settings: dict) -> float:
+    """rho_hat of one run from its logged rho (averages over log windows): the first window in
+    which the schedule is constant and above rho_min gives rho_hat = rho / schedule(rho_hat=1)."""
+    start = 0
+    for row in rows:
+        end = int(row["step"])   # the row averages the 0-based steps start .. end-1
+        rho = row.get("train/rho", math.nan)
+        unit = [dash_rho(settings, step, 1.0, settings["gamma"], 0.0) for step in (start, end - 1)]
+        if math.isfinite(rho) and rho > settings["rho_min"] and unit[0] == unit[1] \
+                and math.isfinite(unit[0]):
+            return rho / unit[0]
+        start = end
+    raise UserError("dash_rho figure: no logged window of a dash run has a constant rho above "
+                    "rho_min, so rho_hat cannot be read from train_stats.csv; log more often "
+                    "(train.log_every) or train longer than the warm-up")
+
+
+# ---- plotting -----------------------------------------------------------------------------------
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    matplotlib.rcdefaults()
+    matplotlib.rcParams.update(STYLE)
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def save(figure, out_dir: Path, stem: str) -> list[Path]:
@@ -44,24 +156,31 @@ def save(figure, out_dir: Path, stem: str) -> list[Path]:
     return written
 
 
-def plot_error_curves(groups, model: str, out_dir: Path) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def budgets_of(groups) -> list[int]:
+    return sorted({n for _, n, _ in groups})
+
+
+def label(algorithm: str) -> str:
+    return DISPLAY_NAMES.get(algorithm, algorithm)
+
+
+def plot_mean_and_band(ax, steps, values, **style):
     import numpy as np
 
-    budgets = sorted({n for _, n, _ in groups})
+    line, = ax.plot(steps, np.nanmean(values, axis=0), **style)
+    ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), alpha=0.15,
+                    color=line.get_color(), linewidth=0)
+
+
+def plot_error_curves(groups, model: str, out_dir: Path) -> list[Path]:
+    plt = pyplot()
+    budgets = budgets_of(groups)
     figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.4), squeeze=False)
     for ax, n_labels in zip(axes[0], budgets):
         for (dataset, n, algorithm), runs in groups.items():
-            if n != n_labels:
-                continue
-            length = min(len(run) for run in runs)
-            steps = np.array([run[i]["step"] for i in range(length) for run in runs[:1]])
-            errors = np.array([[run[i][f"{model}/error"] for i in range(length)] for run in runs])
-            line, = ax.plot(steps, errors.mean(axis=0), label=DISPLAY_NAMES.get(algorithm, algorithm))
-            ax.fill_between(steps, errors.min(axis=0), errors.max(axis=0), alpha=0.15,
-                            color=line.get_color(), linewidth=0)
+            if n == n_labels:
+                steps, errors = seed_curves(runs, f"{model}/error")
+                plot_mean_and_band(ax, steps, errors, label=label(algorithm))
         ax.set_title(f"{dataset}, {n_labels} labels")
         ax.set_xlabel("training step")
         ax.set_ylabel(f"test error (%), {model.upper()} model")
@@ -73,14 +192,113 @@ def plot_error_curves(groups, model: str, out_dir: Path) -> list[Path]:
     return written
 
 
+def plot_dash_rho(groups, settings: dict, gammas: tuple[float, ...], out_dir: Path) -> list[Path]:
+    """Per label budget: each seed's logged rho (markers) and the schedule for several gamma,
+    started from the seeds' mean rho_hat (lines); rho_min dashed."""
+    import numpy as np
+
+    plt = pyplot()
+    dash_groups = {key: runs for key, runs in groups.items() if key[2] == "dash"}
+    if not dash_groups:
+        raise UserError("dash_rho figure: no train_stats.csv of a dash run was given")
+    budgets = budgets_of(dash_groups)
+    figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.4), squeeze=False)
+    all_gammas = sorted(set(gammas) | {settings["gamma"]})
+    for ax, n_labels in zip(axes[0], budgets):
+        (dataset, _, _), runs = next((k, r) for k, r in dash_groups.items() if k[1] == n_labels)
+        rho_hat = float(np.mean([recover_rho_hat(run, settings) for run in runs]))
+        steps = np.array(schedule_steps(settings, int(max(run[-1]["step"] for run in runs))))
+        for gamma in all_gammas:
+            schedule = [dash_rho(settings, int(s), rho_hat, gamma, settings["rho_min"])
+                        for s in steps]
+            ours = " (this study)" if gamma == settings["gamma"] else ""
+            ax.step(steps + 1, np.where(np.isfinite(schedule), schedule, np.nan), where="post",
+                    linewidth=2.0 if ours else 1.2, label=f"$\\gamma$ = {gamma:g}{ours}")
+        threshold_from = next((s for s in steps if math.isfinite(
+            dash_rho(settings, int(s), rho_hat, settings["gamma"], settings["rho_min"]))), None)
+        if threshold_from:
+            ax.axvspan(0, threshold_from + 1, color="gray", alpha=0.12, linewidth=0,
+                       label="warm-up (no threshold)")
+        for index, run in enumerate(runs):
+            logged = np.array([row.get("train/rho", math.nan) for row in run])
+            ax.plot([row["step"] for row in run], np.where(np.isfinite(logged), logged, np.nan),
+                    "o", markersize=3, color="black", alpha=0.6,
+                    label="logged (each seed)" if index == 0 else None)
+        ax.axhline(settings["rho_min"], color="gray", linestyle="--", linewidth=1,
+                   label=r"$\rho_{min}$")
+        ax.set_title(f"{dataset}, {n_labels} labels; Dash ({settings['variant']}), "
+                     f"$\\hat\\rho$ = {rho_hat:.3g}", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(r"threshold $\rho$ (loss)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    written = save(figure, out_dir, "dash_rho")
+    plt.close(figure)
+    return written
+
+
+PSEUDO_LABEL_PANELS = (("train/n_selected_correct", "correct pseudo-labels selected per step"),
+                       ("train/n_selected_wrong", "wrong pseudo-labels selected per step"),
+                       ("train/mask_rate", "mask rate (fraction selected)"))
+
+
+def plot_pseudo_labels(groups, out_dir: Path) -> list[Path]:
+    """Rows: label budgets; columns: correct, wrong (counts per step of mu*B unlabeled samples),
+    mask rate; one line per algorithm (mean over seeds, band = min..max)."""
+    plt = pyplot()
+    chosen = {key: runs for key, runs in groups.items() if key[2] in PSEUDO_LABEL_ALGORITHMS}
+    if not chosen:
+        raise UserError("pseudo_labels figure: no train_stats.csv of a fixmatch or dash run was "
+                        "given")
+    budgets = budgets_of(chosen)
+    figure, axes = plt.subplots(len(budgets), len(PSEUDO_LABEL_PANELS),
+                                figsize=(4.0 * len(PSEUDO_LABEL_PANELS), 3.2 * len(budgets)),
+                                squeeze=False)
+    for row_axes, n_labels in zip(axes, budgets):
+        for ax, (column, title) in zip(row_axes, PSEUDO_LABEL_PANELS):
+            for algorithm in PSEUDO_LABEL_ALGORITHMS:
+                key = next((k for k in chosen if k[1] == n_labels and k[2] == algorithm), None)
+                if key is not None:
+                    steps, values = seed_curves(chosen[key], column)
+                    plot_mean_and_band(ax, steps, values, label=label(algorithm))
+            ax.set_title(f"{key[0] if key else ''}, {n_labels} labels: {title}", fontsize=9)
+            ax.set_xlabel("training step")
+            ax.grid(alpha=0.3)
+        row_axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    written = save(figure, out_dir, "pseudo_labels")
+    plt.close(figure)
+    return written
+
+
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--evaluations", nargs="+", required=True, type=Path)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--evaluations", nargs="+", required=True, type=Path,
+                        help="every run's evaluations.csv")
+    parser.add_argument("--train-stats", nargs="*", default=[], type=Path,
+                        help="train_stats.csv of the fixmatch and dash runs")
+    parser.add_argument("--figures", nargs="+", default=["error_curves"],
+                        choices=["error_curves", "dash_rho", "pseudo_labels"])
+    parser.add_argument("--dash-params", default="{}", help="the study's dash hyperparameters "
+                        "(JSON; missing keys take the algorithm's defaults)")
+    parser.add_argument("--gammas", nargs="+", type=float, default=list(DASH_GAMMAS),
+                        help="gamma values whose rho schedule dash_rho draws")
     parser.add_argument("--model", default="ema", choices=["ema", "raw"])
     parser.add_argument("--out", required=True, type=Path, help="figures folder")
     args = parser.parse_args(argv)
-    written = plot_error_curves(group_runs(args.evaluations), args.model, args.out)
+    written: list[Path] = []
+    if "error_curves" in args.figures:
+        written += plot_error_curves(group_runs(args.evaluations), args.model, args.out)
+    stats = group_runs(args.train_stats) if {"dash_rho", "pseudo_labels"} & set(args.figures) \
+        else {}
+    if "dash_rho" in args.figures:
+        settings = dash_settings(json.loads(args.dash_params))
+        written += plot_dash_rho(stats, settings, tuple(args.gammas), args.out)
+    if "pseudo_labels" in args.figures:
+        written += plot_pseudo_labels(stats, args.out)
     print("wrote " + ", ".join(map(str, written)))
 
 

@@ -1,0 +1,145 @@
+"""Figures and report pages on small hand-made result files: which figures a study gets, Dash's
+rho schedule and the rho_hat read back from logged values, byte-identical PDFs across reruns,
+and the HTML rendering of the LaTeX tables for `snakemake --report`."""
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from pipeline import figures
+from pipeline.errors import UserError
+from pipeline.report_pages import latex_table_to_html, run_times_rows
+
+DASH = {"variant": "official", "steps_per_epoch": 3, "warmup_epochs": 2, "gamma": 1.27,
+        "rho_min": 0.05}
+RHO_HAT = 2.0
+STEPS, LOG_EVERY = 60, 5
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def logged_rho(settings: dict, rho_hat: float) -> list[dict]:
+    """What the trainer logs: per window of LOG_EVERY steps the mean rho, NaN while any step of
+    the window had no threshold (inf)."""
+    rows = []
+    for end in range(LOG_EVERY, STEPS + 1, LOG_EVERY):
+        values = [figures.dash_rho(settings, step, rho_hat, settings["gamma"],
+                                   settings["rho_min"]) for step in range(end - LOG_EVERY, end)]
+        rows.append({"step": end, "train/rho": math.nan if math.inf in values
+                     else sum(values) / len(values)})
+    return rows
+
+
+@pytest.fixture
+def settings():
+    return figures.dash_settings(DASH)
+
+
+@pytest.fixture
+def results(tmp_path, settings) -> dict[str, list[Path]]:
+    """results/t/digits-10/<algorithm>/seed<k>/ with evaluations.csv and train_stats.csv."""
+    evaluations, stats = [], []
+    for algorithm_index, algorithm in enumerate(("supervised", "fixmatch", "dash")):
+        for seed in (0, 1):
+            run = tmp_path / f"results/t/digits-10/{algorithm}/seed{seed}"
+            evaluations.append(write_csv(run / "evaluations.csv", [
+                {"step": step, "ema/error": 80 - step / 2 - 5 * algorithm_index - seed,
+                 "raw/error": 70 - step / 3} for step in range(10, STEPS + 1, 10)]))
+            if algorithm == "supervised":
+                continue
+            rows = logged_rho(settings, RHO_HAT + seed) if algorithm == "dash" else \
+                [{"step": step, "train/rho": math.nan} for step in range(5, STEPS + 1, 5)]
+            for row in rows:
+                row.update({"train/n_selected_correct": row["step"] / 2 + seed,
+                            "train/n_selected_wrong": 30 - row["step"] / 3,
+                            "train/mask_rate": min(1.0, row["step"] / STEPS)})
+            stats.append(write_csv(run / "train_stats.csv", rows))
+    return {"evaluations": evaluations, "stats": stats}
+
+
+def test_a_study_gets_the_dash_figures_only_with_those_algorithms():
+    assert figures.figures_for(["supervised"]) == ["error_curves"]
+    assert figures.figures_for(["supervised", "fixmatch"]) == ["error_curves", "pseudo_labels"]
+    assert figures.figures_for(["dash", "fixmatch"]) == ["error_curves", "dash_rho",
+                                                         "pseudo_labels"]
+    assert figures.stats_algorithms(["supervised", "dash", "uda", "fixmatch"]) == ["dash",
+                                                                                  "fixmatch"]
+
+
+def test_official_rho_decays_by_gamma_every_nine_epochs_after_warm_up(settings):
+    rho = lambda step, gamma=1.27: figures.dash_rho(settings, step, RHO_HAT, gamma, 0.05)  # noqa
+    assert rho(5) == math.inf                      # epoch 1 < warmup_epochs = 2
+    assert rho(6) == pytest.approx(RHO_HAT)        # epoch 2: floor((2 - 1) / 9) = 0
+    assert rho(29) == pytest.approx(RHO_HAT)       # epoch 9
+    assert rho(30) == pytest.approx(RHO_HAT / 1.27)          # epoch 10
+    assert rho(57) == pytest.approx(RHO_HAT / 1.27 ** 2)     # epoch 19
+    assert rho(57, gamma=100.0) == 0.05                      # never below rho_min
+
+
+def test_usb_rho_starts_after_the_supervised_warm_up():
+    settings = figures.dash_settings({**DASH, "variant": "usb", "warmup_steps": 6, "C": 1.0001})
+    assert figures.dash_rho(settings, 5, RHO_HAT, 1.27, 0.05) == math.inf
+    assert figures.dash_rho(settings, 6, RHO_HAT, 1.27, 0.05) == pytest.approx(1.0001 * RHO_HAT)
+    assert figures.dash_rho(settings, 36, RHO_HAT, 1.27, 0.05) == pytest.approx(
+        1.0001 * RHO_HAT / 1.27)
+
+
+def test_rho_hat_is_read_back_from_the_logged_window_averages(settings):
+    assert figures.recover_rho_hat(logged_rho(settings, 1.7), settings) == pytest.approx(1.7)
+    with pytest.raises(UserError, match="rho_hat cannot be read"):
+        figures.recover_rho_hat([{"step": 5, "train/rho": math.nan}], settings)
+
+
+def make_figures(results, out: Path) -> None:
+    figures.main(["--evaluations", *map(str, results["evaluations"]),
+                  "--train-stats", *map(str, results["stats"]),
+                  "--figures", "error_curves", "dash_rho", "pseudo_labels",
+                  "--dash-params", '{"variant": "official", "steps_per_epoch": 3, '
+                  '"warmup_epochs": 2}', "--out", str(out)])
+
+
+def test_figures_are_byte_identical_across_reruns(results, tmp_path):
+    make_figures(results, tmp_path / "first")
+    make_figures(results, tmp_path / "second")
+    names = sorted(path.name for path in (tmp_path / "first").iterdir())
+    assert names == ["dash_rho.pdf", "dash_rho.png", "error_curves.pdf", "error_curves.png",
+                     "pseudo_labels.pdf", "pseudo_labels.png"]
+    for name in names:
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
+    pdf = (tmp_path / "first/dash_rho.pdf").read_bytes()
+    assert b"CreationDate" not in pdf and b"matplotlib" not in pdf.lower()
+
+
+def test_dash_rho_without_dash_runs_is_a_clear_error(results, tmp_path):
+    with pytest.raises(UserError, match="no train_stats.csv of a dash run"):
+        figures.main.__wrapped__(["--evaluations", *map(str, results["evaluations"]),
+                                  "--figures", "dash_rho", "--out", str(tmp_path)])
+
+
+def test_latex_tables_render_as_html_tables():
+    tex = "\n".join([
+        r"\caption{Test error (\%), mean $\pm$ std; $^{a}$ published.}",
+        r"\begin{tabular}{l@{}cc}", r"\toprule",
+        r" & \multicolumn{2}{c}{40 labels} \\", r"\cmidrule(lr){2-3}",
+        r"Algorithm & Ours & $\Delta$ \\", r"\midrule",
+        r"Dash & \textbf{4.08 $\pm$ 0.10} & $-0.20$ \\",
+        r"R\&D & -- & 5.00$^{a}$ \\", r"\bottomrule", r"\end{tabular}"])
+    html = latex_table_to_html(tex)
+    assert "<caption>Test error (%), mean ± std; <sup>a</sup> published.</caption>" in html
+    assert '<th colspan="2">40 labels</th>' in html and "<th> Δ</th>" in html
+    assert '<tr class="midrule"><td>Dash </td><td> <b>4.08 ± 0.10</b> </td>' in html
+    assert "<td>R&amp;D </td><td> – </td><td> 5.00<sup>a</sup></td>" in html
+
+
+def test_run_times_refuse_a_benchmark_file_of_another_job(tmp_path):
+    run = tmp_path / "results/t/digits-10/dash/seed0/run.json"
+    with pytest.raises(UserError, match="expected a file named digits-10-dash-seed0.tsv"):
+        run_times_rows([run], [tmp_path / "digits-10-dash-seed1.tsv"])

@@ -1,0 +1,94 @@
+"""The CI regression study (configs/ci.yaml): rerun it and compare its metrics with the committed
+tests/golden/ci_metrics.json; the same run also makes the Dash figures, the HTML report, and the
+progress lines of the training logs and of Snakemake.
+
+Tolerance: pipeline.regression.TOLERANCE (1e-6 absolute, on error rates in %): the ci study runs on
+the CPU with one thread and is bit-identical from run to run on one machine; metrics.json rounds
+to 4 decimals. A CPU of another kind may round differently inside torch's kernels and flip a test
+prediction (0.2 points per test image); then accept its numbers or pass `--tolerance` to
+`python -m pipeline.regression check`.
+"""
+import re
+
+import pytest
+
+from pipeline.files import read_json
+from pipeline.regression import (GOLDEN, TOLERANCE, RegressionError, check, ci_metrics_path,
+                                 differences, metrics_only, run_ci_study)
+
+
+@pytest.fixture(scope="module")
+def ci_study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ci")
+    result = run_ci_study(workdir, cores=2)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir, result
+
+
+def test_ci_study_reproduces_the_golden_metrics(ci_study):
+    workdir, _ = ci_study
+    problem = None
+    try:
+        check(read_json(GOLDEN), read_json(ci_metrics_path(workdir)), TOLERANCE)
+    except RegressionError as error:
+        problem = str(error)   # names each metric, its expected and its actual value
+    if problem:
+        pytest.fail(problem, pytrace=False)
+
+
+def test_ci_study_writes_the_dash_figures_and_report_pages(ci_study):
+    workdir, _ = ci_study
+    for name in ("error_curves", "dash_rho", "pseudo_labels"):
+        assert (workdir / f"reports/ci/figures/{name}.pdf").read_bytes().startswith(b"%PDF")
+        assert (workdir / f"reports/ci/figures/{name}.png").stat().st_size > 1000
+    assert "<table" in (workdir / "reports/ci/report/tables.html").read_text()
+    assert "Dash" in (workdir / "reports/ci/report/run_times.html").read_text()
+
+
+def test_snakemake_report_is_one_self_contained_html_file(ci_study):
+    workdir, _ = ci_study
+    result = run_ci_study(workdir, extra=("--report", "reports/report.html"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = (workdir / "reports/report.html").read_text()
+    assert len(report) < 20_000_000
+    # Everything is inlined: no scripts, styles or images fetched from elsewhere.
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", report)
+    for name in ("dash_rho.png", "pseudo_labels.png", "error_curves.png", "tables.html",
+                 "run_times.html", "Run times"):
+        assert name in report
+    assert r'ssl-repro: study <tt class=\"docutils literal\">ci</tt>' in report   # workflow.rst
+
+
+def test_training_logs_and_snakemake_show_progress(ci_study):
+    workdir, result = ci_study
+    log = (workdir / "logs/ci/train/digits-10-dash-seed0.log").read_text()
+    assert re.search(r"step 30/60 \(50%\) [\d.]+ steps/s, ETA \d+s, test error ema [\d.]+%", log)
+    assert re.search(r"\d+ of \d+ steps \(100%\) done", result.stderr)
+
+
+def test_check_names_the_metric_the_expected_and_the_actual_value():
+    expected = {"digits-10": {"dash": {"ema/best_error": 40.0, "raw/best_error": 50.0}}}
+    actual = {"digits-10": {"dash": {"ema/best_error": 40.2012, "raw/best_error": 50.0,
+                                     "mlflow_run_ids": ["abc"]}}}
+    with pytest.raises(RegressionError) as caught:
+        check(expected, actual, tolerance=1e-6)
+    message = str(caught.value)
+    assert "digits-10/dash/ema/best_error: expected 40, actual 40.2012" in message
+    assert "tolerance 1e-06" in message and "pipeline.regression accept" in message
+    assert "raw/best_error" not in message
+
+
+def test_moves_within_the_tolerance_pass_and_missing_metrics_fail():
+    expected = {"digits-10": {"fixmatch": {"ema/best_error": 40.0}}}
+    check(expected, {"digits-10": {"fixmatch": {"ema/best_error": 40.0000004}}}, tolerance=1e-6)
+    lines = differences(expected, {"digits-10": {"dash": {"ema/best_error": 40.0}}}, 1e-6)
+    assert lines == [
+        "digits-10/dash/ema/best_error: a new metric (actual 40) that the expected metrics do "
+        "not have",
+        "digits-10/fixmatch/ema/best_error: expected 40, but the run has no such metric"]
+
+
+def test_golden_file_holds_only_numbers():
+    assert metrics_only({"a": {"b": 1.5, "ids": ["x"], "flag": True}}) == {"a": {"b": 1.5}}
+    golden = read_json(GOLDEN)
+    assert set(golden["digits-10"]) == {"supervised", "fixmatch", "dash"}
