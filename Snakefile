@@ -38,7 +38,7 @@ wildcard_constraints:
 
 # On a cluster these run on the submitting (login) node: downloads need the internet that compute
 # nodes often lack, and the rest take seconds.
-localrules: all, download, split, evaluate, tables, figures
+localrules: all, download, split, evaluate, tables, figures, report_pages
 
 
 def run_config(wildcards):
