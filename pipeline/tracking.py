@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -59,6 +60,23 @@ def check_server_reachable(uri: str, timeout: float = 5.0) -> None:
             f"{DEFAULT_URI} in the working directory") from error
 
 
+@contextmanager
+def sqlite_schema_lock(uri: str):
+    """One process at a time opens a SQLite store: the first one creates the schema, and MLflow's
+    migrations fail ('table ... already exists') when several processes run them at once."""
+    path = uri.removeprefix("sqlite:///").split("?")[0]
+    if not uri.startswith("sqlite:///") or not path or sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    lock = Path(path).with_name(Path(path).name + "-schema.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)   # released when the file closes
+        yield
+
+
 def client():
     """An MlflowClient on the tracking URI; an unreachable store is a user error."""
     uri = tracking_uri()
@@ -66,8 +84,9 @@ def client():
     from mlflow.tracking import MlflowClient
 
     try:
-        tracking = MlflowClient(uri)
-        retry(lambda: tracking.search_experiments(max_results=1), "reach the tracking store")
+        with sqlite_schema_lock(uri):   # opening the store creates or migrates its schema
+            tracking = MlflowClient(uri)
+            retry(lambda: tracking.search_experiments(max_results=1), "reach the tracking store")
     except Exception as error:  # noqa: BLE001 - any failure to reach the store is reported
         raise UserError(
             f"cannot reach the MLflow tracking store {uri!r} ({type(error).__name__}: "
