@@ -2,8 +2,10 @@
 
 The tracking URI is `sqlite:///mlflow.db` in the working directory unless MLFLOW_TRACKING_URI
 is set (e.g. an `mlflow server` on a cluster). The schema is created once, before jobs fan out
-(`python -m pipeline.tracking init`, called from the Snakefile's onstart), so that parallel jobs
-never race to migrate it. Writes retry with backoff when SQLite is busy.
+(`python -m pipeline.tracking init`, called from the Snakefile's onstart), and jobs started
+otherwise take turns opening a SQLite store (a file lock), so that they never race to migrate
+it. Writes retry with backoff when SQLite is busy. An HTTP server that does not answer is
+reported within seconds.
 """
 from __future__ import annotations
 
