@@ -186,11 +186,14 @@ def save_atomically(obj, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)   # after a failed write (disk full): no half file left
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
@@ -336,7 +339,17 @@ class Trainer:
     def resume_if_possible(self) -> int:
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             return 0
-        self.load_state_dict(load_checkpoint(self.checkpoint_path, self.device))
+        state = load_checkpoint(self.checkpoint_path, self.device)
+        try:
+            self.load_state_dict(state)
+        except CheckpointError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+            # Readable, but not a checkpoint of this run (another model, an older format, ...).
+            raise CheckpointError(
+                f"the checkpoint {self.checkpoint_path} cannot be read as a checkpoint of this run "
+                f"({type(error).__name__}: {error}). Refusing to start afresh silently: delete "
+                f"{self.checkpoint_path} to restart this run from step 0") from error
         return self.step
 
     def save_checkpoint(self) -> None:
