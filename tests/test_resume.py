@@ -115,14 +115,40 @@ def test_checkpoint_is_written_atomically_and_only_before_the_end(digits, tmp_pa
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["checkpoint.pt"]   # no temp
 
 
-def test_unreadable_checkpoint_is_an_error_never_a_fresh_start(digits, tmp_path):
+@pytest.fixture(scope="module")
+def good_checkpoint(digits, tmp_path_factory) -> bytes:
+    checkpoint = tmp_path_factory.mktemp("good") / "checkpoint.pt"
+    with pytest.raises(Killed):
+        make_trainer(digits, "fixmatch", 0, checkpoint, log=kill_at(4)).fit()
+    return checkpoint.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not a checkpoint"])
+def test_unreadable_checkpoint_is_an_error_never_a_fresh_start(digits, good_checkpoint, tmp_path,
+                                                               damage):
     checkpoint = tmp_path / "checkpoint.pt"
-    checkpoint.write_bytes(b"\x00not a checkpoint\xff" * 10)
+    if damage == "garbage":
+        checkpoint.write_bytes(b"\x00not a checkpoint\xff" * 10)
+    elif damage == "truncated":   # e.g. copied in part
+        checkpoint.write_bytes(good_checkpoint[:len(good_checkpoint) // 2])
+    else:   # a readable file of something else
+        torch.save({"step": 3, "weights": torch.zeros(3)}, checkpoint)
+    damaged = checkpoint.read_bytes()
     trainer = make_trainer(digits, "fixmatch", 0, checkpoint)
     with pytest.raises(CheckpointError) as caught:
         trainer.fit()
     assert str(checkpoint) in str(caught.value) and "cannot be read" in str(caught.value)
-    assert trainer.step == 0 and checkpoint.read_bytes().startswith(b"\x00not a checkpoint")
+    assert f"delete {checkpoint}" in str(caught.value)
+    assert trainer.step == 0 and checkpoint.read_bytes() == damaged   # left for the user
+
+
+def test_checkpoint_of_another_model_is_refused(digits, good_checkpoint, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(good_checkpoint)
+    trainer = make_trainer(digits, "fixmatch", 0, checkpoint)
+    trainer.model = build_model("small_cnn", 10, 1, width=8)   # same config, other network
+    with pytest.raises(CheckpointError, match="cannot be read as a checkpoint of this run"):
+        trainer.fit()
 
 
 def test_checkpoint_of_another_config_is_refused(digits, tmp_path):
