@@ -28,13 +28,18 @@ from pipeline.config import ROOT, deep_merge, load_params, load_study
 CPU = torch.device("cpu")
 TINY_TRAIN = TrainConfig(steps=12, batch_size=4, uratio=2, eval_every=3, log_every=2,
                          checkpoint_every=3, last_k=3, ema_decay=0.9, horizontal_flip=False)
-# Algorithms with state the checkpoint must carry (FlexMatch's per-sample record sigma, Dash's
-# loss buffer and rho_hat: a 3-step epoch so that warm-up ends and rho_hat is set mid-run).
-ALGORITHM_PARAMS = {
-    "fixmatch": {"tau": 0.5},
-    "flexmatch": {"tau": 0.5},
-    "dash": {"variant": "official", "warmup_epochs": 1, "steps_per_epoch": 3},
-}
+# Every registered algorithm, with the default study's hyperparameters and what makes its state
+# change within 12 steps: confident enough pseudo-labels (tau 0.5); Dash's warm-up ending mid-run
+# (official: the loss buffer of a 3-step epoch gives rho_hat; usb: the evaluation at step 3 does).
+DEFAULT_PARAMS = load_params(ROOT / "params.yaml")["algorithms"]
+CASES = {name: (name, DEFAULT_PARAMS.get(name, {})) for name in sorted(ALGORITHMS)}
+CASES["fixmatch"] = ("fixmatch", {**DEFAULT_PARAMS["fixmatch"], "tau": 0.5})
+CASES["flexmatch"] = ("flexmatch", {**DEFAULT_PARAMS["flexmatch"], "tau": 0.5})
+CASES["pseudolabel"] = ("pseudolabel", {**DEFAULT_PARAMS["pseudolabel"], "tau": 0.5})
+CASES["dash"] = ("dash", {**DEFAULT_PARAMS["dash"], "variant": "official", "warmup_epochs": 1,
+                          "steps_per_epoch": 3})
+CASES["dash-usb"] = ("dash", {**DEFAULT_PARAMS["dash"], "variant": "usb", "warmup_steps": 3,
+                              "steps_per_epoch": 3})
 
 
 class Killed(Exception):
@@ -49,7 +54,7 @@ def digits(tmp_path_factory):
     return spec, spec.load(root, **spec.options)
 
 
-def make_trainer(digits, algorithm: str, seed: int, checkpoint: Path | None = None,
+def make_trainer(digits, case: str, seed: int, checkpoint: Path | None = None,
                  log=lambda step, metrics: None, config: TrainConfig = TINY_TRAIN,
                  split_seed: int | None = None) -> Trainer:
     spec, data = digits
@@ -61,10 +66,10 @@ def make_trainer(digits, algorithm: str, seed: int, checkpoint: Path | None = No
                            mean=spec.mean, std=spec.std)
     torch.manual_seed(seed)   # as pipeline.train does before building the model
     model = build_model("small_cnn", data.num_classes, 1, width=4)
-    algo = build_algorithm(algorithm, ALGORITHM_PARAMS.get(algorithm, {}),
-                           num_classes=data.num_classes, num_unlabeled=len(data.train_images),
-                           total_steps=config.steps)
-    return Trainer(model, algo, train_data, config, seed, CPU, log=log,
+    name, params = CASES[case]
+    algorithm = build_algorithm(name, params, num_classes=data.num_classes,
+                                num_unlabeled=len(data.train_images), total_steps=config.steps)
+    return Trainer(model, algorithm, train_data, config, seed, CPU, log=log,
                    checkpoint_path=checkpoint)
 
 
@@ -87,25 +92,33 @@ def as_json(value) -> str:
 
 @pytest.fixture(scope="module")
 def uninterrupted(digits):
-    return {name: make_trainer(digits, name, seed=0).fit()
-            for name in ALGORITHM_PARAMS if name in ALGORITHMS}
+    """Each case's uninterrupted run (seed 0), computed when first asked for."""
+    results = {}
+
+    def result(case: str):
+        if case not in results:
+            results[case] = make_trainer(digits, case, seed=0).fit()
+        return results[case]
+    return result
 
 
 # ---- in-process resume -----------------------------------------------------------------------
-@pytest.mark.parametrize("algorithm", [a for a in ALGORITHM_PARAMS])
-@pytest.mark.parametrize("die_at", [4, 8])
+# Killed at step 10 (resumed from 9), and for the algorithms whose state changes early also at
+# step 6 (resumed from 3: FlexMatch's first records, Dash's warm-up just over).
+KILLS = [(case, 10) for case in CASES] + [(case, 5) for case in ("flexmatch", "dash", "dash-usb")]
+
+
+@pytest.mark.parametrize("case,die_at", KILLS)
 def test_resumed_run_ends_exactly_like_an_uninterrupted_one(digits, uninterrupted, tmp_path,
-                                                            algorithm, die_at):
-    if algorithm not in ALGORITHMS:
-        pytest.skip(f"{algorithm} is not registered")
+                                                            case, die_at):
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(Killed):
-        make_trainer(digits, algorithm, 0, checkpoint, log=kill_at(die_at)).fit()
+        make_trainer(digits, case, 0, checkpoint, log=kill_at(die_at)).fit()
     saved = torch.load(checkpoint, weights_only=False)
     assert 0 < saved["step"] < die_at <= saved["step"] + TINY_TRAIN.checkpoint_every
-    resumed = make_trainer(digits, algorithm, 0, checkpoint).fit()
+    resumed = make_trainer(digits, case, 0, checkpoint).fit()
     assert resumed.resumed_from == saved["step"]
-    same_result(resumed, uninterrupted[algorithm])
+    same_result(resumed, uninterrupted(case))
 
 
 def test_checkpoint_is_written_atomically_and_only_before_the_end(digits, tmp_path):
@@ -162,7 +175,7 @@ def test_checkpoint_of_another_config_is_refused(digits, tmp_path):
 
 # ---- determinism -----------------------------------------------------------------------------
 def test_same_config_and_seed_give_identical_metrics(digits, uninterrupted):
-    same_result(make_trainer(digits, "fixmatch", seed=0).fit(), uninterrupted["fixmatch"])
+    same_result(make_trainer(digits, "fixmatch", seed=0).fit(), uninterrupted("fixmatch"))
 
 
 def test_other_seed_changes_initialisation_data_order_and_augmentation(digits):
