@@ -173,6 +173,19 @@ def test_checkpoint_of_another_model_is_refused(digits, good_checkpoint, tmp_pat
         trainer.fit()
 
 
+def test_a_result_write_that_dies_midway_leaves_the_previous_file_whole(tmp_path):
+    from pipeline.files import atomic_path, write_json
+
+    metrics = tmp_path / "metrics.json"
+    write_json(metrics, {"error": 1.5})
+    with pytest.raises(Killed):
+        with atomic_path(metrics) as tmp:
+            Path(tmp).write_text('{"error": 2')   # half written, then the process dies
+            raise Killed
+    assert json.loads(metrics.read_text()) == {"error": 1.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]   # no temp file left
+
+
 def test_checkpoint_of_another_config_is_refused(digits, tmp_path):
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(Killed):
