@@ -13,7 +13,9 @@ from pipeline.figures import figures_for, stats_algorithms
 configfile: Path(workflow.basedir) / "params.yaml"
 
 try:
-    STUDY = load_study(config)
+    # Name every file the merged config came from, so an error points at the right one.
+    STUDY = load_study(config, source=" + ".join(
+        ["params.yaml", *(Path(f).name for f in workflow.overwrite_configfiles or [])]))
 except USER_ERRORS as error:
     report_error(error)
     sys.exit(2)
