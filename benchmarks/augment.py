@@ -49,15 +49,22 @@ def _pil_affine(image: Image.Image, coefficients: tuple) -> Image.Image:
     return image.transform(image.size, Image.Transform.AFFINE, coefficients, fillcolor=FILL)
 
 
-def pil_strong_augment(array: np.ndarray, variant: str, rng: random.Random,
-                       pad: int = 4) -> np.ndarray:
-    """One HWC uint8 image through crop/flip, RandAugment and Cutout, the per-image way."""
+def pil_weak_augment(array: np.ndarray, rng: random.Random, pad: int = 4) -> Image.Image:
+    """Reflect-pad, random crop, horizontal flip with probability 0.5: one HWC uint8 image."""
     height, width, _ = array.shape
     padded = np.pad(array, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     top, left = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
     image = Image.fromarray(padded[top:top + height, left:left + width])
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
+def pil_strong_augment(array: np.ndarray, variant: str, rng: random.Random,
+                       pad: int = 4) -> np.ndarray:
+    """One HWC uint8 image through crop/flip, RandAugment and Cutout, the per-image way."""
+    height, width, _ = array.shape
+    image = pil_weak_augment(array, rng, pad)
     for op in rng.choices(_OPS, k=OPS_PER_SAMPLE[variant]):
         if variant == "fixmatch" and rng.random() < 0.5:
             continue

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 from torchvision.transforms import functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from augment import images_per_second, pil_strong_augment, run_pil  # noqa: E402  (benchmarks/)
+from augment import images_per_second, pil_strong_augment, pil_weak_augment, run_pil  # noqa: E402  (benchmarks/)
 
 from semisup.algorithms import StepBatch, build_algorithm  # noqa: E402
 from semisup.data.augment import strong_augment  # noqa: E402
@@ -59,17 +59,6 @@ DEFAULTS = {"cpu": {"steps": 5, "warmup": 1, "dataset_size": 10_000},
 
 
 # ---- (a) the conventional pipeline --------------------------------------------------------------
-
-def pil_weak_augment(array: np.ndarray, rng: random.Random, pad: int = 4) -> Image.Image:
-    """Reflect-pad, random crop, horizontal flip with probability 0.5: one HWC uint8 image."""
-    height, width, _ = array.shape
-    padded = np.pad(array, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    top, left = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
-    image = Image.fromarray(padded[top:top + height, left:left + width])
-    if rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return image
-
 
 def to_normalized_tensor(image) -> torch.Tensor:
     """transforms.ToTensor() then transforms.Normalize(MEAN, STD), per image. (An array from

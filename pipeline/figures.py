@@ -147,12 +147,17 @@ def pyplot():
 
 
 def save(figure, out_dir: Path, stem: str) -> list[Path]:
+    """Lay out, write <stem>.pdf and <stem>.png atomically with fixed metadata, close."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
     written = []
     for suffix, metadata in ((".pdf", PDF_METADATA), (".png", PNG_METADATA)):
         path = out_dir / f"{stem}{suffix}"
         with atomic_path(path) as tmp:
             figure.savefig(tmp, format=suffix[1:], metadata=metadata, dpi=150, bbox_inches="tight")
         written.append(path)
+    plt.close(figure)
     return written
 
 
@@ -186,10 +191,7 @@ def plot_error_curves(groups, model: str, out_dir: Path) -> list[Path]:
         ax.set_ylabel(f"test error (%), {model.upper()} model")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper right")
-    figure.tight_layout()
-    written = save(figure, out_dir, "error_curves")
-    plt.close(figure)
-    return written
+    return save(figure, out_dir, "error_curves")
 
 
 def plot_dash_rho(groups, settings: dict, gammas: tuple[float, ...], out_dir: Path) -> list[Path]:
@@ -232,10 +234,7 @@ def plot_dash_rho(groups, settings: dict, gammas: tuple[float, ...], out_dir: Pa
         ax.set_ylabel(r"threshold $\rho$ (loss)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    written = save(figure, out_dir, "dash_rho")
-    plt.close(figure)
-    return written
+    return save(figure, out_dir, "dash_rho")
 
 
 PSEUDO_LABEL_PANELS = (("train/n_selected_correct", "correct pseudo-labels selected per step"),
@@ -266,10 +265,7 @@ def plot_pseudo_labels(groups, out_dir: Path) -> list[Path]:
             ax.set_xlabel("training step")
             ax.grid(alpha=0.3)
         row_axes[0].legend(fontsize=7)
-    figure.tight_layout()
-    written = save(figure, out_dir, "pseudo_labels")
-    plt.close(figure)
-    return written
+    return save(figure, out_dir, "pseudo_labels")
 
 
 @cli
