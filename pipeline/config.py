@@ -132,6 +132,10 @@ def semantic_problems(config: dict, source: str) -> list[str]:
         if train[key] > train["steps"]:
             problems.append(f"{source}: train.{key} = {train[key]} is larger than train.steps = "
                             f"{train['steps']}; make it at most {train['steps']}.")
+    if train["portable_numerics"] and train["device"] != "cpu":
+        problems.append(f"{source}: train.portable_numerics is true but train.device is "
+                        f"{train['device']!r}; portable numerics pin CPU code paths only, so set "
+                        f"train.device to 'cpu' or portable_numerics to false.")
     return problems
 
 

@@ -13,14 +13,30 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from .download import verify_files
 from .errors import UserError, cli
 from .files import atomic_path, read_json, writable_dir, write_json
 from .tracking import RunLogger, git_commit
+
+# This module imports torch only inside functions: pin_cpu_numerics must run before the import.
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+
+
+def pin_cpu_numerics() -> None:
+    """train.portable_numerics: the same bits on every x86-64 CPU. ATen's kernels otherwise
+    dispatch on the CPU's vector width (AVX2/AVX-512), MKL picks its code path by CPU, and oneDNN
+    also blocks by cache size; each changes the order of float additions, so a 60-step run on
+    another CI runner moved test predictions. Call before torch is imported."""
+    if "torch" in sys.modules:
+        raise RuntimeError("pin_cpu_numerics() must run before torch is imported")
+    os.environ.update(PORTABLE_ENV)
+    import torch
+
+    torch.backends.mkldnn.enabled = False
 
 
 def choose_device(requested: str):
@@ -74,6 +90,7 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
     import torch
     from semisup.data import get_dataset
+    from .download import verify_files
     from semisup.data.splits import verify_split
     from semisup.train import TrainData
 
@@ -100,7 +117,7 @@ def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
 def train_config(run: dict, spec):
     from semisup.train import TrainConfig
 
-    options = {k: v for k, v in run["train"].items() if k not in ("device", "threads")}
+    options = {k: v for k, v in run["train"].items() if k not in ("device", "threads", "portable_numerics")}
     options.setdefault("horizontal_flip", spec.horizontal_flip)
     return TrainConfig(**options)
 
@@ -120,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     run = json.loads(args.run_config)
     writable_dir(args.out)   # fail now, not after training
     writable_dir(args.checkpoint_dir)
+    if run["train"].get("portable_numerics"):
+        pin_cpu_numerics()
 
     import torch
     from semisup.algorithms import build_algorithm

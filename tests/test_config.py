@@ -62,6 +62,11 @@ def test_algorithm_without_hyperparameters_entry(params):
     assert "no entry under `algorithms:`" in error_for(params, edit)
 
 
+def test_portable_numerics_need_the_cpu(params):
+    message = error_for(params, lambda c: c["train"].update(portable_numerics=True, device="auto"))
+    assert "train.portable_numerics" in message and "train.device" in message and "'cpu'" in message
+
+
 def test_config_hash_ignores_threads_but_not_hyperparameters(params):
     base = load_study(params).run_config("digits", 20, "fixmatch", 0)["config_hash"]
     more_threads = copy.deepcopy(params)

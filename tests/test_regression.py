@@ -3,15 +3,19 @@ tests/golden/ci_metrics.json; the same run also makes the Dash figures, the HTML
 progress lines of the training logs and of Snakemake.
 
 Tolerance: pipeline.regression.TOLERANCE (1e-6 absolute, on error rates in %): the ci study runs on
-the CPU with one thread and is bit-identical from run to run on one machine; metrics.json rounds
-to 4 decimals. A CPU of another kind may round differently inside torch's kernels and flip a test
-prediction (0.2 points per test image); then accept its numbers or pass `--tolerance` to
-`python -m pipeline.regression check`.
+the CPU with one thread and train.portable_numerics, so it is bit-identical from run to run and
+from one x86-64 CPU to another; metrics.json rounds to 4 decimals.
 """
+import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
+import yaml
 
+from pipeline.config import ROOT, deep_merge, load_params, load_study
 from pipeline.files import read_json
 from pipeline.regression import (GOLDEN, TOLERANCE, RegressionError, check, ci_metrics_path,
                                  differences, metrics_only, run_ci_study)
@@ -64,6 +68,44 @@ def test_training_logs_and_snakemake_show_progress(ci_study):
     log = (workdir / "logs/ci/train/digits-10-dash-seed0.log").read_text()
     assert re.search(r"step 30/60 \(50%\) [\d.]+ steps/s, ETA \d+s, test error ema [\d.]+%", log)
     assert re.search(r"\d+ of \d+ steps \(100%\) done", result.stderr)
+
+
+# What another runner's CPU changes: ATen's vector width, MKL's and oneDNN's instruction sets.
+OTHER_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def train_ci_run(workdir, out, env_extra: dict) -> dict:
+    """One run of the ci study (FixMatch, seed 0) by the train rule's command, in a fresh process
+    with `env_extra` in its environment."""
+    config = yaml.safe_load((ROOT / "configs/ci.yaml").read_text())
+    run = load_study(deep_merge(load_params(ROOT / "params.yaml"), config)).run_config(
+        "digits", 10, "fixmatch", 0)
+    env = {**os.environ, **env_extra, "MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db"}
+    command = [sys.executable, "-m", "pipeline.train", "--run-config", json.dumps(run),
+               "--manifest", str(workdir / "data/raw/digits/manifest.json"),
+               "--split", str(workdir / "data/splits/digits/10/seed0.json"),
+               "--out", str(out / "run"), "--checkpoint-dir", str(out / "checkpoints")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return read_json(out / "run/metrics.json")["metrics"]
+
+
+def test_portable_numerics_give_the_same_bits_on_other_cpu_code_paths(ci_study, tmp_path):
+    """A run pinned by train.portable_numerics computes the same numbers when the CPU offers
+    other code paths (emulated here by capping ATen, MKL and oneDNN at AVX2): the committed
+    metrics hold on a CI runner with another CPU."""
+    workdir, _ = ci_study
+    expected = read_json(workdir / "results/ci/digits-10/fixmatch/seed0/metrics.json")["metrics"]
+    assert train_ci_run(workdir, tmp_path, OTHER_CPU) == expected
+
+
+def test_pinning_selects_the_portable_kernels():
+    code = ("from pipeline.train import pin_cpu_numerics; pin_cpu_numerics(); import torch; "
+            "print(torch.backends.cpu.get_cpu_capability(), torch.backends.mkldnn.enabled)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, **OTHER_CPU}, cwd=ROOT)
+    assert result.stdout.split() == ["DEFAULT", "False"], result.stderr
 
 
 def test_check_names_the_metric_the_expected_and_the_actual_value():
