@@ -49,8 +49,7 @@ from augment import images_per_second, pil_strong_augment, pil_weak_augment, run
 from semisup.algorithms import StepBatch, build_algorithm  # noqa: E402
 from semisup.data.augment import strong_augment  # noqa: E402
 from semisup.models import build_model  # noqa: E402
-from semisup.train import (TrainConfig, TrainData, Trainer, cosine_7_16,  # noqa: E402
-                           sgd_with_decay_groups, update_ema)
+from semisup.train import TrainConfig, TrainData, Trainer, cosine_7_16, update_ema  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)   # CIFAR-10's
 NUM_CLASSES = 10
@@ -126,7 +125,13 @@ class ConventionalStep:
         self.ema_model.requires_grad_(False)
         config = TrainConfig(steps=total_steps, batch_size=args.batch, uratio=args.uratio)
         self.ema_decay = config.ema_decay
-        self.optimizer = sgd_with_decay_groups(self.model, config)
+        # The references' optimizer: torch.optim.SGD, no weight decay on BatchNorm and biases.
+        groups = [{"params": [p for p in self.model.parameters() if p.dim() > 1],
+                   "weight_decay": config.weight_decay},
+                  {"params": [p for p in self.model.parameters() if p.dim() <= 1],
+                   "weight_decay": 0.0}]
+        self.optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                                         nesterov=config.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_7_16(total_steps))
         self.algorithm = build_algorithm("fixmatch", {}, num_classes=NUM_CLASSES,
                                          num_unlabeled=len(images_hwc),

@@ -1,4 +1,4 @@
-"""The training loop: SGD (Nesterov), 7/16 cosine schedule, EMA, evaluation, checkpoint/resume.
+"""The training loop: SGD (Nesterov, semisup.optim), 7/16 cosine schedule, EMA, evaluation, checkpoint/resume.
 
 One readable loop. Data lives on the training device as uint8 tensors; each step draws indices,
 augments whole batches there, and calls the algorithm. Per-step statistics stay on the device
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .algorithms import Algorithm, StepBatch
 from .algorithms.base import supervised_loss
 from .errors import CheckpointError
+from .optim import sgd_without_decay_on_norms_and_biases
 from .data.augment import strong_augment, weak_augment
 
 
@@ -114,16 +115,6 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
-
-
-def sgd_with_decay_groups(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with Nesterov momentum; no weight decay on BatchNorm parameters and biases."""
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov)
 
 
 def cosine_7_16(total_steps: int) -> Callable[[int], float]:
@@ -223,9 +214,9 @@ class Trainer:
         for parameter in self.ema_model.parameters():
             parameter.requires_grad_(False)
         self.forward_model = torch.compile(self.model) if config.compile else self.model
-        self.optimizer = sgd_with_decay_groups(self.model, config)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           cosine_7_16(config.steps))
+        self.optimizer = sgd_without_decay_on_norms_and_biases(
+            self.model, config.lr, config.weight_decay, config.momentum, config.nesterov)
+        self.lr_factor = cosine_7_16(config.steps)
         self.normalize = Normalizer(data.mean, data.std, device, config.channels_last)
         use_bf16 = config.precision == "bf16" and device.type == "cuda"
         self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16
@@ -278,15 +269,18 @@ class Trainer:
                 teacher = self.ema_model if self.algorithm.needs_teacher else None
                 output = self.algorithm.training_step(self.forward_model, batch, self.step, teacher)
                 loss, stats = output.loss, output.stats
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
+        self.optimizer.lr = self.lr_at(self.step)
         self.optimizer.step()
-        self.scheduler.step()
         update_ema(self.ema_model, self.model, self.config.ema_decay)
         self.step += 1
         stats = dict(stats)
         stats["loss"] = loss.detach()
         return stats
+
+    def lr_at(self, step: int) -> float:
+        return self.config.lr * self.lr_factor(step)
 
     # ---- evaluation, checkpoints ----------------------------------------------------------
     def evaluate_both(self) -> dict[str, float]:
@@ -303,7 +297,7 @@ class Trainer:
         return {
             "step": self.step, "seed": self.seed, "config": asdict(self.config),
             "model": self.model.state_dict(), "ema_model": self.ema_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "algorithm": self.algorithm.state_dict(),
             "labeled_sampler": self.labeled_sampler.state_dict(),
             "unlabeled_sampler": self.unlabeled_sampler.state_dict(),
@@ -323,7 +317,6 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema_model.load_state_dict(state["ema_model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.algorithm.load_state_dict(state["algorithm"])
         self.labeled_sampler.load_state_dict(state["labeled_sampler"])
         self.unlabeled_sampler.load_state_dict(state["unlabeled_sampler"])
@@ -372,7 +365,7 @@ class Trainer:
             if step % config.log_every == 0 or step == config.steps:
                 averages = {f"train/{k}": (v / self.stat_counts[k]).item()
                             for k, v in self.stat_sums.items()}
-                averages["train/lr"] = self.scheduler.get_last_lr()[0]
+                averages["train/lr"] = self.lr_at(step)   # the next step's
                 self.stat_history.append({"step": float(step), **averages})
                 self.log(step, averages)
                 self.stat_sums, self.stat_counts = {}, {}
