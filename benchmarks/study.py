@@ -27,11 +27,11 @@ Then it reads what the train jobs left behind:
                                        `steps_per_second` of the training loop;
   results/<study>/.../evaluations.csv  the last evaluated step (the number of steps trained).
 and splits each job's seconds into
-  start-up  = s - wall_seconds                    (shell, interpreter, module imports: torch
-                                                   comes in through pipeline.download ->
-                                                   semisup.data)
-  set-up    = wall_seconds - steps / steps/s      (data, model, MLflow import and run, after
-                                                   training: outputs, MLflow metrics/artifacts)
+  start-up  = s - wall_seconds                    (job launch, shell, interpreter, the
+                                                   torch-free pipeline modules; the MLflow calls
+                                                   after run.json is written)
+  set-up    = wall_seconds - steps / steps/s      (torch and mlflow imports, data, model,
+                                                   MLflow run, outputs)
   training  = steps / steps/s                     (Trainer.fit: steps, evaluations, checkpoints)
 """
 from __future__ import annotations
