@@ -109,7 +109,7 @@ BAD_CONFIGS = {
     "unknown algorithm": ({"study": {"algorithms": ["fixmath"]}},
                           ["study.algorithms.0 = 'fixmath'", "one of 'supervised'", "'fixmatch'"]),
     "unknown dataset": ({"study": {"dataset": "mnist"}},
-                        ["study.dataset = 'mnist'", "one of 'digits', 'cifar10'"]),
+                        ["study.dataset = 'mnist'", "one of 'digits', 'digits_rgb32', 'cifar10'"]),
     "n_labels not a multiple of the classes": (
         {"study": {"n_labels": [25]}}, ["n_labels contains 25", "10 classes", "use e.g. 20"]),
     "zero steps": ({"train": {"steps": 0}}, ["train.steps = 0 is not allowed", ">= 1"]),

@@ -1,5 +1,9 @@
 """scikit-learn's 8x8 handwritten digits (1,797 images, ships with scikit-learn): the embedded
-default dataset, so the default study runs anywhere, offline."""
+default dataset, so the default study runs anywhere, offline.
+
+`digits_rgb32` is the same data shaped like CIFAR-10 (3 x 32 x 32: each pixel repeated 4 x 4 and
+the gray copied to 3 channels, so mean and std are unchanged): the GPU smoke study runs the real
+CIFAR pipeline (WRN-28-2, B = 64, mu = 7, 32 px augmentation) on a machine with no internet."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,9 +51,24 @@ def load(root: Path, **options) -> ImageData:
         )
 
 
+def load_rgb32(root: Path, **options) -> ImageData:
+    data = load(root, **options)
+    upscale = lambda images: (images.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)  # noqa: E731
+                              .expand(-1, 3, -1, -1).contiguous())
+    return ImageData(train_images=upscale(data.train_images), train_labels=data.train_labels,
+                     test_images=upscale(data.test_images), test_labels=data.test_labels,
+                     class_names=data.class_names)
+
+
 register_dataset(DatasetSpec(
     name="digits", num_classes=10, image_shape=(1, 8, 8),
     mean=(0.3050,), std=(0.3760,),  # over all 1,797 images, scaled to [0, 1]
     download=download, load=load, horizontal_flip=False,
+    options={"test_size": 497, "partition_seed": 0},
+))
+register_dataset(DatasetSpec(
+    name="digits_rgb32", num_classes=10, image_shape=(3, 32, 32),
+    mean=(0.3050,) * 3, std=(0.3760,) * 3,
+    download=download, load=load_rgb32, horizontal_flip=False,
     options={"test_size": 497, "partition_seed": 0},
 ))
