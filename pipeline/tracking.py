@@ -130,6 +130,10 @@ class RunLogger:
 
         self.tracking = client()
         self.run_id = self._existing_run(run_id_file)
+        # A resumed run repeats the steps between its checkpoint and the kill; what MLflow
+        # already holds of them is not logged twice (per key: the kill may fall between keys).
+        self.resumed = self.run_id is not None
+        self._logged_up_to: dict[str, int] = {}
         if self.run_id is None:
             run = retry(lambda: self.tracking.create_run(
                 experiment_id(self.tracking, experiment), run_name=run_name,
@@ -159,8 +163,17 @@ class RunLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        retry(lambda: self.tracking.log_batch(self.run_id, metrics=batch), "log metrics")
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()
+                 if not self.resumed or step > self._last_logged_step(key)]
+        if batch:
+            retry(lambda: self.tracking.log_batch(self.run_id, metrics=batch), "log metrics")
+
+    def _last_logged_step(self, key: str) -> int:
+        if key not in self._logged_up_to:
+            history = retry(lambda: self.tracking.get_metric_history(self.run_id, key),
+                            "read metric history")
+            self._logged_up_to[key] = max((m.step for m in history), default=-1)
+        return self._logged_up_to[key]
 
     def log_input(self, name: str, digest: str, source: str) -> None:
         """The split as an MLflow input dataset, with its sha256 as digest."""

@@ -198,6 +198,14 @@ def main(argv: list[str] | None = None) -> None:
     for artifact in ("metrics.json", "evaluations.csv", "train_stats.csv"):
         logger.log_artifact(out / artifact)
     logger.finish()
+    # The outputs and the MLflow run are complete: the checkpoint (WRN-28-8: about 0.3 GB per
+    # run) and the run-id file go, so that rerunning after deleting the outputs starts afresh.
+    for leftover in ("checkpoint.pt", "mlflow_run_id.txt"):
+        (args.checkpoint_dir / leftover).unlink(missing_ok=True)
+    try:
+        args.checkpoint_dir.rmdir()
+    except OSError:   # something else lives there: leave it
+        pass
     print(f"{name}: done; " + ", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items()
                                          if k.startswith("ema/")), flush=True)
 

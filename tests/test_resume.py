@@ -227,7 +227,7 @@ STUDY = {
     "study": {"name": "resume", "n_labels": [10], "seeds": [0], "algorithms": ["fixmatch"]},
     "models": {"small_cnn": {"width": 4}},
     # Enough steps that the job is still running well after its first checkpoints.
-    "train": {"steps": 150, "batch_size": 4, "uratio": 2, "eval_every": 25, "log_every": 5,
+    "train": {"steps": 150, "batch_size": 4, "uratio": 2, "eval_every": 25, "log_every": 1,
               "checkpoint_every": 7, "last_k": 3, "eval_batch_size": 512},
 }
 RUN_DIR = Path("results/resume/digits-10/fixmatch/seed0")
@@ -334,7 +334,7 @@ def test_run_killed_by_sigkill_resumes_on_rerun_to_identical_metrics_and_mlflow_
     run_id = (checkpoint.parent / "mlflow_run_id.txt").read_text().strip()
     [killed_run] = mlflow_runs(workdir)
     logged = max(m.step for m in client(workdir).get_metric_history(run_id, "train/loss"))
-    print(f"kill landed after step {max(logged, killed_after)} (before step {logged + 5} was "
+    print(f"kill landed after step {max(logged, killed_after)} (before step {logged + 1} was "
           f"logged); checkpoint at step {killed_after}; MLflow run {killed_run.info.status}")
 
     rerun = subprocess.run([*SNAKEMAKE, TARGET], cwd=workdir, env=workflow_env(),
@@ -351,6 +351,14 @@ def test_run_killed_by_sigkill_resumes_on_rerun_to_identical_metrics_and_mlflow_
     assert mlflow_run.data.tags["resumed"] == "true"
     [reference_run] = mlflow_runs(uninterrupted_run)
     assert mlflow_run.data.metrics == reference_run.data.metrics   # the latest value of each
+    # Every step once: the steps between the checkpoint and the kill are not logged twice.
+    for key in ("train/loss", "ema/error", "train/mask_rate"):
+        history = [(m.step, m.value) for m in client(workdir).get_metric_history(run_id, key)]
+        reference = [(m.step, m.value) for m in client(uninterrupted_run).get_metric_history(
+            reference_run.info.run_id, key)]
+        assert sorted(history) == reference, key
+    # Finished: the checkpoint and the run-id file are gone (a later rerun starts afresh).
+    assert not checkpoint.exists() and not checkpoint.parent.exists()
 
 
 def test_unreadable_checkpoint_stops_the_cli_with_exit_2_and_names_the_file(
