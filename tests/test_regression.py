@@ -86,7 +86,8 @@ def train_ci_run(workdir, out, env_extra: dict) -> dict:
                "--manifest", str(workdir / "data/raw/digits/manifest.json"),
                "--split", str(workdir / "data/splits/digits/10/seed0.json"),
                "--out", str(out / "run"), "--checkpoint-dir", str(out / "checkpoints")]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    # cwd: MLflow puts the run's artifacts in ./mlruns
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return read_json(out / "run/metrics.json")["metrics"]
 
