@@ -132,6 +132,10 @@ def semantic_problems(config: dict, source: str) -> list[str]:
         if train[key] > train["steps"]:
             problems.append(f"{source}: train.{key} = {train[key]} is larger than train.steps = "
                             f"{train['steps']}; make it at most {train['steps']}.")
+    if train["portable_numerics"] and train["precision"] != "fp32":
+        problems.append(f"{source}: train.portable_numerics is true but train.precision is "
+                        f"{train['precision']!r}; portable numerics need fp32, so set "
+                        f"train.precision to 'fp32' or portable_numerics to false.")
     if train["portable_numerics"] and train["device"] != "cpu":
         problems.append(f"{source}: train.portable_numerics is true but train.device is "
                         f"{train['device']!r}; portable numerics pin CPU code paths only, so set "

@@ -67,6 +67,12 @@ def test_portable_numerics_need_the_cpu(params):
     assert "train.portable_numerics" in message and "train.device" in message and "'cpu'" in message
 
 
+def test_portable_numerics_need_fp32(params):
+    message = error_for(params, lambda c: c["train"].update(portable_numerics=True, device="cpu",
+                                                            precision="bf16"))
+    assert "train.precision" in message and "'fp32'" in message
+
+
 def test_config_hash_ignores_threads_but_not_hyperparameters(params):
     base = load_study(params).run_config("digits", 20, "fixmatch", 0)["config_hash"]
     more_threads = copy.deepcopy(params)

@@ -200,6 +200,20 @@ def test_same_config_and_seed_give_identical_metrics(digits, uninterrupted):
     same_result(make_trainer(digits, "fixmatch", seed=0).fit(), uninterrupted("fixmatch"))
 
 
+def test_bf16_autocast_runs_on_the_cpu_and_resumes_exactly(digits, uninterrupted, tmp_path):
+    """precision bf16 takes effect on the CPU too (other numbers than fp32), and a bf16 run
+    killed and resumed ends exactly where an uninterrupted bf16 run ends."""
+    from dataclasses import replace
+
+    bf16 = replace(TINY_TRAIN, precision="bf16")
+    straight = make_trainer(digits, "fixmatch", seed=0, config=bf16).fit()
+    assert as_json(straight.stat_history) != as_json(uninterrupted("fixmatch").stat_history)
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(Killed):
+        make_trainer(digits, "fixmatch", 0, checkpoint, log=kill_at(7), config=bf16).fit()
+    same_result(make_trainer(digits, "fixmatch", 0, checkpoint, config=bf16).fit(), straight)
+
+
 def test_other_seed_changes_initialisation_data_order_and_augmentation(digits):
     # One split for both, so that only the run's own seed differs.
     first = make_trainer(digits, "fixmatch", 0, split_seed=0)
