@@ -22,7 +22,8 @@ SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
 # Classes per dataset, for checking label budgets before any job starts (image_folder: unknown
 # until its folder is read; the split step checks it then).
-NUM_CLASSES = {"digits": 10, "digits_rgb32": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "stl10": 10}
+NUM_CLASSES = {"digits": 10, "digits_rgb32": 10, "cifar10": 10, "cifar100": 100, "svhn": 10,
+               "stl10": 10}
 
 
 class ConfigError(UserError):

@@ -8,8 +8,9 @@ the committed ones in tests/golden/ci_metrics.json.
                                          (after an intended change; commit the file)
 
 `--metrics reports/ci/metrics.json` compares or accepts an existing run's metrics instead of
-running the study. The runs are deterministic on every x86-64 CPU (configs/ci.yaml sets device cpu,
-one thread and train.portable_numerics), so the default tolerance only absorbs the 4-decimal rounding of metrics.json.
+running the study. The runs are deterministic on every x86-64 CPU (configs/ci.yaml sets device
+cpu, one thread and train.portable_numerics), so the default tolerance only absorbs the 4-decimal
+rounding of metrics.json.
 `dvc metrics diff <commit> --targets tests/golden/ci_metrics.json` shows what a commit changed.
 """
 from __future__ import annotations

@@ -117,7 +117,8 @@ def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
 def train_config(run: dict, spec):
     from semisup.train import TrainConfig
 
-    options = {k: v for k, v in run["train"].items() if k not in ("device", "threads", "portable_numerics")}
+    where = ("device", "threads", "portable_numerics")   # where it runs, not the training loop's
+    options = {k: v for k, v in run["train"].items() if k not in where}
     options.setdefault("horizontal_flip", spec.horizontal_flip)
     return TrainConfig(**options)
 
