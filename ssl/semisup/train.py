@@ -1,4 +1,5 @@
-"""The training loop: SGD (Nesterov, semisup.optim), 7/16 cosine schedule, EMA, evaluation, checkpoint/resume.
+"""The training loop: SGD (Nesterov, semisup.optim), 7/16 cosine schedule, EMA, evaluation,
+checkpoint/resume.
 
 One readable loop. Data lives on the training device as uint8 tensors; each step draws indices,
 augments whole batches there, and calls the algorithm. Per-step statistics stay on the device
