@@ -97,6 +97,48 @@ def test_flexmatch_record_sets_confident_samples_and_keeps_the_others():
     assert sigma.tolist() == [1, -1, 2, -1]
 
 
+
+def test_flexmatch_record_keeps_a_confident_occurrence_when_a_later_one_is_not():
+    # sample 1 appears twice (an epoch boundary inside the batch): confident class 2, then not
+    sigma = torch.tensor([-1, 0, -1])
+    flexmatch_record(sigma, torch.tensor([1, 2, 1]), torch.tensor([0.99, 0.2, 0.3]),
+                     torch.tensor([2, 1, 0]), 0.95)
+    assert sigma.tolist() == [-1, 2, -1]
+
+
+def test_flexmatch_record_takes_a_confident_occurrence_after_a_non_confident_one():
+    sigma = torch.tensor([-1, 0, -1])
+    flexmatch_record(sigma, torch.tensor([1, 2, 1]), torch.tensor([0.3, 0.2, 0.99]),
+                     torch.tensor([0, 1, 2]), 0.95)
+    assert sigma.tolist() == [-1, 2, -1]
+
+
+def test_flexmatch_record_of_two_confident_occurrences_is_the_last_in_batch_order():
+    sigma = torch.tensor([-1, -1])
+    flexmatch_record(sigma, torch.tensor([0, 1, 0, 0]), torch.tensor([0.97, 0.1, 0.99, 0.5]),
+                     torch.tensor([1, 0, 2, 0]), 0.95)
+    assert sigma.tolist() == [2, -1]
+
+
+def test_flexmatch_record_with_repeated_indices_is_deterministic_in_deterministic_mode():
+    # torch.use_deterministic_algorithms checks every scatter for a deterministic path (CUDA too)
+    generator = torch.Generator().manual_seed(0)
+    indices = torch.randint(0, 8, (64,), generator=generator)
+    confidence = torch.rand(64, generator=generator)
+    labels = torch.randint(0, 5, (64,), generator=generator)
+    expected = torch.full((8,), -1)
+    for index, q, label in zip(indices.tolist(), confidence.tolist(), labels.tolist()):
+        if q >= 0.5:            # the sequential meaning: each confident view overwrites
+            expected[index] = label
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        sigma = torch.full((8,), -1)
+        flexmatch_record(sigma, indices, confidence, labels, 0.5)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert sigma.tolist() == expected.tolist()
+
 # ---- Dash -------------------------------------------------------------------------------------
 def test_dash_official_rho_schedule_by_epoch():
     def rho(epoch):

@@ -67,8 +67,20 @@ def flexmatch_thresholds(sigma: Tensor, num_classes: int, tau: float, threshold_
 
 def flexmatch_record(sigma: Tensor, indices: Tensor, confidence: Tensor, pseudo_labels: Tensor,
                      tau: float) -> None:
-    """In place: sigma[i] = yhat_i for the batch samples with q_i >= tau (others keep theirs)."""
-    sigma[indices] = torch.where(confidence >= tau, pseudo_labels, sigma[indices])
+    """In place: sigma[i] = yhat of the batch's last confident (q >= tau) occurrence of sample i;
+    a sample with no confident occurrence keeps its record.
+
+    A batch can hold a sample twice (one that spans an epoch boundary, a sampler with
+    replacement): a later non-confident view must not undo a confident one. Every occurrence of
+    an index therefore writes the same value (the last confident prediction, else the record as
+    it was), so the scatter is deterministic on any device, with no duplicate writes racing and
+    nothing read back to the host. "Last" is batch order, as the references' CPU index_put."""
+    confident = confidence >= tau
+    position = torch.arange(1, len(indices) + 1, device=indices.device)   # 0: none
+    same_sample = indices[:, None] == indices[None, :]
+    last_confident = ((same_sample & confident[None, :]) * position[None, :]).amax(dim=1)
+    recorded = pseudo_labels[(last_confident - 1).clamp(min=0)]
+    sigma[indices] = torch.where(last_confident > 0, recorded, sigma[indices])
 
 
 # ---- Dash -------------------------------------------------------------------------------------
