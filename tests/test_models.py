@@ -1,32 +1,91 @@
-"""The registered networks: sizes against the published figures, output shapes, and the details
-of the classic protocol (BatchNorm momentum 0.001, LeakyReLU 0.1)."""
+"""The registered networks. Each WRN variant is one reference codebase's network: its parameter
+count, BatchNorm epsilon and momentum, convolution biases and what feeds each path of a
+projecting block are pinned here (benchmarks/reference_networks.py checks the PyTorch references
+bit for bit against their own files)."""
 import pytest
 import torch
 from torch import nn
 
 from semisup.models import MODELS, build_model
-from semisup.models.wrn import WideResNet
+from semisup.models.wrn import VARIANTS, WideResNet
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-@pytest.mark.parametrize("name, num_classes, expected", [
-    # FixMatch/MixMatch: "WRN-28-2 with 1.5M parameters" (1.47M as PyTorch ports print it).
-    ("wrn_28_2", 10, 1_469_642),
-    # WRN-28-8 for CIFAR-100: 23.4M in the FixMatch/FlexMatch/USB tables.
-    ("wrn_28_8", 100, 23_409_092),
-    # WRN-37-2 for STL-10: 5.9M. Equal to USB's wrn_var_37_2 built with 10 classes.
-    ("wrn_37_2", 10, 5_933_770),
+@pytest.mark.parametrize("name, num_classes, variant, expected", [
+    # semilearn 0.3.2 (ALGORITHMS.md): no bias in the block convolutions.
+    ("wrn_28_2", 10, "semilearn", 1_467_626),
+    ("wrn_28_8", 100, "semilearn", 23_401_028),
+    ("wrn_37_2", 10, "semilearn", 5_929_450),
+    # USB before November 2022, TorchSSL and FixMatch-TF: every convolution has a bias.
+    *[(name, classes, variant, count) for variant in ("semilearn_2022", "torchssl", "fixmatch_tf")
+      for name, classes, count in (("wrn_28_2", 10, 1_469_642), ("wrn_28_8", 100, 23_409_092))],
+    ("wrn_37_2", 10, "semilearn_2022", 5_933_770),
+    ("wrn_37_2", 10, "torchssl", 5_933_770),
 ])
-def test_parameter_count_matches_the_published_network(name, num_classes, expected):
-    assert count_parameters(build_model(name, num_classes=num_classes, in_channels=3)) == expected
+def test_parameter_count_is_the_reference_networks(name, num_classes, variant, expected):
+    model = build_model(name, num_classes=num_classes, in_channels=3, variant=variant)
+    assert count_parameters(model) == expected
+
+
+@pytest.mark.parametrize("variant, block_eps", [("semilearn", 1e-5), ("semilearn_2022", 1e-3),
+                                                ("torchssl", 1e-3), ("fixmatch_tf", 1e-3)])
+def test_batchnorm_eps_and_momentum_follow_the_reference(variant, block_eps):
+    model = build_model("wrn_28_2", num_classes=10, in_channels=3, variant=variant)
+    block_norms = [m for m in model.groups.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert block_norms and all(m.eps == block_eps for m in block_norms)
+    assert model.head[0].eps == 1e-3   # the BatchNorm before the classifier: 1e-3 everywhere
+    assert all(m.momentum == 0.001 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    activations = [m for m in model.modules() if isinstance(m, nn.LeakyReLU)]
+    assert activations and all(m.negative_slope == 0.1 for m in activations)
+
+
+def test_convolution_biases_follow_the_reference():
+    torch.manual_seed(0)
+    semilearn = build_model("wrn_28_2", num_classes=10, in_channels=3, variant="semilearn")
+    block_convs = [m for m in semilearn.groups.modules() if isinstance(m, nn.Conv2d)]
+    assert all(conv.bias is None for conv in block_convs) and semilearn.stem.bias is not None
+    for variant in ("semilearn_2022", "torchssl"):   # PyTorch's default uniform initialisation
+        model = build_model("wrn_28_2", num_classes=10, in_channels=3, variant=variant)
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        assert all(conv.bias is not None and conv.bias.abs().sum() > 0 for conv in convs)
+        bound = lambda conv: (conv.in_channels * conv.kernel_size[0] ** 2) ** -0.5  # noqa: E731
+        assert all(conv.bias.abs().max() <= bound(conv) for conv in convs)
+    tf = build_model("wrn_28_2", num_classes=10, in_channels=3, variant="fixmatch_tf")
+    assert all(m.bias is not None and not m.bias.any() for m in tf.modules()
+               if isinstance(m, nn.Conv2d))   # TensorFlow's conv2d starts at zero
+
+
+def projecting_block_inputs(variant: str, group: int) -> tuple[str, str]:
+    """What the first block of `group` feeds its residual (conv1) and shortcut paths: 'raw' (the
+    block's input) or 'activated' (LeakyReLU(bn1(input)))."""
+    torch.manual_seed(0)
+    model = WideResNet(num_classes=2, in_channels=3, variant=variant, depth=10, widen_factor=2)
+    block, seen = model.groups[group][0], {}
+    block.conv1.register_forward_pre_hook(lambda m, args: seen.__setitem__("residual", args[0]))
+    block.shortcut.register_forward_pre_hook(lambda m, args: seen.__setitem__("shortcut", args[0]))
+    block.register_forward_pre_hook(lambda m, args: seen.__setitem__("input", args[0]))
+    with torch.no_grad():
+        model.eval()(torch.randn(2, 3, 16, 16))
+        activated = block.activation(block.bn1(seen["input"]))
+    kind = lambda x: "raw" if torch.equal(x, seen["input"]) else (  # noqa: E731
+        "activated" if torch.equal(x, activated) else "other")
+    return kind(seen["residual"]), kind(seen["shortcut"])
+
+
+@pytest.mark.parametrize("variant, later_groups", [
+    ("semilearn", ("raw", "raw")), ("torchssl", ("raw", "raw")),
+    ("semilearn_2022", ("activated", "activated")), ("fixmatch_tf", ("activated", "raw"))])
+def test_projecting_blocks_feed_each_path_as_the_reference(variant, later_groups):
+    assert projecting_block_inputs(variant, 0) == ("activated", "activated")
+    assert projecting_block_inputs(variant, 1) == later_groups
 
 
 @pytest.mark.parametrize("name, size", [("wrn_28_2", 32), ("wrn_37_2", 96)])
 def test_wide_resnet_gives_one_logit_per_class(name, size):
-    model = build_model(name, num_classes=10, in_channels=3)
+    model = build_model(name, num_classes=10, in_channels=3, variant="semilearn")
     with torch.no_grad():
         logits = model(torch.randn(2, 3, size, size))
     assert logits.shape == (2, 10)
@@ -34,54 +93,28 @@ def test_wide_resnet_gives_one_logit_per_class(name, size):
 
 
 def test_wrn_37_2_has_four_groups_and_reaches_6x6_features_from_96_pixels():
-    model = build_model("wrn_37_2", num_classes=10, in_channels=3)
+    model = build_model("wrn_37_2", num_classes=10, in_channels=3, variant="torchssl")
     assert len(model.groups) == 4 and all(len(group) == 4 for group in model.groups)
     with torch.no_grad():
         features = model.groups(model.stem(torch.randn(1, 3, 96, 96)))
     assert features.shape == (1, 256, 6, 6)
 
 
-def test_wide_resnet_uses_batchnorm_momentum_0001_and_leaky_relu_01():
-    model = build_model("wrn_28_2", num_classes=10, in_channels=3)
-    batch_norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    activations = [m for m in model.modules() if isinstance(m, nn.LeakyReLU)]
-    assert batch_norms and all(m.momentum == 0.001 and m.eps == 1e-3 for m in batch_norms)
-    assert activations and all(m.negative_slope == 0.1 for m in activations)
-    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
-
-
 def test_wide_resnet_accepts_other_input_channels():
-    model = build_model("wrn_28_2", num_classes=3, in_channels=1)
+    model = build_model("wrn_28_2", num_classes=3, in_channels=1, variant="semilearn")
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
 
 
-def projecting_block_gradients(block_variant: str) -> tuple[bool, bool]:
-    """Whether the first BatchNorm of group 1's and group 2's first block receives a gradient."""
-    model = WideResNet(num_classes=2, depth=10, widen_factor=1, block_variant=block_variant)
-    model(torch.randn(2, 3, 16, 16)).sum().backward()
-    return tuple(model.groups[g][0].bn1.weight.grad is not None for g in (0, 1))
-
-
-def test_block_variants_differ_only_in_what_feeds_the_projecting_blocks():
-    assert projecting_block_gradients("usb") == (True, True)
-    assert projecting_block_gradients("fixmatch") == (True, True)
-    # TorchSSL/FixMatch-pytorch feed the raw input to both paths after the first group.
-    assert projecting_block_gradients("torchssl") == (True, False)
-    torch.manual_seed(0)
-    usb = WideResNet(num_classes=2, depth=10, widen_factor=1, block_variant="usb")
-    fixmatch = WideResNet(num_classes=2, depth=10, widen_factor=1, block_variant="fixmatch")
-    fixmatch.load_state_dict(usb.state_dict())
-    images = torch.randn(2, 3, 16, 16)
-    assert not torch.allclose(usb(images), fixmatch(images))
-
-
-def test_unknown_block_variant_and_bad_depth_are_rejected():
-    with pytest.raises(ValueError, match="block_variant"):
-        WideResNet(num_classes=2, block_variant="tf")
+def test_unknown_variant_bad_depth_and_a_network_the_reference_lacks_are_rejected():
+    with pytest.raises(ValueError, match="variant must be one of"):
+        WideResNet(num_classes=2, in_channels=3, variant="usb", depth=28, widen_factor=2)
     with pytest.raises(ValueError, match="6n"):
-        WideResNet(num_classes=2, depth=27)
+        WideResNet(num_classes=2, in_channels=3, variant="semilearn", depth=27, widen_factor=2)
+    with pytest.raises(ValueError, match="no fixmatch_tf variant"):
+        build_model("wrn_37_2", num_classes=10, in_channels=3, variant="fixmatch_tf")
+    assert set(VARIANTS) == {"semilearn", "semilearn_2022", "torchssl", "fixmatch_tf"}
 
 
 def test_small_cnn_gives_ten_logits_on_8x8_digits():
-    model = MODELS["small_cnn"](num_classes=10, in_channels=1)
+    model = MODELS["small_cnn"](num_classes=10, in_channels=1, width=8, bn_momentum=0.01)
     assert model(torch.randn(4, 1, 8, 8)).shape == (4, 10)

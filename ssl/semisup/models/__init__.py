@@ -1,19 +1,14 @@
-"""Model registry: name -> constructor(num_classes, in_channels, **options)."""
+"""Model registry: name -> constructor(num_classes, in_channels, **options). Each module lists
+the networks it defines in its own `MODELS`; every option is given (params.yaml holds them)."""
 from __future__ import annotations
 
 from typing import Callable
 
 from torch import nn
 
-from .cnn import SmallCNN
-from .wrn import wrn_28_2, wrn_28_8, wrn_37_2
+from . import cnn, wrn
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "small_cnn": SmallCNN,
-    "wrn_28_2": wrn_28_2,
-    "wrn_28_8": wrn_28_8,
-    "wrn_37_2": wrn_37_2,
-}
+MODELS: dict[str, Callable[..., nn.Module]] = {**cnn.MODELS, **wrn.MODELS}
 
 
 def build_model(name: str, num_classes: int, in_channels: int, **options) -> nn.Module:

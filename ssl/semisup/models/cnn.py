@@ -13,8 +13,7 @@ def conv_block(in_channels: int, out_channels: int, stride: int, bn_momentum: fl
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 32,
-                 bn_momentum: float = 0.01):
+    def __init__(self, num_classes: int, in_channels: int, *, width: int, bn_momentum: float):
         super().__init__()
         self.features = nn.Sequential(
             conv_block(in_channels, width, 1, bn_momentum),
@@ -27,3 +26,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, images):
         return self.classifier(self.features(images))
+
+
+MODELS = {"small_cnn": SmallCNN}

@@ -1,0 +1,104 @@
+"""Check ssl-repro's WRN variants against the reference codebases' own network files, bit for bit.
+
+For each (reference file, network, variant) it builds both networks from the same seed and
+checks: the parameter count, that every parameter and buffer has the same shape and the same
+initial value (the PyTorch references draw their initial weights from the same random numbers),
+and that both give the same logits, bit for bit, in training mode (batch statistics) and in
+evaluation mode after a few training-mode passes (running statistics). Nothing of the references
+is copied into this project: point the script at their files.
+
+    pip download semilearn==0.3.2 --no-deps -d /tmp/ref && unzip -q /tmp/ref/*.whl -d /tmp/ref
+    git clone https://github.com/TorchSSL/TorchSSL /tmp/TorchSSL
+    git clone https://github.com/microsoft/Semi-supervised-learning /tmp/usb
+    git -C /tmp/usb show 7c7460f^:semilearn/nets/wrn/wrn.py > /tmp/usb_2022_wrn.py
+    git -C /tmp/usb show 7c7460f^:semilearn/nets/wrn/wrn_var.py > /tmp/usb_2022_wrn_var.py
+    uv run python benchmarks/reference_networks.py \
+        --semilearn /tmp/ref/semilearn/nets/wrn/wrn.py /tmp/ref/semilearn/nets/wrn/wrn_var.py \
+        --semilearn-2022 /tmp/usb_2022_wrn.py /tmp/usb_2022_wrn_var.py \
+        --torchssl /tmp/TorchSSL/models/nets/wrn.py /tmp/TorchSSL/models/nets/wrn_var.py
+
+The FixMatch TensorFlow network (`fixmatch_tf`) cannot be run here; its structure is checked in
+tests/test_models.py.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+from semisup.models import build_model
+
+# (our network, the reference's class in wrn.py / wrn_var.py, its constructor arguments)
+NETWORKS = [("wrn_28_2", 0, dict(first_stride=1, depth=28, widen_factor=2), 10, 32),
+            ("wrn_28_8", 0, dict(first_stride=1, depth=28, widen_factor=8), 100, 32),
+            ("wrn_37_2", 1, dict(first_stride=2, depth=28, widen_factor=2), 10, 96)]
+
+
+def load_reference(path: Path, name: str) -> types.ModuleType:
+    """Import a reference network file on its own; semilearn's only package import (a checkpoint
+    loader for pretrained weights) is given a placeholder that is never called."""
+    for package in ("semilearn", "semilearn.nets"):
+        sys.modules.setdefault(package, types.ModuleType(package))
+    utils = types.ModuleType("semilearn.nets.utils")
+    utils.load_checkpoint = lambda model, path: model
+    sys.modules.setdefault("semilearn.nets.utils", utils)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_class(module: types.ModuleType):
+    return getattr(module, "WideResNetVar", None) or module.WideResNet
+
+
+def logits_of(output):
+    return output["logits"] if isinstance(output, dict) else output
+
+
+def compare(variant: str, files: list[Path], seed: int = 0) -> list[str]:
+    lines = []
+    for ours_name, file_index, arguments, num_classes, size in NETWORKS:
+        module = load_reference(files[file_index], f"reference_{variant}_{file_index}")
+        torch.manual_seed(seed)
+        reference = reference_class(module)(num_classes=num_classes, **arguments)
+        torch.manual_seed(seed)
+        ours = build_model(ours_name, num_classes, 3, variant=variant)
+        theirs_state, our_state = reference.state_dict(), ours.state_dict()
+        count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+        same_shapes = [a.shape for a in theirs_state.values()] == [b.shape for b in our_state.values()]
+        same_init = same_shapes and all(torch.equal(a, b) for a, b in
+                                        zip(theirs_state.values(), our_state.values()))
+        images = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
+        reference.train(), ours.train()
+        with torch.no_grad():
+            for _ in range(3):   # train mode: batch statistics; also moves the running statistics
+                same_train = torch.equal(logits_of(reference(images)), ours(images))
+            reference.eval(), ours.eval()
+            same_eval = torch.equal(logits_of(reference(images)), ours(images))
+        lines.append(f"{variant:15s} {ours_name}: parameters {count(reference):,} (reference) / "
+                     f"{count(ours):,} (ours); same shapes {same_shapes}, same initial values "
+                     f"{same_init}, same logits in train mode {same_train}, in eval mode {same_eval}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for variant in ("semilearn", "semilearn-2022", "torchssl"):
+        parser.add_argument(f"--{variant}", nargs=2, type=Path, metavar=("WRN_PY", "WRN_VAR_PY"),
+                            help=f"the {variant} reference's wrn.py and wrn_var.py")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for variant, files in (("semilearn", args.semilearn), ("semilearn_2022", args.semilearn_2022),
+                           ("torchssl", args.torchssl)):
+        if files:
+            print("\n".join(compare(variant, files)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
