@@ -2,10 +2,12 @@
 # `snakemake --cores all` runs the study in params.yaml; `--configfile configs/<study>.yaml`
 # merges another study on top of it. Every rule is a thin call of a `pipeline` module.
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
+from pipeline.code import code_digest
 from pipeline.config import load_study
 from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.figures import figures_for, stats_algorithms
@@ -21,6 +23,11 @@ except USER_ERRORS as error:
     sys.exit(2)
 
 PY = shlex.quote(sys.executable)
+# Jobs import this workflow's own `pipeline` and `semisup` (the code whose digest they record),
+# whatever else the environment has installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(workflow.basedir, "ssl")), workflow.basedir, os.environ.get("PYTHONPATH", "")])
+EXECUTION = STUDY.execution()
 RESULTS = STUDY.results_dir
 REPORTS = STUDY.reports_dir
 DATASET = STUDY.dataset
@@ -29,7 +36,8 @@ SEEDS = STUDY.config["study"]["seeds"]
 ALGORITHMS = STUDY.config["study"]["algorithms"]
 RUN = RESULTS + "/{dataset}-{n_labels}/{algorithm}/seed{seed}"
 FIGURES = figures_for(ALGORITHMS)   # the Dash figures only where the study has those algorithms
-REPORT_PAGES = [f"{REPORTS}/report/tables.html", f"{REPORTS}/report/run_times.html"]
+# run_times.html lies outside the committed reports/: its times differ from run to run.
+REPORT_PAGES = [f"{REPORTS}/report/tables.html", f"{RESULTS}/report/run_times.html"]
 
 wildcard_constraints:
     dataset="[a-z0-9_]+",
@@ -46,6 +54,12 @@ localrules: all, download, split, evaluate, tables, figures, report_pages
 def run_config(wildcards):
     return STUDY.run_config(wildcards.dataset, int(wildcards.n_labels), wildcards.algorithm,
                             int(wildcards.seed))
+
+
+def train_code(wildcards):
+    """The digest of the code a training run depends on (pipeline/code.py): a change reruns it."""
+    return code_digest("pipeline.train", algorithm=wildcards.algorithm, dataset=wildcards.dataset,
+                       model=STUDY.config["study"]["model"])
 
 
 onstart:
@@ -70,6 +84,7 @@ rule download:
         manifest="data/raw/{dataset}/manifest.json",
     params:
         options=lambda w: json.dumps(STUDY.dataset_options(w.dataset), sort_keys=True),
+        code=lambda w: code_digest("pipeline.download", dataset=w.dataset),
     log:
         "logs/download/{dataset}.log",
     shell:
@@ -82,6 +97,8 @@ rule split:
         manifest="data/raw/{dataset}/manifest.json",
     output:
         split="data/splits/{dataset}/{n_labels}/seed{seed}.json",
+    params:
+        code=lambda w: code_digest("pipeline.split", dataset=w.dataset),
     log:
         "logs/split/{dataset}-{n_labels}-seed{seed}.log",
     shell:
@@ -100,13 +117,16 @@ rule train:
         stats=RUN + "/train_stats.csv",
     params:
         run_config=lambda w: json.dumps(run_config(w), sort_keys=True),
+        code=train_code,
         # Checkpoints live outside the declared outputs, so a killed job keeps them; the config
-        # hash in the path makes a changed config start afresh instead of resuming a stale run.
+        # hash and code digest in the path make a changed config or code start afresh instead
+        # of resuming a stale run.
         checkpoints=lambda w: f"checkpoints/{STUDY.name}/{w.dataset}-{w.n_labels}/"
-        f"{w.algorithm}/seed{w.seed}/{run_config(w)['config_hash'][:16]}",
-    threads: STUDY.config["train"]["threads"]
+        f"{w.algorithm}/seed{w.seed}/{run_config(w)['config_hash'][:16]}-{train_code(w)[:12]}",
+        device=EXECUTION["device"],
+    threads: EXECUTION["threads"]
     resources:
-        gpu=lambda w: 1 if STUDY.config["train"]["device"] != "cpu" else 0,
+        gpu=1 if EXECUTION["device"] != "cpu" else 0,
     log:
         f"logs/{STUDY.name}/train/{{dataset}}-{{n_labels}}-{{algorithm}}-seed{{seed}}.log",
     benchmark:
@@ -114,7 +134,8 @@ rule train:
     shell:
         "{PY} -m pipeline.train --run-config {params.run_config:q} --manifest {input.manifest}"
         " --split {input.split} --out $(dirname {output.metrics})"
-        " --checkpoint-dir {params.checkpoints} --threads {threads} > {log} 2>&1"
+        " --checkpoint-dir {params.checkpoints} --device {params.device} --threads {threads}"
+        " > {log} 2>&1"
 
 
 rule evaluate:
@@ -123,6 +144,8 @@ rule evaluate:
         runs=expand(RUN + "/run.json", seed=SEEDS, allow_missing=True),
     output:
         summary=RESULTS + "/{dataset}-{n_labels}/{algorithm}/summary.json",
+    params:
+        code=code_digest("pipeline.evaluate"),
     log:
         f"logs/{STUDY.name}/evaluate/{{dataset}}-{{n_labels}}-{{algorithm}}.log",
     shell:
@@ -151,6 +174,7 @@ rule tables:
         model=STUDY.config["reports"]["model"],
         published=f"--published {shlex.quote(PUBLISHED_CSV)} --published-table "
         f"{shlex.quote(PUBLISHED_TABLE['published'])}" if PUBLISHED else "",
+        code=code_digest("pipeline.tables"),
     log:
         f"logs/{STUDY.name}/tables.log",
     shell:
@@ -174,6 +198,7 @@ rule figures:
         figures=" ".join(FIGURES),
         dash=json.dumps(STUDY.config["algorithms"].get("dash", {}), sort_keys=True),
         model=STUDY.config["reports"]["model"],
+        code=code_digest("pipeline.figures"),
     log:
         f"logs/{STUDY.name}/figures.log",
     benchmark:
@@ -194,6 +219,8 @@ rule report_pages:
     output:
         tables=report(REPORT_PAGES[0], caption="report/tables.rst", category="Tables"),
         run_times=report(REPORT_PAGES[1], caption="report/run_times.rst", category="Run times"),
+    params:
+        code=code_digest("pipeline.report_pages"),
     log:
         f"logs/{STUDY.name}/report_pages.log",
     shell:

@@ -50,9 +50,31 @@ from semisup.algorithms import StepBatch, build_algorithm  # noqa: E402
 from semisup.data.augment import strong_augment  # noqa: E402
 from semisup.models import build_model  # noqa: E402
 from semisup.train import TrainConfig, TrainData, Trainer, cosine_7_16, update_ema  # noqa: E402
+from semisup.catalog import DATASETS  # noqa: E402
 
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)   # CIFAR-10's
+from pipeline.config import EXECUTION_KEYS, ROOT, load_params  # noqa: E402
+
+MEAN, STD = DATASETS["cifar10"].mean, DATASETS["cifar10"].std
 NUM_CLASSES = 10
+# The Dash paper's CIFAR-10 study: its training settings, network variant and FixMatch's
+# hyperparameters (params.yaml with configs/dash-cifar10.yaml on top).
+PAPER = load_params(ROOT / "params.yaml", ROOT / "configs/dash-cifar10.yaml")
+
+
+def paper_train_config(**overrides) -> TrainConfig:
+    train = {k: v for k, v in PAPER["train"].items()
+             if k not in (*EXECUTION_KEYS, "portable_numerics")}
+    return TrainConfig(**{**train, "horizontal_flip": True, **overrides})
+
+
+def paper_model(name: str):
+    return build_model(name, NUM_CLASSES, 3, **PAPER["models"][name])
+
+
+def paper_fixmatch(num_unlabeled: int, num_labeled: int, total_steps: int):
+    return build_algorithm("fixmatch", PAPER["algorithms"]["fixmatch"], num_classes=NUM_CLASSES,
+                           num_unlabeled=num_unlabeled, num_labeled=num_labeled,
+                           total_steps=total_steps)
 DEFAULTS = {"cpu": {"steps": 5, "warmup": 1, "dataset_size": 10_000},
             "cuda": {"steps": 200, "warmup": 20, "dataset_size": 50_000}}
 
@@ -118,12 +140,12 @@ class ConventionalStep:
                  device: torch.device, total_steps: int):
         self.device = device
         torch.manual_seed(args.seed)
-        self.model = build_model(args.model, NUM_CLASSES, 3).to(device)
+        self.model = paper_model(args.model).to(device)
         self.model.train()
-        self.ema_model = build_model(args.model, NUM_CLASSES, 3).to(device)
+        self.ema_model = paper_model(args.model).to(device)
         self.ema_model.load_state_dict(self.model.state_dict())
         self.ema_model.requires_grad_(False)
-        config = TrainConfig(steps=total_steps, batch_size=args.batch, uratio=args.uratio)
+        config = paper_train_config(steps=total_steps, batch_size=args.batch, uratio=args.uratio)
         self.ema_decay = config.ema_decay
         # The references' optimizer: torch.optim.SGD, no weight decay on BatchNorm and biases.
         groups = [{"params": [p for p in self.model.parameters() if p.dim() > 1],
@@ -133,9 +155,7 @@ class ConventionalStep:
         self.optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_7_16(total_steps))
-        self.algorithm = build_algorithm("fixmatch", {}, num_classes=NUM_CLASSES,
-                                         num_unlabeled=len(images_hwc),
-                                         total_steps=total_steps).to(device)
+        self.algorithm = paper_fixmatch(len(images_hwc), n_labels, total_steps).to(device)
         labeled = LabeledDataset(images_hwc[:n_labels], labels[:n_labels], args.seed)
         unlabeled = UnlabeledDataset(images_hwc, labels, args.seed + 1)
         self.labeled = infinite(loader(labeled, args.batch, args.workers, device, args.seed))
@@ -175,13 +195,12 @@ class SslReproStep:
             labeled_indices=torch.arange(n_labels, device=device),
             test_images=images_nchw[:16].to(device), test_labels=labels[:16].to(device),
             mean=MEAN, std=STD)
-        config = TrainConfig(steps=total_steps, batch_size=args.batch, uratio=args.uratio,
-                             precision="bf16" if cuda else "fp32", channels_last=cuda,
-                             compile=args.compile)
+        config = paper_train_config(steps=total_steps, batch_size=args.batch, uratio=args.uratio,
+                                    precision="bf16" if cuda else "fp32", channels_last=cuda,
+                                    compile=args.compile)
         torch.manual_seed(args.seed)
-        model = build_model(args.model, NUM_CLASSES, 3)
-        algorithm = build_algorithm("fixmatch", {}, num_classes=NUM_CLASSES,
-                                    num_unlabeled=len(images_nchw), total_steps=total_steps)
+        model = paper_model(args.model)
+        algorithm = paper_fixmatch(len(images_nchw), n_labels, total_steps)
         self.trainer = Trainer(model, algorithm, data, config, args.seed, device)
         self.trainer.model.train()
         self.config = config

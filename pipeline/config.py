@@ -15,15 +15,25 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator
 
+from semisup.catalog import DATASETS
+
 from .errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
-# Classes per dataset, for checking label budgets before any job starts (image_folder: unknown
-# until its folder is read; the split step checks it then).
-NUM_CLASSES = {"digits": 10, "digits_rgb32": 10, "cifar10": 10, "cifar100": 100, "svhn": 10,
-               "stl10": 10}
+# Settings of where a training job runs, not of what it computes: a run's config (and its hash)
+# leaves them out, the job gets them once on its command line, and MLflow records what it used.
+EXECUTION_KEYS = ("device", "threads")
+
+# Keys the references use that mean something else here: the schema rejects them, with this why.
+FOREIGN_KEYS = {
+    ("algorithms", "fixmatch", "T"): (
+        "semilearn's FixMatch `T` (0.5 in its configs) sharpens soft pseudo-labels only and is "
+        "unused with the hard labels FixMatch uses, so it is not a parameter here; dividing the "
+        "logits by T before the threshold would change FixMatch's mask (another method). "
+        "Remove algorithms.fixmatch.T"),
+}
 
 
 class ConfigError(UserError):
@@ -87,6 +97,10 @@ def describe(error, source: str) -> str:
     if error.validator == "additionalProperties":
         known = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(known))
+        explained = [FOREIGN_KEYS[(*map(str, error.absolute_path), key)] for key in unknown
+                     if (*map(str, error.absolute_path), key) in FOREIGN_KEYS]
+        if explained:
+            return f"{source}: " + "; ".join(explained) + "."
         hints = []
         for key in unknown:
             close = difflib.get_close_matches(key, known, n=1)
@@ -118,7 +132,7 @@ def semantic_problems(config: dict, source: str) -> list[str]:
     """Checks that need more than one key."""
     study = config["study"]
     problems = []
-    classes = NUM_CLASSES.get(study["dataset"])
+    classes = DATASETS[study["dataset"]].num_classes
     for n_labels in study["n_labels"]:
         if classes and n_labels % classes:
             problems.append(f"{source}: study.n_labels contains {n_labels}, which is not a multiple "
@@ -128,6 +142,15 @@ def semantic_problems(config: dict, source: str) -> list[str]:
         if name not in config["algorithms"]:
             problems.append(f"{source}: study.algorithms lists {name!r}, which has no entry under "
                             f"`algorithms:` for its hyperparameters; add `algorithms: {{{name}: {{}}}}`.")
+    missing = [f"{section}.{name}" for section, name in (("datasets", study["dataset"]),
+                                                          ("models", study["model"]))
+               if name not in config[section]]
+    if missing:
+        problems.append(f"{source}: {' and '.join(missing)} is missing: every option of the "
+                        f"study's dataset and model must be given (params.yaml lists them all).")
+    elif study["dataset"] == "image_folder" and config["datasets"]["image_folder"]["path"] is None:
+        problems.append(f"{source}: study.dataset is image_folder but datasets.image_folder.path "
+                        f"is null; set it to a folder with one sub-folder of images per class.")
     train = config["train"]
     for key in ("eval_every", "log_every"):
         if train[key] > train["steps"]:
@@ -179,27 +202,45 @@ class Study:
         return self.config["reports"]["dir"]
 
     def dataset_options(self, dataset: str) -> dict:
-        return self.config["datasets"].get(dataset, {})
+        return self.config["datasets"][dataset]
 
     def run_config(self, dataset: str, n_labels: int, algorithm: str, seed: int) -> dict:
-        """Everything that determines one run's numbers; its hash names the run."""
-        train = dict(self.config["train"])
+        """Everything that determines one run's numbers, every default filled in (the
+        resolved configuration): what is hashed, logged to MLflow and written to metrics.json.
+        Execution settings (EXECUTION_KEYS) are not in it."""
+        train = {k: v for k, v in self.config["train"].items() if k not in EXECUTION_KEYS}
         train.update(self.config["algorithm_overrides"].get(algorithm, {}))
+        train.setdefault("horizontal_flip", DATASETS[dataset].horizontal_flip)
         model = self.config["study"]["model"]
         run = {
             "study": self.name, "dataset": dataset,
             "dataset_options": self.dataset_options(dataset),
             "n_labels": int(n_labels), "seed": int(seed),
             "algorithm": algorithm, "algorithm_params": self.config["algorithms"][algorithm],
-            "model": model, "model_options": self.config["models"].get(model, {}),
+            "model": model, "model_options": self.config["models"][model],
             "train": train,
         }
-        # threads and device choose where the run executes, not what it computes.
-        hashed = copy.deepcopy(run)
-        for key in ("threads", "device"):
-            hashed["train"].pop(key, None)
-        run["config_hash"] = canonical_hash(hashed)
+        run["config_hash"] = canonical_hash(run)
         return run
+
+    def execution(self) -> dict:
+        """Where training jobs run (device, threads): given to each job on its command line."""
+        return {key: self.config["train"][key] for key in EXECUTION_KEYS}
+
+
+def default_params() -> dict:
+    """params.yaml: every dataset option, network option and hyperparameter with its default,
+    for code that calls the library directly (tests, benchmarks, notebooks)."""
+    return load_params(ROOT / "params.yaml")
+
+
+def default_train_options(dataset: str, **overrides) -> dict:
+    """params.yaml's training loop settings as semisup.train.TrainConfig takes them (execution
+    settings and portable numerics left out, the dataset's flip filled in), with `overrides`."""
+    train = {key: value for key, value in default_params()["train"].items()
+             if key not in (*EXECUTION_KEYS, "portable_numerics")}
+    train["horizontal_flip"] = DATASETS[dataset].horizontal_flip
+    return {**train, **overrides}
 
 
 def load_study(config: dict, source: str = "params.yaml") -> Study:

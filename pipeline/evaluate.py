@@ -9,6 +9,10 @@ from pathlib import Path
 from .errors import cli
 from .files import read_json, write_json
 
+# What identifies the run that made a number, the same on every machine that reproduces it (the
+# MLflow run is found by these tags; its id and the git commit differ from run to run).
+PROVENANCE = ("config_hash", "code_digest", "split_sha256", "dataset_digest")
+
 
 def aggregate(per_seed: list[dict]) -> dict:
     keys = sorted(per_seed[0]["metrics"])
@@ -35,8 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         "algorithm": first["algorithm"], "model": first["model"],
         "metrics": aggregate(per_seed),
         "seeds": [{"seed": m["run"]["seed"], "mlflow_run_id": r["mlflow_run_id"],
-                   "config_hash": m["config_hash"], "split_sha256": m["split_sha256"],
-                   "dataset_digest": m["dataset_digest"], "git_commit": m["git_commit"],
+                   **{key: m[key] for key in PROVENANCE}, "git_commit": m["git_commit"],
                    "wall_seconds": r["wall_seconds"]}
                   for m, r in zip(per_seed, runs)],
     }

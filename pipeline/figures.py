@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import json
 import math
 from collections import defaultdict
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from .errors import UserError, cli
 from .files import atomic_path
-from .tables import DISPLAY_NAMES
+from .names import DISPLAY_NAMES
 
 PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": "ssl-repro"}
 PNG_METADATA = {"Software": None}
@@ -85,16 +84,6 @@ def seed_curves(runs: list[list[dict[str, float]]], column: str):
 
 
 # ---- Dash's schedule ----------------------------------------------------------------------------
-def dash_settings(params: dict) -> dict:
-    """The dash hyperparameters of the study: the config's values over the class defaults."""
-    from semisup.algorithms import ALGORITHMS
-
-    signature = inspect.signature(ALGORITHMS["dash"].__init__)
-    defaults = {name: parameter.default for name, parameter in signature.parameters.items()
-                if parameter.default is not inspect.Parameter.empty}
-    return {**defaults, **params}
-
-
 def dash_rho(settings: dict, step: int, rho_hat: float, gamma: float, rho_min: float) -> float:
     """rho at (0-based) training step `step`, from the library's schedule functions; inf while
     no threshold applies (warm-up)."""
@@ -279,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figures", nargs="+", default=["error_curves"],
                         choices=["error_curves", "dash_rho", "pseudo_labels"])
     parser.add_argument("--dash-params", default="{}", help="the study's dash hyperparameters "
-                        "(JSON; missing keys take the algorithm's defaults)")
+                        "(JSON, every one of them, as the study's config has them)")
     parser.add_argument("--gammas", nargs="+", type=float, default=list(DASH_GAMMAS),
                         help="gamma values whose rho schedule dash_rho draws")
     parser.add_argument("--model", default="ema", choices=["ema", "raw"])
@@ -291,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     stats = group_runs(args.train_stats) if {"dash_rho", "pseudo_labels"} & set(args.figures) \
         else {}
     if "dash_rho" in args.figures:
-        settings = dash_settings(json.loads(args.dash_params))
+        settings = json.loads(args.dash_params)
         written += plot_dash_rho(stats, settings, tuple(args.gammas), args.out)
     if "pseudo_labels" in args.figures:
         written += plot_pseudo_labels(stats, args.out)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import UserError, cli
 from .files import read_json, write_text
-from .tables import DISPLAY_NAMES
+from .names import DISPLAY_NAMES
 
 STYLE = """<style>
 body { font-family: sans-serif; margin: 1.5em; }

@@ -9,18 +9,15 @@ import re
 from pathlib import Path
 
 from .errors import UserError, cli
+from .evaluate import PROVENANCE
 from .files import read_json, write_json, write_text
+from .names import DISPLAY_NAMES
 
 SELECTION_TEXT = {
     "best": "the best test error over training",
     "last": "the test error at the last evaluation",
     "median": "the median test error over the last {k} evaluations",
     "mean": "the mean test error over the last {k} evaluations",
-}
-DISPLAY_NAMES = {
-    "supervised": "Supervised", "pseudolabel": "Pseudo-Label", "meanteacher": "Mean Teacher",
-    "uda": "UDA", "fixmatch": "FixMatch", "flexmatch": "FlexMatch", "dash": "Dash",
-    "freematch": "FreeMatch", "softmatch": "SoftMatch",
 }
 
 
@@ -231,7 +228,9 @@ def render_published(summaries: list[dict], published_rows: list[dict], model: s
 
 
 def metrics_document(summaries: list[dict]) -> dict:
-    """Nested {dataset-n_labels: {algorithm: {metric: mean, metric_std: std}}} for dvc metrics."""
+    """Nested {dataset-n_labels: {algorithm: {metric: mean, metric_std: std}}} for dvc metrics,
+    with each seed's run identity (config hash, code digest, split and data hashes: the MLflow
+    run's tags). Only what a rerun on any machine reproduces: no MLflow run ids, no times."""
     document: dict = {}
     for summary in summaries:
         entry = document.setdefault(f"{summary['dataset']}-{summary['n_labels']}", {})
@@ -239,7 +238,8 @@ def metrics_document(summaries: list[dict]) -> dict:
         for key, stats in summary["metrics"].items():
             values[key] = round(stats["mean"], 4)
             values[key + "_std"] = round(stats["std"], 4)
-        values["mlflow_run_ids"] = [seed["mlflow_run_id"] for seed in summary["seeds"]]
+        values["runs"] = [{"seed": seed["seed"], **{key: seed[key] for key in PROVENANCE}}
+                          for seed in summary["seeds"]]
         entry[summary["algorithm"]] = values
     return document
 

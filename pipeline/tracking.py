@@ -120,6 +120,16 @@ def git_commit(cwd: Path | None = None) -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def git_diff(cwd: Path | None = None) -> str:
+    """The uncommitted changes to tracked files (`git diff HEAD`), for a run made from them."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
+    try:
+        return subprocess.run(["git", "diff", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        return f"git diff HEAD failed: {error}\n"
+
+
 class RunLogger:
     """The MLflow run of one training job. `run_id_file` (kept beside the checkpoint) makes a
     restarted job continue the same run instead of opening a duplicate."""
@@ -140,12 +150,14 @@ class RunLogger:
                 tags={"mlflow.runName": run_name}), "create run")
             self.run_id = run.info.run_id
             write_text(run_id_file, self.run_id + "\n")   # atomic: never an empty id file
-            retry(lambda: self.tracking.log_batch(
-                self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-                tags=[RunTag(k, str(v)) for k, v in tags.items()]), "log params")
         else:
             retry(lambda: self.tracking.update_run(self.run_id, status="RUNNING"), "reopen run")
-            retry(lambda: self.tracking.set_tag(self.run_id, "resumed", "true"), "tag run")
+            tags = {**tags, "resumed": "true"}
+        # Logged on every start: the same params again are accepted, and each attempt's tags
+        # (where it ran) replace the last one's.
+        retry(lambda: self.tracking.log_batch(
+            self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()]), "log params")
 
     def _existing_run(self, run_id_file: Path) -> str | None:
         if not run_id_file.exists():
@@ -189,6 +201,9 @@ class RunLogger:
 
     def log_artifact(self, path: Path) -> None:
         retry(lambda: self.tracking.log_artifact(self.run_id, str(path)), "log artifact")
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        retry(lambda: self.tracking.log_text(self.run_id, text, artifact_file), "log artifact")
 
     def finish(self, status: str = "FINISHED") -> None:
         retry(lambda: self.tracking.set_terminated(self.run_id, status=status), "end run")

@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from .code import code_digest
 from .errors import UserError, cli
 from .files import atomic_path, read_json, writable_dir, write_json
-from .tracking import RunLogger, git_commit
+from .tracking import RunLogger, git_commit, git_diff, tracking_uri
 
 # This module imports torch only inside functions: pin_cpu_numerics must run before the import.
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
@@ -111,102 +112,147 @@ def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
         mean=spec.mean, std=spec.std,
         extra_unlabeled_images=on(data.extra_unlabeled_images),
         extra_unlabeled_labels=on(data.extra_unlabeled_labels))
-    return train_data, spec, data.num_classes, manifest, split
+    return train_data, spec.channels, data.num_classes, manifest, split
 
 
-def train_config(run: dict, spec):
+def train_config(run: dict):
+    """The training loop's settings: the run's resolved `train` (portable_numerics is the
+    process's, applied by start_torch)."""
     from semisup.train import TrainConfig
 
-    where = ("device", "threads", "portable_numerics")   # where it runs, not the training loop's
-    options = {k: v for k, v in run["train"].items() if k not in where}
-    options.setdefault("horizontal_flip", spec.horizontal_flip)
-    return TrainConfig(**options)
+    return TrainConfig(**{k: v for k, v in run["train"].items() if k != "portable_numerics"})
+
+
+def start_torch(run: dict, device_setting: str, threads: int):
+    """Import torch (after pinning portable numerics, which must come first), set its threads
+    and choose the device: what this job really runs on."""
+    if run["train"]["portable_numerics"]:
+        pin_cpu_numerics()
+    import torch
+
+    torch.set_num_threads(threads)
+    return choose_device(device_setting)
+
+
+def build_trainer(run: dict, data, channels: int, num_classes: int, device, logger, name: str,
+                  checkpoint_dir: Path):
+    import torch
+    from semisup.algorithms import build_algorithm
+    from semisup.models import build_model
+    from semisup.train import Trainer
+
+    config = train_config(run)
+    torch.manual_seed(run["seed"])
+    model = build_model(run["model"], num_classes, channels, **run["model_options"])
+    algorithm = build_algorithm(run["algorithm"], run["algorithm_params"], num_classes=num_classes,
+                                num_unlabeled=len(data.unlabeled()[0]),
+                                num_labeled=len(data.labeled_indices), total_steps=config.steps)
+    return Trainer(model, algorithm, data, config, run["seed"], device, log=logger.log_metrics,
+                   checkpoint_path=checkpoint_dir / "checkpoint.pt",
+                   progress=lambda line: print(f"{name}: {line}", flush=True))
+
+
+def mlflow_params(run: dict) -> dict:
+    """The resolved configuration, flattened: every option of the dataset, algorithm, network and
+    training loop, defaults included."""
+    params = {key: run[key] for key in ("study", "dataset", "n_labels", "seed", "algorithm", "model")}
+    for prefix, section in (("dataset", "dataset_options"), (run["algorithm"], "algorithm_params"),
+                            ("model", "model_options"), ("train", "train")):
+        params.update({f"{prefix}.{key}": json.dumps(value, sort_keys=True)
+                       if isinstance(value, (dict, list)) else value
+                       for key, value in run[section].items()})
+    return params
+
+
+def mlflow_tags(run: dict, provenance: dict, device) -> dict:
+    import torch
+
+    commit = provenance["git_commit"]
+    return {"algorithm": run["algorithm"], "dataset": run["dataset"], "n_labels": run["n_labels"],
+            "seed": run["seed"], "study": run["study"], **provenance,
+            "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+            # where this attempt ran (tags, so that a resumed attempt records its own)
+            "execution.device": str(device), "execution.threads": torch.get_num_threads()}
+
+
+def open_run(run: dict, provenance: dict, device, checkpoint_dir: Path, split_path: Path,
+             name: str) -> RunLogger:
+    logger = RunLogger(run["study"], name, checkpoint_dir / "mlflow_run_id.txt",
+                       mlflow_tags(run, provenance, device), mlflow_params(run))
+    logger.log_input(f"{run['dataset']}-{run['n_labels']}-split{run['seed']}",
+                     provenance["split_sha256"], str(split_path.resolve()))
+    if provenance["git_commit"].endswith("-dirty"):   # made from uncommitted code: keep the diff
+        logger.log_text(git_diff(), "git_diff.patch")
+    return logger
+
+
+def write_outputs(out: Path, run: dict, provenance: dict, result, logger: RunLogger, device,
+                  started: float) -> None:
+    import torch
+
+    write_csv(out / "evaluations.csv", result.curve)
+    write_csv(out / "train_stats.csv", result.stat_history)
+    write_json(out / "metrics.json", {"metrics": result.metrics, **provenance, "run": run})
+    write_json(out / "run.json", {"mlflow_run_id": logger.run_id,
+                                  "mlflow_tracking_uri": tracking_uri(),
+                                  "wall_seconds": round(time.time() - started, 2),
+                                  "steps_per_second": round(result.steps_per_second, 2),
+                                  "resumed_from_step": result.resumed_from, "device": str(device),
+                                  "threads": torch.get_num_threads(), **provenance})
+    logger.log_metrics(run["train"]["steps"], {f"final/{k}": v for k, v in result.metrics.items()})
+    for artifact in ("metrics.json", "evaluations.csv", "train_stats.csv"):
+        logger.log_artifact(out / artifact)
+
+
+def remove_checkpoint(checkpoint_dir: Path) -> None:
+    """The outputs and the MLflow run are complete: the checkpoint (WRN-28-8: about 0.3 GB per
+    run) and the run-id file go, so that rerunning after deleting the outputs starts afresh."""
+    for leftover in ("checkpoint.pt", "mlflow_run_id.txt"):
+        (checkpoint_dir / leftover).unlink(missing_ok=True)
+    try:
+        checkpoint_dir.rmdir()
+    except OSError:   # something else lives there: leave it
+        pass
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-config", required=True, help="the run's config as JSON")
+    parser.add_argument("--run-config", required=True, help="the run's resolved config as JSON")
     parser.add_argument("--manifest", required=True, type=Path)
     parser.add_argument("--split", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path, help="folder of the outputs")
     parser.add_argument("--checkpoint-dir", required=True, type=Path)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     started = time.time()
     run = json.loads(args.run_config)
     writable_dir(args.out)   # fail now, not after training
     writable_dir(args.checkpoint_dir)
-    if run["train"].get("portable_numerics"):
-        pin_cpu_numerics()
-
-    import torch
-    from semisup.algorithms import build_algorithm
-    from semisup.models import build_model
-    from semisup.train import Trainer
-
-    torch.set_num_threads(args.threads)
-    device = choose_device(run["train"]["device"])
-    data, spec, num_classes, manifest, split = load_train_data(run, args.manifest, args.split, device)
-    config = train_config(run, spec)
-    torch.manual_seed(run["seed"])
-    model = build_model(run["model"], num_classes, spec.image_shape[0], **run["model_options"])
-    algorithm = build_algorithm(run["algorithm"], run["algorithm_params"], num_classes=num_classes,
-                                num_unlabeled=len(data.unlabeled()[0]), total_steps=config.steps)
-
-    commit = git_commit()
-    provenance = {"config_hash": run["config_hash"], "split_sha256": split["sha256"],
-                  "dataset_digest": manifest["digest"], "git_commit": commit}
+    device = start_torch(run, args.device, args.threads)
+    data, channels, num_classes, manifest, split = load_train_data(run, args.manifest, args.split,
+                                                                   device)
+    provenance = {"config_hash": run["config_hash"],
+                  "code_digest": code_digest("pipeline.train", algorithm=run["algorithm"],
+                                             model=run["model"], dataset=run["dataset"]),
+                  "split_sha256": split["sha256"], "dataset_digest": manifest["digest"],
+                  "git_commit": git_commit()}
     name = f"{run['algorithm']}-{run['dataset']}-{run['n_labels']}-seed{run['seed']}"
-    tags = {"algorithm": run["algorithm"], "dataset": run["dataset"],
-            "n_labels": run["n_labels"], "seed": run["seed"], "study": run["study"],
-            "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-            "config_hash": run["config_hash"], "split_hash": split["sha256"],
-            "dataset_digest": manifest["digest"], "device": device.type}
-    params = {"algorithm": run["algorithm"], "model": run["model"], "n_labels": run["n_labels"],
-              "seed": run["seed"], "dataset": run["dataset"],
-              **{f"train.{k}": v for k, v in run["train"].items()},
-              **{f"{run['algorithm']}.{k}": v for k, v in run["algorithm_params"].items()},
-              **{f"model.{k}": v for k, v in run["model_options"].items()}}
-    logger = RunLogger(run["study"], name, args.checkpoint_dir / "mlflow_run_id.txt", tags, params)
-    logger.log_input(f"{run['dataset']}-{run['n_labels']}-split{run['seed']}", split["sha256"],
-                     str(args.split.resolve()))
-    print(f"{name}: device {device}, {config.steps} steps, MLflow run {logger.run_id}", flush=True)
-
-    trainer = Trainer(model, algorithm, data, config, run["seed"], device, log=logger.log_metrics,
-                      checkpoint_path=args.checkpoint_dir / "checkpoint.pt",
-                      progress=lambda line: print(f"{name}: {line}", flush=True))
+    logger = open_run(run, provenance, device, args.checkpoint_dir, args.split, name)
+    trainer = build_trainer(run, data, channels, num_classes, device, logger, name,
+                            args.checkpoint_dir)
+    print(f"{name}: device {device}, {trainer.config.steps} steps, MLflow run {logger.run_id}",
+          flush=True)
     try:
         result = trainer.fit()
     except BaseException:
         logger.finish("FAILED")
         raise
-
-    out = args.out
-    write_csv(out / "evaluations.csv", result.curve)
-    write_csv(out / "train_stats.csv", result.stat_history)
-    write_json(out / "metrics.json", {"metrics": result.metrics, **provenance,
-                                      "run": {k: run[k] for k in ("dataset", "n_labels",
-                                                                  "algorithm", "seed", "model")}})
-    write_json(out / "run.json", {"mlflow_run_id": logger.run_id, "mlflow_tracking_uri":
-                                  logger.tracking._tracking_client.tracking_uri,
-                                  "wall_seconds": round(time.time() - started, 2),
-                                  "steps_per_second": round(result.steps_per_second, 2),
-                                  "resumed_from_step": result.resumed_from, "device": device.type,
-                                  "threads": args.threads, **provenance})
-    logger.log_metrics(config.steps, {f"final/{k}": v for k, v in result.metrics.items()})
-    for artifact in ("metrics.json", "evaluations.csv", "train_stats.csv"):
-        logger.log_artifact(out / artifact)
+    write_outputs(args.out, run, provenance, result, logger, device, started)
     logger.finish()
-    # The outputs and the MLflow run are complete: the checkpoint (WRN-28-8: about 0.3 GB per
-    # run) and the run-id file go, so that rerunning after deleting the outputs starts afresh.
-    for leftover in ("checkpoint.pt", "mlflow_run_id.txt"):
-        (args.checkpoint_dir / leftover).unlink(missing_ok=True)
-    try:
-        args.checkpoint_dir.rmdir()
-    except OSError:   # something else lives there: leave it
-        pass
+    remove_checkpoint(args.checkpoint_dir)
     print(f"{name}: done; " + ", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items()
                                          if k.startswith("ema/")), flush=True)
 

@@ -16,6 +16,10 @@ from semisup.algorithms.base import frozen_batchnorm_statistics
 from semisup.algorithms.freematch import freematch_fairness_loss
 from semisup.algorithms.masking import sharpen
 
+from pipeline.config import default_params
+
+PUBLISHED = default_params()["algorithms"]   # every hyperparameter, as params.yaml gives it
+
 NUM_CLASSES, BATCH, MU, NUM_UNLABELED, TOTAL_STEPS = 3, 4, 2, 16, 100
 SELECTION = {"mask_rate", "n_selected", "n_selected_correct", "n_selected_wrong",
              "pseudo_label_accuracy"}
@@ -80,9 +84,18 @@ class Recorder(nn.Module):
         return logits
 
 
-def make(name, num_unlabeled=NUM_UNLABELED, num_classes=NUM_CLASSES, **params):
-    return build_algorithm(name, params, num_classes=num_classes, num_unlabeled=num_unlabeled,
+def make(name, num_unlabeled=NUM_UNLABELED, num_classes=NUM_CLASSES, num_labeled=BATCH, **params):
+    """The algorithm with params.yaml's hyperparameters, `params` replacing some of them."""
+    return build_algorithm(name, {**PUBLISHED[name], **params}, num_classes=num_classes,
+                           num_unlabeled=num_unlabeled, num_labeled=num_labeled,
                            total_steps=TOTAL_STEPS)
+
+
+def evaluation(algorithm, step, ema_loss, model=None, evaluate=None):
+    """What the trainer hands an algorithm after an evaluation at `step`."""
+    metrics = {"ema/loss": ema_loss, "ema/error": 50.0, "raw/loss": ema_loss, "raw/error": 50.0}
+    algorithm.on_evaluation(step, metrics, model or TinyNet(),
+                            evaluate or (lambda probe: {"loss": ema_loss, "error": 50.0}))
 
 
 def image_batch(algorithm, seed, offset=0) -> StepBatch:
@@ -115,8 +128,7 @@ def first_ssl_step(algorithm) -> int:
     step = 0
     while algorithm.supervised_only(step):
         step += 1
-    algorithm.on_evaluation(step, {"ema/loss": 5.0, "ema/error": 50.0,
-                                   "raw/loss": 5.0, "raw/error": 50.0})
+    evaluation(algorithm, step, 5.0)
     return step
 
 
@@ -252,9 +264,14 @@ def test_flexmatch_without_threshold_warmup_uses_the_largest_class_count():
 
 
 # ---- Dash -------------------------------------------------------------------------------------
-def test_dash_official_warmup_keeps_every_sample_and_rho_hat_is_the_mean_recorded_loss():
-    # Epochs of 2 steps, 2 warm-up epochs (steps 0-3); 4 unlabeled samples per step, N = 6.
-    algorithm = make("dash", num_unlabeled=6, warmup_epochs=2, steps_per_epoch=2)
+@pytest.mark.parametrize("window", ["official", "unlabeled_set"])
+def test_dash_official_warmup_keeps_every_sample_and_rho_hat_is_the_mean_recorded_loss(window):
+    # Epochs of 2 steps, 2 warm-up epochs (steps 0-3); 4 unlabeled samples per step; 8 unlabeled
+    # and 2 labeled samples: rho_hat averages the most recent 8 - 2 = 6 losses (the official
+    # code's total_train_num - labeled_num) or 8 (one unlabeled set's worth).
+    algorithm = make("dash", variant="official", num_unlabeled=8, num_labeled=2, warmup_epochs=2,
+                     steps_per_epoch=2, rho_hat_window=window)
+    recent = 6 if window == "official" else 8
     model, generator = LogitsAreInputs(), torch.Generator().manual_seed(0)
     batches = [logit_batch(0.3 * torch.randn(4, 3, generator=generator),
                            torch.randn(4, 3, generator=generator)) for _ in range(5)]
@@ -268,11 +285,11 @@ def test_dash_official_warmup_keeps_every_sample_and_rho_hat_is_the_mean_recorde
                    * F.log_softmax(batches[step].strong_images, -1)).sum(-1)
         assert output.stats["loss_unsup"] == pytest.approx(0.9 * losses.mean().item(), rel=1e-5)
 
-    # Recorded: the last warm-up epoch (steps 2 and 3: 8 losses); the most recent N = 6 count.
+    # Recorded: the last warm-up epoch (steps 2 and 3: 8 losses); the most recent count.
     def per_sample(step):
         return -(sharpen(batches[step].weak_images, 0.5)
                  * F.log_softmax(batches[step].strong_images, -1)).sum(-1)
-    rho_hat = torch.cat([per_sample(2), per_sample(3)])[-6:].mean()
+    rho_hat = torch.cat([per_sample(2), per_sample(3)])[-recent:].mean()
 
     output = algorithm.training_step(model, batches[4], 4)   # epoch 2: floor((2-1)/9) = 0
     assert algorithm.rho_hat.item() == pytest.approx(rho_hat.item(), rel=1e-6)
@@ -283,7 +300,8 @@ def test_dash_official_warmup_keeps_every_sample_and_rho_hat_is_the_mean_recorde
 
 
 def test_dash_official_switches_to_one_hot_labels_at_rho_min():
-    algorithm = make("dash", num_unlabeled=2, warmup_epochs=1, steps_per_epoch=1)
+    algorithm = make("dash", variant="official", num_unlabeled=2, num_labeled=1, warmup_epochs=1,
+                     steps_per_epoch=1)
     model = LogitsAreInputs()
     weak = torch.log(torch.tensor([[0.99, 0.005, 0.005], [0.4, 0.3, 0.3]]))
     strong = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
@@ -297,11 +315,11 @@ def test_dash_official_switches_to_one_hot_labels_at_rho_min():
 
 
 def test_dash_usb_trains_supervised_only_during_warmup_and_takes_rho_hat_from_evaluation():
-    algorithm = make("dash", variant="usb", warmup_steps=4, steps_per_epoch=1)
+    algorithm = make("dash", variant="usb", warmup_steps=4, steps_per_epoch=1, rho_hat_model="ema")
     assert [algorithm.supervised_only(step) for step in range(6)] == [True] * 4 + [False] * 2
-    algorithm.on_evaluation(2, {"ema/loss": 9.0})
-    algorithm.on_evaluation(4, {"ema/loss": 0.7})    # the end of warm-up: this one counts
-    algorithm.on_evaluation(5, {"ema/loss": 0.1})    # later evaluations do not
+    evaluation(algorithm, 2, 9.0)
+    evaluation(algorithm, 4, 0.7)    # the end of warm-up: this one counts
+    evaluation(algorithm, 5, 0.1)    # later evaluations do not
     assert algorithm.rho_hat == 0.7
     model = LogitsAreInputs()
     weak = torch.log(torch.tensor([[0.8, 0.1, 0.1], [0.34, 0.33, 0.33]]))
@@ -313,6 +331,41 @@ def test_dash_usb_trains_supervised_only_during_warmup_and_takes_rho_hat_from_ev
     # after 10 epochs (10 steps here) rho = C * rho_hat / gamma
     output = algorithm.training_step(model, logit_batch(weak), 14)
     assert output.stats["rho"].item() == pytest.approx(0.70007 / 1.27)
+
+
+def test_dash_usb_rho_hat_of_the_initial_weights_with_the_trained_batchnorm_statistics():
+    # semilearn 0.3.2 as it runs: the EMA its warm-up creates is never updated, so rho_hat is the
+    # evaluation loss of the initial weights under the warmed-up BatchNorm statistics.
+    torch.manual_seed(0)
+    algorithm = make("dash", variant="usb", warmup_steps=4, rho_hat_model="initial_weights")
+    model = TinyNet()
+    initial = copy.deepcopy(model)
+    algorithm.setup(model)
+    with torch.no_grad():                     # "training": new weights, new running statistics
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+        model.features[1].running_mean.fill_(3.0)
+    seen = []
+
+    def evaluate(probe):
+        seen.append(probe)
+        return {"loss": 1.25, "error": 40.0}
+    evaluation(algorithm, 4, ema_loss=9.0, model=model, evaluate=evaluate)
+    assert algorithm.rho_hat == 1.25          # the probe's loss, not the EMA model's 9.0
+    probe = seen[0]
+    assert all(torch.equal(p, q) for p, q in zip(probe.parameters(), initial.parameters()))
+    assert torch.equal(probe.features[1].running_mean, torch.full((4,), 3.0))
+    assert not torch.equal(next(model.parameters()), next(initial.parameters()))  # model untouched
+    # the initial weights are state: a checkpoint carries them
+    resumed = make("dash", variant="usb", warmup_steps=4, rho_hat_model="initial_weights")
+    resumed.load_state_dict(copy.deepcopy(algorithm.state_dict()))
+    assert all(torch.equal(a, b) for a, b in zip(resumed.initial_parameters,
+                                                 algorithm.initial_parameters))
+
+
+def test_dash_official_refuses_a_window_with_no_losses():
+    with pytest.raises(ValueError, match="unlabeled_set"):
+        make("dash", variant="official", num_unlabeled=4, num_labeled=4)
 
 
 def test_dash_usb_refuses_to_guess_rho_hat_without_an_evaluation():
@@ -361,15 +414,33 @@ def test_softmatch_alignment_estimate_starts_at_the_first_batch_mean():
                           + 0.001 * torch.tensor([0.6, 0.4]))
 
 
-def test_uda_sharpens_its_targets_with_temperature():
-    algorithm = make("uda", num_classes=3)
+@pytest.mark.parametrize("sharpen_targets", [True, False])
+def test_uda_targets_are_sharpened_as_the_paper_or_plain_as_semilearn_runs(sharpen_targets):
+    algorithm = make("uda", num_classes=3, sharpen_targets=sharpen_targets)
     weak = torch.log(torch.tensor([[0.85, 0.1, 0.05], [0.5, 0.3, 0.2]]))
     strong = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     output = algorithm.training_step(LogitsAreInputs(), logit_batch(weak, strong), 0)
-    # only sample 0 has q >= 0.8; target softmax(logits_w / 0.4); mean over both samples
-    target = torch.softmax(weak[0] / 0.4, -1)
+    # only sample 0 has q >= 0.8; target softmax(logits_w / 0.4) (paper) or p_w (semilearn)
+    target = torch.softmax(weak[0] / 0.4, -1) if sharpen_targets else torch.softmax(weak[0], -1)
     expected = -(target * F.log_softmax(strong[0], -1)).sum() / 2
     assert output.stats["loss_unsup"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("tsa_rule, kept", [("true_class", [True, False]),
+                                            ("max_probability", [False, False])])
+def test_uda_tsa_compares_the_true_class_or_the_largest_probability(tsa_rule, kept):
+    # linear TSA at step 50 of 100 with 3 classes: eta = 0.5 * (2/3) + 1/3 = 2/3.
+    # Sample 0: p = [0.9, 0.05, 0.05], label 1 -> true-class 0.05 (kept), max 0.9 (dropped).
+    # Sample 1: p = [0.1, 0.8, 0.1], label 1 -> 0.8 either way (dropped).
+    algorithm = make("uda", num_classes=3, tsa_schedule="linear", tsa_rule=tsa_rule)
+    labeled = torch.log(torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]]))
+    labels = torch.tensor([1, 1])
+    batch = logit_batch(torch.zeros(2, 3), labeled=labeled, labels=labels)
+    output = algorithm.training_step(LogitsAreInputs(), batch, 50)
+    per_sample = F.cross_entropy(labeled, labels, reduction="none")
+    expected = (per_sample * torch.tensor(kept, dtype=torch.float32)).mean()
+    assert output.stats["tsa_threshold"].item() == pytest.approx(2 / 3)
+    assert output.stats["loss_sup"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 # ---- Mean Teacher, Pseudo-Label ---------------------------------------------------------------

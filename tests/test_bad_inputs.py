@@ -41,11 +41,12 @@ def run_config(**train) -> dict:
 
 
 def train_argv(workdir: Path, config: dict | None = None, data: Path | None = None,
-               out: Path | None = None) -> list[str]:
+               out: Path | None = None, device: str = "cpu") -> list[str]:
     data = data or workdir
     return ["--run-config", json.dumps(config or run_config()),
             "--manifest", str(data / MANIFEST), "--split", str(data / SPLIT),
-            "--out", str(out or workdir / RUN_DIR), "--checkpoint-dir", str(workdir / CHECKPOINTS)]
+            "--out", str(out or workdir / RUN_DIR), "--checkpoint-dir", str(workdir / CHECKPOINTS),
+            "--device", device]
 
 
 def snapshot(workdir: Path) -> dict[str, str]:
@@ -264,8 +265,7 @@ def test_gpu_asked_for_where_none_exists(finished, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    code, stderr = call(train.main, train_argv(finished[0], config=run_config(device="cuda")),
-                        capsys)
+    code, stderr = call(train.main, train_argv(finished[0], device="cuda"), capsys)
     check_user_error(code, stderr, finished, "train.device is 'cuda' but no CUDA GPU is available",
                      "set train.device to 'auto' or 'cpu'")
 

@@ -4,7 +4,10 @@ import copy
 
 import pytest
 
-from pipeline.config import ConfigError, NUM_CLASSES, ROOT, enum_of, load_params, load_study, validate
+import inspect
+
+from pipeline.config import (EXECUTION_KEYS, ConfigError, ROOT, enum_of, load_params, load_schema,
+                             load_study, validate)
 
 
 @pytest.fixture(scope="module")
@@ -73,23 +76,101 @@ def test_portable_numerics_need_fp32(params):
     assert "train.precision" in message and "'fp32'" in message
 
 
-def test_config_hash_ignores_threads_but_not_hyperparameters(params):
+def test_config_hash_ignores_execution_settings_but_not_hyperparameters(params):
     base = load_study(params).run_config("digits", 20, "fixmatch", 0)["config_hash"]
-    more_threads = copy.deepcopy(params)
-    more_threads["train"]["threads"] = 4
+    elsewhere = copy.deepcopy(params)
+    elsewhere["train"].update(threads=4, device="cpu")
     other_tau = copy.deepcopy(params)
     other_tau["algorithms"]["fixmatch"]["tau"] = 0.9
-    assert load_study(more_threads).run_config("digits", 20, "fixmatch", 0)["config_hash"] == base
+    assert load_study(elsewhere).run_config("digits", 20, "fixmatch", 0)["config_hash"] == base
     assert load_study(other_tau).run_config("digits", 20, "fixmatch", 0)["config_hash"] != base
 
 
-def test_schema_enums_match_the_registries():
+def test_run_config_is_fully_resolved_and_leaves_out_where_the_job_runs(params):
+    config = copy.deepcopy(params)
+    config["study"].update(dataset="svhn", n_labels=[40], model="wrn_28_2")
+    run = load_study(config).run_config("svhn", 40, "uda", 1)
+    assert run["dataset_options"] == {"mirror": None, "md5": {}, "extra": False}
+    assert run["train"]["horizontal_flip"] is False            # SVHN's own convention
+    assert run["model_options"] == {"variant": "semilearn"}
+    assert run["algorithm_params"] == params["algorithms"]["uda"]
+    assert not set(EXECUTION_KEYS) & set(run["train"])
+    config["train"]["horizontal_flip"] = True                   # an explicit choice wins
+    assert load_study(config).run_config("svhn", 40, "uda", 1)["train"]["horizontal_flip"] is True
+
+
+def test_fixmatch_T_copied_from_usb_is_refused_with_the_reason(params):
+    message = error_for(params, lambda c: c["algorithms"]["fixmatch"].update(T=0.5))
+    assert "algorithms.fixmatch.T" in message and "unused with the hard labels" in message
+    assert "change FixMatch's mask" in message
+
+
+def test_image_folder_without_a_path_is_refused(params):
+    message = error_for(params, lambda c: c["study"].update(dataset="image_folder"))
+    assert "datasets.image_folder.path is null" in message
+
+
+def test_schema_enums_match_the_registries_and_the_catalog():
     from semisup.algorithms import ALGORITHMS
+    from semisup.catalog import DATASETS as CATALOG
     from semisup.data import DATASETS
     from semisup.models import MODELS
 
     assert sorted(enum_of("study", "algorithms")) == sorted(ALGORITHMS)
-    assert sorted(enum_of("study", "dataset")) == sorted(DATASETS)
+    assert sorted(enum_of("study", "dataset")) == sorted(DATASETS) == sorted(CATALOG)
     assert sorted(enum_of("study", "model")) == sorted(MODELS)
-    for name, classes in NUM_CLASSES.items():
-        assert DATASETS[name].num_classes == classes
+
+
+# ---- one source of defaults: params.yaml ------------------------------------------------------
+def keyword_options(function) -> dict[str, inspect.Parameter]:
+    return {name: p for name, p in inspect.signature(function).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def schema_section(*keys):
+    node = load_schema()
+    for key in keys:
+        node = node["properties"][key]
+    return node
+
+
+def test_every_hyperparameter_has_its_one_default_in_params_yaml(params):
+    from semisup.algorithms import ALGORITHMS
+    from semisup.algorithms.base import Algorithm
+
+    base = set(keyword_options(Algorithm.__init__))
+    for name, cls in ALGORITHMS.items():
+        options = {k: p for k, p in keyword_options(cls.__init__).items() if k not in base}
+        assert all(p.default is inspect.Parameter.empty for p in options.values()), name
+        assert set(options) == set(params["algorithms"][name]), name
+        section = schema_section("algorithms", name)
+        assert set(section.get("required", [])) == set(section["properties"]) == set(options), name
+
+
+def test_every_dataset_and_network_option_has_its_one_default_in_params_yaml(params):
+    from semisup.data import DATASETS
+    from semisup.models import MODELS
+
+    for name, spec in DATASETS.items():
+        options = keyword_options(spec.download)
+        assert all(p.default is inspect.Parameter.empty for p in options.values()), name
+        assert set(options) == set(params["datasets"][name]), name
+        assert set(schema_section("datasets", name)["required"]) == set(options), name
+    for name, constructor in MODELS.items():
+        target = constructor.__init__ if inspect.isclass(constructor) else constructor
+        options = keyword_options(target)
+        assert all(p.default is inspect.Parameter.empty for p in options.values()), name
+        assert set(options) == set(params["models"][name]), name
+
+
+def test_the_training_loop_takes_every_setting_from_params_yaml(params):
+    import dataclasses
+
+    from semisup.train import TrainConfig
+
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    assert all(field.default is dataclasses.MISSING for field in fields.values())
+    # params.yaml's train: the loop's settings, where the job runs, and portable numerics; the
+    # flip is filled in per dataset (semisup.catalog) unless given.
+    assert set(fields) - {"horizontal_flip"} == (set(params["train"]) - set(EXECUTION_KEYS)
+                                                  - {"portable_numerics"})

@@ -8,13 +8,17 @@ from semisup.data.splits import make_split
 from semisup.models import build_model
 from semisup.train import TrainConfig, TrainData, Trainer
 
+from pipeline.config import default_params, default_train_options
+
+DIGITS_OPTIONS = default_params()["datasets"]["digits"]
+
 
 def test_rgb32_is_digits_with_each_pixel_repeated_4x4_in_3_channels(tmp_path):
     digits, rgb32 = get_dataset("digits"), get_dataset("digits_rgb32")
-    digits.download(tmp_path, **digits.options)
+    digits.download(tmp_path, **DIGITS_OPTIONS)
     small, large = digits.load(tmp_path), rgb32.load(tmp_path)
     assert large.train_images.shape == (len(small.train_images), 3, 32, 32)
-    assert rgb32.image_shape == (3, 32, 32) and large.train_images.dtype == torch.uint8
+    assert rgb32.channels == 3 and large.train_images.dtype == torch.uint8
     assert torch.equal(large.train_labels, small.train_labels)
     assert torch.equal(large.test_labels, small.test_labels)
     for channel in range(3):   # every 4x4 block and every channel holds the 8x8 pixel
@@ -29,20 +33,22 @@ def test_wrn_28_2_trains_on_it_through_the_cifar_augmentation(tmp_path):
     """The smoke study's path on the CPU, shrunk: WRN-28-2 on 32x32x3 with 32 px crops and
     RandAugment, FixMatch, two steps."""
     spec = get_dataset("digits_rgb32")
-    spec.download(tmp_path, **spec.options)
+    spec.download(tmp_path, **DIGITS_OPTIONS)
     data = spec.load(tmp_path)
     split = make_split(data.train_labels.numpy(), 20, 10, 0, "digits_rgb32")
     train_data = TrainData(train_images=data.train_images, train_labels=data.train_labels,
                            labeled_indices=torch.tensor(split["labeled_indices"]),
                            test_images=data.test_images[:8], test_labels=data.test_labels[:8],
                            mean=spec.mean, std=spec.std)
-    config = TrainConfig(steps=2, batch_size=2, uratio=1, eval_every=2, log_every=1,
-                         checkpoint_every=2, last_k=1, horizontal_flip=False)
+    config = TrainConfig(**default_train_options(
+        "digits_rgb32", steps=2, batch_size=2, uratio=1, eval_every=2, log_every=1,
+        checkpoint_every=2, last_k=1, channels_last=False))
     torch.manual_seed(0)
-    model = build_model("wrn_28_2", 10, 3)
+    model = build_model("wrn_28_2", 10, 3, variant="semilearn")
     before = model.classifier.weight.clone()
-    algorithm = build_algorithm("fixmatch", {"tau": 0.0}, num_classes=10,
-                                num_unlabeled=len(data.train_images), total_steps=2)
+    algorithm = build_algorithm("fixmatch", {"tau": 0.0, "lambda_u": 1.0}, num_classes=10,
+                                num_unlabeled=len(data.train_images), num_labeled=20,
+                                total_steps=2)
     result = Trainer(model, algorithm, train_data, config, 0, torch.device("cpu")).fit()
     assert [point["step"] for point in result.curve] == [2.0]
     assert 0 <= result.metrics["ema/best_error"] <= 100

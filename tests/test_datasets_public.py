@@ -18,6 +18,15 @@ from scipy.io import savemat
 from semisup.data import DatasetError, get_dataset
 from semisup.data import public
 
+from pipeline.config import default_params
+
+DATASET_OPTIONS = default_params()["datasets"]
+
+
+def options(dataset: str, **overrides) -> dict:
+    """Every option of `dataset`, params.yaml's defaults with `overrides`."""
+    return {**DATASET_OPTIONS[dataset], **overrides}
+
 
 def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
@@ -56,11 +65,11 @@ def test_cifar10_downloads_verifies_and_parses_the_python_batches(tmp_path, cifa
     mirror, md5, batches = cifar10_mirror
     root = tmp_path / "data" / "raw" / "cifar10"
     spec = get_dataset("cifar10")
-    files = spec.download(root, mirror=mirror.as_uri(), md5=md5)
+    files = spec.download(root, **options(spec.name, mirror=mirror.as_uri(), md5=md5))
     assert (root / "cifar-10-python.tar.gz").exists()
     assert sorted(path.name for path in files) == sorted(
         [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"])
-    data = spec.load(root)
+    data = spec.load(root, **options(spec.name))
     assert data.train_images.shape == (20, 3, 32, 32) and data.train_images.dtype == torch.uint8
     assert data.test_images.shape == (10, 3, 32, 32) and data.test_labels.dtype == torch.int64
     # A row of `data` is the red, green and blue 32x32 planes: (channel 1, row 2, column 3).
@@ -145,7 +154,7 @@ def test_a_corrupt_archive_with_the_expected_checksum_cannot_be_extracted(tmp_pa
 def test_offline_download_says_which_files_to_place_in_which_folder(tmp_path):
     root = tmp_path / "data" / "raw" / "svhn"
     with pytest.raises(DatasetError) as error:
-        public.download_svhn(root, mirror="file:///nonexistent")
+        public.download_svhn(root, **options("svhn", mirror="file:///nonexistent"))
     message = str(error.value)
     assert "could not download train_32x32.mat" in message
     assert str(root.resolve()) in message
@@ -172,8 +181,8 @@ def test_cifar100_uses_the_fine_labels_and_their_names(tmp_path):
     md5 = pack(tmp_path / "mirror", "cifar-100-python.tar.gz", staging, "cifar-100-python")
     root = tmp_path / "raw" / "cifar100"
     spec = get_dataset("cifar100")
-    spec.download(root, mirror=(tmp_path / "mirror").as_uri(), md5={"cifar-100-python.tar.gz": md5})
-    data = spec.load(root)
+    spec.download(root, **options(spec.name, mirror=(tmp_path / "mirror").as_uri(), md5={"cifar-100-python.tar.gz": md5}))
+    data = spec.load(root, **options(spec.name))
     assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (10, 3, 32, 32)
     assert data.train_labels.tolist() == content["train"]["fine_labels"]
     assert data.num_classes == 100 and data.class_names[7] == "fine7"
@@ -203,9 +212,9 @@ def test_svhn_maps_label_10_to_digit_0_and_reads_the_matlab_layout(tmp_path, svh
     mirror, md5, images = svhn_mirror
     root = tmp_path / "raw" / "svhn"
     spec = get_dataset("svhn")
-    files = spec.download(root, mirror=str(mirror), md5=md5)  # a plain folder as the mirror
+    files = spec.download(root, **options(spec.name, mirror=str(mirror), md5=md5))  # a plain folder as the mirror
     assert sorted(path.name for path in files) == ["test_32x32.mat", "train_32x32.mat"]
-    data = spec.load(root)
+    data = spec.load(root, **options(spec.name))
     assert data.train_images.shape == (20, 3, 32, 32) and data.train_images.dtype == torch.uint8
     assert data.train_labels.tolist()[:3] == [0, 1, 2] and data.test_labels.tolist()[-1] == 0
     # X[row, column, channel, image] is image's (channel, row, column) pixel.
@@ -241,8 +250,8 @@ def test_stl10_reads_column_major_binaries_and_shifts_labels(tmp_path):
     md5 = pack(tmp_path / "mirror", "stl10_binary.tar.gz", tmp_path / "staging", "stl10_binary")
     root = tmp_path / "raw" / "stl10"
     spec = get_dataset("stl10")
-    spec.download(root, mirror=(tmp_path / "mirror").as_uri(), md5={"stl10_binary.tar.gz": md5})
-    data = spec.load(root)
+    spec.download(root, **options(spec.name, mirror=(tmp_path / "mirror").as_uri(), md5={"stl10_binary.tar.gz": md5}))
+    data = spec.load(root, **options(spec.name))
     assert data.train_images.shape == (10, 3, 96, 96) and data.test_images.shape == (5, 3, 96, 96)
     assert data.train_labels.tolist() == list(range(10)) and data.test_labels.tolist() == [9, 8, 7, 6, 0]
     assert data.class_names[0] == "airplane" and data.class_names[9] == "truck"
@@ -279,8 +288,8 @@ def test_registered_specs_follow_the_classic_protocol():
     names = ("cifar10", "cifar100", "svhn", "stl10")
     assert [get_dataset(name).num_classes for name in names] == [10, 100, 10, 10]
     assert [get_dataset(name).horizontal_flip for name in names] == [True, True, False, True]
-    assert get_dataset("stl10").image_shape == (3, 96, 96)
-    assert get_dataset("svhn").options["extra"] is False
+    assert [get_dataset(name).channels for name in names] == [3, 3, 3, 3]
+    assert default_params()["datasets"]["svhn"]["extra"] is False
 
 
 @pytest.fixture
@@ -319,18 +328,18 @@ def test_image_folder_partitions_each_class_with_a_seed_and_resizes(tmp_path, pn
 def test_image_folder_notices_an_image_changed_after_download(tmp_path, png_folder):
     folder, _ = png_folder
     root = tmp_path / "raw" / "image_folder"
-    public.download_image_folder(root, path=str(folder))
+    public.download_image_folder(root, **options("image_folder", path=str(folder)))
     Image.new("RGB", (4, 4), (0, 0, 0)).save(folder / "dog" / "2.png")
     with pytest.raises(DatasetError, match=r"dog/2\.png changed since the download"):
-        public.load_image_folder(root, path=str(folder))
+        public.load_image_folder(root, **options("image_folder", path=str(folder)))
 
 
 def test_image_folder_with_a_missing_path_says_what_to_set(tmp_path):
     missing = tmp_path / "no_such_folder"
     with pytest.raises(DatasetError, match=f"{missing} is not a folder; set datasets.image_folder.path"):
-        get_dataset("image_folder").download(tmp_path / "raw", path=str(missing))
+        get_dataset("image_folder").download(tmp_path / "raw", **options("image_folder", path=str(missing)))
     with pytest.raises(DatasetError, match="no path given"):
-        get_dataset("image_folder").download(tmp_path / "raw")
+        get_dataset("image_folder").download(tmp_path / "raw", **options("image_folder"))
 
 
 def test_image_folder_needs_two_class_folders_with_images(tmp_path):
@@ -338,4 +347,4 @@ def test_image_folder_needs_two_class_folders_with_images(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "one" / "only" / "a.png")
     (tmp_path / "one" / "empty").mkdir()
     with pytest.raises(DatasetError, match="1 class sub-folder"):
-        get_dataset("image_folder").download(tmp_path / "raw", path=str(tmp_path / "one"))
+        get_dataset("image_folder").download(tmp_path / "raw", **options("image_folder", path=str(tmp_path / "one")))

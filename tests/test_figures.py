@@ -2,17 +2,19 @@
 rho schedule and the rho_hat read back from logged values, byte-identical PDFs across reruns,
 and the HTML rendering of the LaTeX tables for `snakemake --report`."""
 import csv
+import json
 import math
 from pathlib import Path
 
 import pytest
 
 from pipeline import figures
+from pipeline.config import default_params
 from pipeline.errors import UserError
 from pipeline.report_pages import latex_table_to_html, run_times_rows
 
-DASH = {"variant": "official", "steps_per_epoch": 3, "warmup_epochs": 2, "gamma": 1.27,
-        "rho_min": 0.05}
+DASH = {**default_params()["algorithms"]["dash"], "variant": "official", "steps_per_epoch": 3,
+        "warmup_epochs": 2, "gamma": 1.27, "rho_min": 0.05}
 RHO_HAT = 2.0
 STEPS, LOG_EVERY = 60, 5
 
@@ -40,7 +42,7 @@ def logged_rho(settings: dict, rho_hat: float) -> list[dict]:
 
 @pytest.fixture
 def settings():
-    return figures.dash_settings(DASH)
+    return DASH
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ def test_official_rho_decays_by_gamma_every_nine_epochs_after_warm_up(settings):
 
 
 def test_usb_rho_starts_after_the_supervised_warm_up():
-    settings = figures.dash_settings({**DASH, "variant": "usb", "warmup_steps": 6, "C": 1.0001})
+    settings = {**DASH, "variant": "usb", "warmup_steps": 6, "C": 1.0001}
     assert figures.dash_rho(settings, 5, RHO_HAT, 1.27, 0.05) == math.inf
     assert figures.dash_rho(settings, 6, RHO_HAT, 1.27, 0.05) == pytest.approx(1.0001 * RHO_HAT)
     assert figures.dash_rho(settings, 36, RHO_HAT, 1.27, 0.05) == pytest.approx(
@@ -102,8 +104,7 @@ def make_figures(results, out: Path) -> None:
     figures.main(["--evaluations", *map(str, results["evaluations"]),
                   "--train-stats", *map(str, results["stats"]),
                   "--figures", "error_curves", "dash_rho", "pseudo_labels",
-                  "--dash-params", '{"variant": "official", "steps_per_epoch": 3, '
-                  '"warmup_epochs": 2}', "--out", str(out)])
+                  "--dash-params", json.dumps(DASH), "--out", str(out)])
 
 
 def test_figures_are_byte_identical_across_reruns(results, tmp_path):

@@ -10,6 +10,8 @@ from semisup.data.splits import make_split
 from semisup.models import build_model
 from semisup.train import TrainConfig, TrainData, Trainer
 
+from pipeline.config import default_params, default_train_options
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
 
@@ -18,7 +20,7 @@ CUDA = torch.device("cuda")
 def data(tmp_path_factory):
     spec = get_dataset("digits_rgb32")
     root = tmp_path_factory.mktemp("digits_rgb32")
-    spec.download(root, **spec.options)
+    spec.download(root, **default_params()["datasets"]["digits"])
     raw = spec.load(root)
     split = make_split(raw.train_labels.numpy(), 40, 10, 0, "digits_rgb32")
     return spec, TrainData(train_images=raw.train_images.to(CUDA),
@@ -31,13 +33,16 @@ def data(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_training_step_makes_no_host_synchronisation(data, name):
     spec, train_data = data
-    config = TrainConfig(steps=100, batch_size=8, uratio=2, precision="bf16", channels_last=True,
-                         horizontal_flip=False)
-    params = {"dash": {"warmup_steps": 1, "steps_per_epoch": 2, "warmup_epochs": 1}}.get(name, {})
+    config = TrainConfig(**default_train_options("digits_rgb32", steps=100, batch_size=8, uratio=2,
+                                                 precision="bf16", channels_last=True))
+    params = {**default_params()["algorithms"][name],
+              **{"dash": {"warmup_steps": 1, "steps_per_epoch": 2, "warmup_epochs": 1}}.get(name, {})}
     torch.manual_seed(0)
     algorithm = build_algorithm(name, params, num_classes=10,
-                                num_unlabeled=len(train_data.train_images), total_steps=100)
-    trainer = Trainer(build_model("wrn_28_2", 10, 3), algorithm, train_data, config, 0, CUDA)
+                                num_unlabeled=len(train_data.train_images),
+                                num_labeled=len(train_data.labeled_indices), total_steps=100)
+    model = build_model("wrn_28_2", 10, 3, variant="semilearn")
+    trainer = Trainer(model, algorithm, train_data, config, 0, CUDA)
     trainer.model.train()
     for _ in range(3):   # first steps: allocations, cuDNN heuristics, lazily made buffers
         trainer.train_step()

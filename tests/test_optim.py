@@ -43,7 +43,7 @@ def ours_lr(optimizer, lr):
 @pytest.mark.parametrize("foreach", [True, False])
 def test_matches_torch_sgd_bit_for_bit(nesterov, foreach):
     torch.manual_seed(0)
-    start = build_model("small_cnn", 10, 1, width=8)
+    start = build_model("small_cnn", 10, 1, width=8, bn_momentum=0.01)
 
     def reference(model):
         groups = [{"params": [p for p in model.parameters() if p.dim() > 1], "weight_decay": 5e-4},
@@ -74,7 +74,7 @@ def test_parameters_without_gradient_are_left_alone_as_torch_does():
 
 def test_state_round_trip_continues_exactly():
     torch.manual_seed(1)
-    start = build_model("small_cnn", 10, 1, width=8)
+    start = build_model("small_cnn", 10, 1, width=8, bn_momentum=0.01)
     make = lambda model: sgd_without_decay_on_norms_and_biases(model, 0.1, 5e-4, 0.9, True)  # noqa: E731
     straight, _ = train(copy.deepcopy(start), make, ours_lr, steps=6)
     generator = torch.Generator().manual_seed(0)
@@ -89,9 +89,9 @@ def test_state_round_trip_continues_exactly():
 
 
 def test_mismatched_state_is_refused():
-    model = build_model("small_cnn", 10, 1, width=8)
+    model = build_model("small_cnn", 10, 1, width=8, bn_momentum=0.01)
     optimizer = sgd_without_decay_on_norms_and_biases(model, 0.1, 5e-4, 0.9, True)
-    other = sgd_without_decay_on_norms_and_biases(build_model("small_cnn", 10, 1, width=16),
+    other = sgd_without_decay_on_norms_and_biases(build_model("small_cnn", 10, 1, width=16, bn_momentum=0.01),
                                                   0.1, 5e-4, 0.9, True)
     optimizer.buffers = [[torch.zeros(p.shape) for p in params] for params, _ in optimizer.groups]
     with pytest.raises(ValueError, match="momentum buffer"):
@@ -102,7 +102,7 @@ def test_training_does_not_import_dynamo():
     """The reason semisup has its own SGD: torch.optim imports torch._dynamo (~1 s per job)."""
     code = ("import sys, torch; from semisup.models import build_model; "
             "from semisup.optim import sgd_without_decay_on_norms_and_biases as make; "
-            "m = build_model('small_cnn', 10, 1); o = make(m, 0.1, 5e-4, 0.9, True); "
+            "m = build_model('small_cnn', 10, 1, width=8, bn_momentum=0.01); o = make(m, 0.1, 5e-4, 0.9, True); "
             "m(torch.randn(2, 1, 8, 8)).sum().backward(); o.step(); "
             "print('torch._dynamo' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

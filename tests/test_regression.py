@@ -46,7 +46,7 @@ def test_ci_study_writes_the_dash_figures_and_report_pages(ci_study):
         assert (workdir / f"reports/ci/figures/{name}.pdf").read_bytes().startswith(b"%PDF")
         assert (workdir / f"reports/ci/figures/{name}.png").stat().st_size > 1000
     assert "<table" in (workdir / "reports/ci/report/tables.html").read_text()
-    assert "Dash" in (workdir / "reports/ci/report/run_times.html").read_text()
+    assert "Dash" in (workdir / "results/ci/report/run_times.html").read_text()
 
 
 def test_snakemake_report_is_one_self_contained_html_file(ci_study):

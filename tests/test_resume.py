@@ -23,11 +23,14 @@ from semisup.errors import CheckpointError
 from semisup.models import build_model
 from semisup.train import TrainConfig, TrainData, Trainer
 
-from pipeline.config import ROOT, deep_merge, load_params, load_study
+from pipeline.config import (ROOT, deep_merge, default_params, default_train_options,
+                             load_params, load_study)
 
 CPU = torch.device("cpu")
-TINY_TRAIN = TrainConfig(steps=12, batch_size=4, uratio=2, eval_every=3, log_every=2,
-                         checkpoint_every=3, last_k=3, ema_decay=0.9, horizontal_flip=False)
+TINY_TRAIN = TrainConfig(**default_train_options(
+    "digits", steps=12, batch_size=4, uratio=2, eval_every=3, log_every=2, checkpoint_every=3,
+    last_k=3, ema_decay=0.9))
+DIGITS_OPTIONS = default_params()["datasets"]["digits"]
 # Every registered algorithm, with the default study's hyperparameters and what makes its state
 # change within 12 steps: confident enough pseudo-labels (tau 0.5); Dash's warm-up ending mid-run
 # (official: the loss buffer of a 3-step epoch gives rho_hat; usb: the evaluation at step 3 does).
@@ -40,6 +43,7 @@ CASES["dash"] = ("dash", {**DEFAULT_PARAMS["dash"], "variant": "official", "warm
                           "steps_per_epoch": 3})
 CASES["dash-usb"] = ("dash", {**DEFAULT_PARAMS["dash"], "variant": "usb", "warmup_steps": 3,
                               "steps_per_epoch": 3})
+CASES["dash-usb-initial"] = ("dash", {**CASES["dash-usb"][1], "rho_hat_model": "initial_weights"})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,8 +63,8 @@ class Killed(Exception):
 def digits(tmp_path_factory):
     spec = get_dataset("digits")
     root = tmp_path_factory.mktemp("digits")
-    spec.download(root, **spec.options)
-    return spec, spec.load(root, **spec.options)
+    spec.download(root, **DIGITS_OPTIONS)
+    return spec, spec.load(root, **DIGITS_OPTIONS)
 
 
 def make_trainer(digits, case: str, seed: int, checkpoint: Path | None = None,
@@ -74,10 +78,11 @@ def make_trainer(digits, case: str, seed: int, checkpoint: Path | None = None,
                            test_images=data.test_images[:64], test_labels=data.test_labels[:64],
                            mean=spec.mean, std=spec.std)
     torch.manual_seed(seed)   # as pipeline.train does before building the model
-    model = build_model("small_cnn", data.num_classes, 1, width=4)
+    model = build_model("small_cnn", data.num_classes, 1, width=4, bn_momentum=0.01)
     name, params = CASES[case]
     algorithm = build_algorithm(name, params, num_classes=data.num_classes,
-                                num_unlabeled=len(data.train_images), total_steps=config.steps)
+                                num_unlabeled=len(data.train_images),
+                                num_labeled=len(train_data.labeled_indices), total_steps=config.steps)
     return Trainer(model, algorithm, train_data, config, seed, CPU, log=log,
                    checkpoint_path=checkpoint)
 
@@ -168,7 +173,7 @@ def test_checkpoint_of_another_model_is_refused(digits, good_checkpoint, tmp_pat
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(good_checkpoint)
     trainer = make_trainer(digits, "fixmatch", 0, checkpoint)
-    trainer.model = build_model("small_cnn", 10, 1, width=8)   # same config, other network
+    trainer.model = build_model("small_cnn", 10, 1, width=8, bn_momentum=0.01)   # other network
     with pytest.raises(CheckpointError, match="cannot be read as a checkpoint of this run"):
         trainer.fit()
 

@@ -28,7 +28,10 @@ def summary(algorithm: str, n_labels: int, best: float, std: float = 0.5,
     return {"dataset": dataset, "n_labels": n_labels, "algorithm": algorithm, "model": "wrn_28_2",
             "metrics": {"ema/best_error": stats(best), "ema/median20_error": stats(best + 1),
                         "raw/best_error": stats(best + 2)},
-            "seeds": [{"seed": s, "mlflow_run_id": f"{algorithm}{n_labels}-{s}"} for s in range(3)]}
+            "seeds": [{"seed": s, "mlflow_run_id": f"{algorithm}{n_labels}-{s}",
+                       "config_hash": f"c{s}", "code_digest": "d", "split_sha256": f"s{s}",
+                       "dataset_digest": "x", "git_commit": "abc", "wall_seconds": 1.0 + s}
+                      for s in range(3)]}
 
 
 SUMMARIES = [summary("pseudolabel", 40, 60.0), summary("fixmatch", 40, 5.0),
@@ -172,9 +175,25 @@ def test_command_line_writes_both_tables_and_the_metrics(tmp_path):
     assert "$-2.47$" in (tmp_path / "published.tex").read_text()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["cifar10-40"]["fixmatch"]["ema/best_error"] == 5.0
+    # each seed's identity, the same wherever the study is rerun: no run ids, commits or times
+    assert metrics["cifar10-40"]["fixmatch"]["runs"][1] == {
+        "seed": 1, "config_hash": "c1", "code_digest": "d", "split_sha256": "s1",
+        "dataset_digest": "x"}
+    assert "abc" not in json.dumps(metrics) and "mlflow_run_id" not in json.dumps(metrics)
 
 
 def test_published_without_an_output_table_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         main(["--summaries", "x.json", "--table", "t.tex", "--metrics", "m.json",
               "--published", "p.csv"])
+
+
+def test_the_dash_tables_show_the_dash_papers_own_numbers():
+    from pipeline.config import ROOT
+
+    rows = read_published(ROOT / "reference/published_results.csv")
+    table = render_published([summary("dash", n, 10.0) for n in (40, 250, 4000)], rows, "ema",
+                             "best")
+    assert r"13.22 $\pm$ 3.75" in table and r"4.08 $\pm$ 0.06" in table
+    assert "Dash paper (RA)" in table and "unknown (FixMatch-TF codebase)" in table
+    assert all(row["reference"] and row["selection"] for row in rows)

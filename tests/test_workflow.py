@@ -55,7 +55,7 @@ def test_every_training_job_is_one_finished_mlflow_run_with_tags(tiny_study):
     for run in runs:
         assert run.info.status == "FINISHED"
         for tag in ("algorithm", "dataset", "n_labels", "seed", "git_commit", "config_hash",
-                    "split_hash"):
+                    "split_sha256", "code_digest", "execution.device", "execution.threads"):
             assert run.data.tags[tag]
         history = client.get_metric_history(run.info.run_id, "ema/error")
         assert [m.step for m in history] == [3, 6]

@@ -29,25 +29,27 @@ from .data.augment import strong_augment, weak_augment
 
 @dataclass
 class TrainConfig:
+    """The training loop's settings; every one is given (params.yaml holds them)."""
+
     steps: int
-    batch_size: int = 64
-    uratio: int = 7                    # mu: unlabeled batch = uratio * batch_size
-    lr: float = 0.03
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    ema_decay: float = 0.999
-    eval_every: int = 1024
-    log_every: int = 50
-    checkpoint_every: int = 1024
-    eval_batch_size: int = 1024
-    last_k: int = 20                   # median / mean over the last k evaluations
-    strong_augment: str = "fixmatch"   # RandAugment variant: fixmatch | usb
-    pad_fraction: float = 0.125
-    horizontal_flip: bool = True
-    precision: str = "fp32"            # fp32 | bf16 (autocast on the training device)
-    channels_last: bool = False
-    compile: bool = False
+    batch_size: int
+    uratio: int                        # mu: unlabeled batch = uratio * batch_size
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    ema_decay: float
+    eval_every: int
+    log_every: int
+    checkpoint_every: int
+    eval_batch_size: int
+    last_k: int                        # median / mean over the last k evaluations
+    strong_augment: str                # RandAugment variant: fixmatch | usb
+    pad_fraction: float
+    horizontal_flip: bool
+    precision: str                     # fp32 | bf16 (autocast on the training device)
+    channels_last: bool
+    compile: bool
 
 
 @dataclass
@@ -211,6 +213,7 @@ class Trainer:
         self.algorithm = algorithm.to(device)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(device=device, memory_format=memory_format)
+        self.algorithm.setup(self.model)
         self.ema_model = copy.deepcopy(self.model)
         for parameter in self.ema_model.parameters():
             parameter.requires_grad_(False)
@@ -288,12 +291,15 @@ class Trainer:
     def evaluate_both(self) -> dict[str, float]:
         point = {"step": float(self.step)}
         for name, model in (("ema", self.ema_model), ("raw", self.model)):
-            result = evaluate(model, self.data.test_images, self.data.test_labels, self.normalize,
-                              self.config.eval_batch_size, self.autocast)
+            result = self.evaluate_model(model)
             point[f"{name}/loss"], point[f"{name}/error"] = result["loss"], result["error"]
         self.curve.append(point)
-        self.algorithm.on_evaluation(self.step, point)
+        self.algorithm.on_evaluation(self.step, point, self.model, self.evaluate_model)
         return point
+
+    def evaluate_model(self, model: nn.Module) -> dict[str, float]:
+        return evaluate(model, self.data.test_images, self.data.test_labels, self.normalize,
+                        self.config.eval_batch_size, self.autocast)
 
     def state_dict(self) -> dict:
         return {

@@ -14,12 +14,13 @@ def register(cls: type[Algorithm]) -> type[Algorithm]:
 
 
 def build_algorithm(name: str, params: dict, *, num_classes: int, num_unlabeled: int,
-                    total_steps: int) -> Algorithm:
-    """Instantiate a registered algorithm with its hyperparameters from the config."""
+                    num_labeled: int, total_steps: int) -> Algorithm:
+    """Instantiate a registered algorithm with every one of its hyperparameters (params.yaml
+    holds them; the constructors have no defaults)."""
     if name not in ALGORITHMS:
         raise KeyError(f"unknown algorithm {name!r}; registered: {sorted(ALGORITHMS)}")
     return ALGORITHMS[name](num_classes=num_classes, num_unlabeled=num_unlabeled,
-                            total_steps=total_steps, **params)
+                            num_labeled=num_labeled, total_steps=total_steps, **params)
 
 
 # Importing the modules registers them.

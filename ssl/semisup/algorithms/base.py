@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -52,9 +52,11 @@ class Algorithm:
     needs_teacher: ClassVar[bool] = False
     state_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, num_classes: int, num_unlabeled: int, total_steps: int):
+    def __init__(self, *, num_classes: int, num_unlabeled: int, num_labeled: int,
+                 total_steps: int):
         self.num_classes = num_classes
         self.num_unlabeled = num_unlabeled
+        self.num_labeled = num_labeled
         self.total_steps = total_steps
         self.device = torch.device("cpu")   # where tensor state lives; set by `to`
 
@@ -66,8 +68,14 @@ class Algorithm:
         """True while the algorithm trains on labeled data only (e.g. Dash `usb` warm-up)."""
         return False
 
-    def on_evaluation(self, step: int, metrics: dict[str, float]) -> None:
-        """Called by the trainer after each evaluation (Dash `usb` reads the EMA eval loss)."""
+    def setup(self, model: nn.Module) -> None:
+        """Called once with the freshly initialised model, before any step and before a
+        checkpoint is loaded (Dash `usb` keeps the initial weights when it needs them)."""
+
+    def on_evaluation(self, step: int, metrics: dict[str, float], model: nn.Module,
+                      evaluate: Callable[[nn.Module], dict[str, float]]) -> None:
+        """Called by the trainer after each evaluation with its metrics, the raw model and a
+        function that evaluates any model the same way (Dash `usb` reads rho_hat here)."""
 
     def to(self, device: torch.device) -> "Algorithm":
         """Move every tensor attribute (the algorithm's state) to `device`."""

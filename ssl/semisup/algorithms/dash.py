@@ -2,17 +2,28 @@
 rho_t that decays geometrically from rho_hat, an estimate of the loss after warm-up.
 
 Two variants (ALGORITHMS.md):
-  `official` (the paper's code): warm-up = ordinary SSL keeping every sample for `warmup_epochs`;
-      rho_hat = mean per-sample unsupervised loss over the last warm-up epoch (its most recent
-      N_unlabeled values); rho_t = max(rho_hat * gamma^(-floor((t-1)/9)), rho_min), t = epoch;
+  `official` (the paper's code, on FixMatch-TF): warm-up = ordinary SSL keeping every sample for
+      `warmup_epochs`; rho_hat = mean per-sample unsupervised loss of the last warm-up epoch's
+      most recent values; rho_t = max(rho_hat * gamma^(-floor((t-1)/9)), rho_min), t = epoch;
       keep [-log q < rho_t]; unsup = 0.9 * sum(H(pseudo, p_s) * mask) / max(sum(mask), 1).
-  `usb` (semilearn): `warmup_steps` supervised-only steps; rho_hat = the EMA model's evaluation
-      loss at the end of warm-up; rho = max(C * gamma^(-k) * rho_hat, rho_min), k += 1 every
-      10 epochs; keep [H(pseudo, p_w) <= rho]; unsup averaged over all mu*B samples.
+  `usb` (semilearn): `warmup_steps` supervised-only steps; rho_hat = an evaluation loss at the
+      end of warm-up; rho = max(C * gamma^(-k) * rho_hat, rho_min), k += 1 every 10 epochs;
+      keep [H(pseudo, p_w) <= rho]; unsup averaged over all mu*B samples.
 In both, pseudo = softmax(logits_w / T), one-hot argmax once rho has reached rho_min.
+
+Where the references disagree (parameters, documented in the schema):
+  rho_hat_window (official): `official` averages the most recent N_unlabeled - N_labeled losses
+      (the code's `total_train_num - labeled_num`: about the last 112 steps of warm-up on
+      CIFAR-10), `unlabeled_set` the most recent N_unlabeled (one pass's worth, as the paper reads).
+  rho_hat_model (usb): `ema` is the EMA model's evaluation loss after warm-up; `initial_weights`
+      is what semilearn 0.3.2 really computes: its warm-up creates an EMA that it never updates,
+      so the loss is that of the initial weights with the warmed-up BatchNorm statistics.
+semilearn's warm-up also runs 2,049 steps and then restarts the step count for the full schedule;
+here warm-up steps count towards train.steps.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -26,41 +37,62 @@ from .masking import (confidence_and_pseudo_labels, dash_mask_official, dash_mas
                       dash_rho_official, dash_rho_usb, sharpen)
 
 VARIANTS = ("official", "usb")
+RHO_HAT_WINDOWS = ("official", "unlabeled_set")
+RHO_HAT_MODELS = ("ema", "initial_weights")
 OFFICIAL_LOSS_FACTOR = 0.9   # the official code scales its unsupervised loss by 0.9
 
 
 @register
 class Dash(Algorithm):
     name = "dash"
-    state_names = ("rho_hat", "loss_buffer", "n_recorded")
+    state_names = ("rho_hat", "loss_buffer", "n_recorded", "initial_parameters")
 
-    def __init__(self, variant: str = "official", T: float = 0.5, gamma: float = 1.27,
-                 C: float = 1.0001, rho_min: float = 0.05, warmup_epochs: int = 10,
-                 warmup_steps: int = 2048, steps_per_epoch: int = 1024, lambda_u: float = 1.0,
-                 **base):
+    def __init__(self, *, variant: str, T: float, gamma: float, C: float, rho_min: float,
+                 warmup_epochs: int, warmup_steps: int, steps_per_epoch: int, lambda_u: float,
+                 rho_hat_window: str, rho_hat_model: str, **base):
         super().__init__(**base)
-        if variant not in VARIANTS:
-            raise ValueError(f"dash: variant {variant!r} is not one of {VARIANTS}")
+        for key, value, allowed in (("variant", variant, VARIANTS),
+                                    ("rho_hat_window", rho_hat_window, RHO_HAT_WINDOWS),
+                                    ("rho_hat_model", rho_hat_model, RHO_HAT_MODELS)):
+            if value not in allowed:
+                raise ValueError(f"dash: {key} {value!r} is not one of {allowed}")
         if variant == "official" and warmup_epochs < 1:
             raise ValueError("dash (official): warmup_epochs must be >= 1: rho_hat is the mean "
                              "loss of the last warm-up epoch")
         self.variant, self.T, self.gamma, self.C, self.rho_min = variant, T, gamma, C, rho_min
         self.warmup_epochs, self.warmup_steps = warmup_epochs, warmup_steps
         self.steps_per_epoch, self.lambda_u = steps_per_epoch, lambda_u
+        self.rho_hat_model = rho_hat_model
         self.rho_hat: Tensor | float | None = None
-        # official: per-sample unsupervised losses of the last warm-up epoch (a ring buffer).
-        buffer_size = self.num_unlabeled if variant == "official" else 0
-        self.loss_buffer = torch.zeros(buffer_size)
+        # official: the most recent per-sample unsupervised losses of warm-up (a ring buffer).
+        window = self.num_unlabeled - (self.num_labeled if rho_hat_window == "official" else 0)
+        if variant == "official" and window < 1:
+            raise ValueError(f"dash (official): rho_hat_window 'official' averages N_unlabeled - "
+                             f"N_labeled = {window} losses; use 'unlabeled_set'")
+        self.loss_buffer = torch.zeros(window if variant == "official" else 0)
         self.n_recorded = 0
+        self.initial_parameters: list[Tensor] | None = None   # usb + initial_weights only
 
     # ---- the trainer's hooks ------------------------------------------------------------------
     def supervised_only(self, step: int) -> bool:
         return self.variant == "usb" and step < self.warmup_steps
 
-    def on_evaluation(self, step: int, metrics: dict[str, float]) -> None:
+    def setup(self, model) -> None:
+        if self.variant == "usb" and self.rho_hat_model == "initial_weights":
+            self.initial_parameters = [p.detach().clone() for p in model.parameters()]
+
+    def on_evaluation(self, step: int, metrics: dict[str, float], model, evaluate) -> None:
         # usb: the last evaluation at or before the end of warm-up gives rho_hat.
-        if self.variant == "usb" and step <= self.warmup_steps:
+        if self.variant != "usb" or step > self.warmup_steps:
+            return
+        if self.rho_hat_model == "ema":
             self.rho_hat = float(metrics["ema/loss"])
+            return
+        probe = copy.deepcopy(model)   # the trained BatchNorm statistics, the initial weights
+        with torch.no_grad():
+            for parameter, initial in zip(probe.parameters(), self.initial_parameters):
+                parameter.copy_(initial)
+        self.rho_hat = float(evaluate(probe)["loss"])
 
     # ---- official: recording the warm-up losses -------------------------------------------------
     def record_losses(self, losses: Tensor) -> None:

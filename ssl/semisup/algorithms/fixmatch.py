@@ -14,16 +14,16 @@ from .masking import confidence_and_pseudo_labels, fixed_threshold_mask
 class FixMatch(Algorithm):
     name = "fixmatch"
 
-    def __init__(self, tau: float = 0.95, lambda_u: float = 1.0, T: float = 1.0, **base):
+    def __init__(self, *, tau: float, lambda_u: float, **base):
         super().__init__(**base)
-        self.tau, self.lambda_u, self.T = tau, lambda_u, T
+        self.tau, self.lambda_u = tau, lambda_u
 
     def training_step(self, model, batch: StepBatch, step: int, teacher=None) -> StepOutput:
         logits_lb, logits_w, logits_s = forward_views(
             model, batch.labeled_images, batch.weak_images, batch.strong_images)
         loss_sup = supervised_loss(logits_lb, batch.labels)
 
-        probs_w = torch.softmax(logits_w.detach() / self.T, dim=-1)
+        probs_w = torch.softmax(logits_w.detach(), dim=-1)
         confidence, pseudo_labels = confidence_and_pseudo_labels(probs_w)
         mask = fixed_threshold_mask(confidence, self.tau)
         loss_unsup = (cross_entropy_per_sample(logits_s, pseudo_labels) * mask).mean()

@@ -16,8 +16,7 @@ class FlexMatch(Algorithm):
     name = "flexmatch"
     state_names = ("sigma",)
 
-    def __init__(self, tau: float = 0.95, lambda_u: float = 1.0, threshold_warmup: bool = True,
-                 **base):
+    def __init__(self, *, tau: float, lambda_u: float, threshold_warmup: bool, **base):
         super().__init__(**base)
         self.tau, self.lambda_u, self.threshold_warmup = tau, lambda_u, threshold_warmup
         self.sigma = torch.full((self.num_unlabeled,), -1, dtype=torch.long)

@@ -49,8 +49,7 @@ class FreeMatch(Algorithm):
     name = "freematch"
     state_names = ("tau_global", "p_model", "label_hist")
 
-    def __init__(self, ema_momentum: float = 0.999, lambda_u: float = 1.0,
-                 lambda_fairness: float = 0.001, **base):
+    def __init__(self, *, ema_momentum: float, lambda_u: float, lambda_fairness: float, **base):
         super().__init__(**base)
         self.ema_momentum, self.lambda_u, self.lambda_fairness = ema_momentum, lambda_u, lambda_fairness
         self.tau_global = torch.tensor(1.0 / self.num_classes)

@@ -19,7 +19,7 @@ class MeanTeacher(Algorithm):
     second_view = "weak"
     needs_teacher = True
 
-    def __init__(self, lambda_u: float = 50.0, rampup_fraction: float = 0.4, **base):
+    def __init__(self, *, lambda_u: float, rampup_fraction: float, **base):
         super().__init__(**base)
         self.lambda_u, self.rampup_fraction = lambda_u, rampup_fraction
 

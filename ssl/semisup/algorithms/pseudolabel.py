@@ -16,8 +16,7 @@ class PseudoLabel(Algorithm):
     name = "pseudolabel"
     second_view = None
 
-    def __init__(self, tau: float = 0.95, lambda_u: float = 1.0, rampup_fraction: float = 0.4,
-                 **base):
+    def __init__(self, *, tau: float, lambda_u: float, rampup_fraction: float, **base):
         super().__init__(**base)
         self.tau, self.lambda_u, self.rampup_fraction = tau, lambda_u, rampup_fraction
 

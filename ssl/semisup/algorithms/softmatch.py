@@ -18,8 +18,8 @@ class SoftMatch(Algorithm):
     name = "softmatch"
     state_names = ("mu", "var", "p_model", "p_model_started")
 
-    def __init__(self, ema_momentum: float = 0.999, n_sigma: float = 2.0, lambda_u: float = 1.0,
-                 distribution_alignment: bool = True, **base):
+    def __init__(self, *, ema_momentum: float, n_sigma: float, lambda_u: float,
+                 distribution_alignment: bool, **base):
         super().__init__(**base)
         self.ema_momentum, self.n_sigma, self.lambda_u = ema_momentum, n_sigma, lambda_u
         self.distribution_alignment = distribution_alignment

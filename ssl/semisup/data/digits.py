@@ -16,7 +16,7 @@ from .registry import DatasetError, DatasetSpec, ImageData, register_dataset
 FILE_NAME = "digits.npz"
 
 
-def download(root: Path, test_size: int = 497, partition_seed: int = 0) -> list[Path]:
+def download(root: Path, *, test_size: int, partition_seed: int) -> list[Path]:
     """Write the images (scaled from 0..16 to 0..255) and a seeded train/test partition."""
     from sklearn.datasets import load_digits
 
@@ -60,15 +60,5 @@ def load_rgb32(root: Path, **options) -> ImageData:
                      class_names=data.class_names)
 
 
-register_dataset(DatasetSpec(
-    name="digits", num_classes=10, image_shape=(1, 8, 8),
-    mean=(0.3050,), std=(0.3760,),  # over all 1,797 images, scaled to [0, 1]
-    download=download, load=load, horizontal_flip=False,
-    options={"test_size": 497, "partition_seed": 0},
-))
-register_dataset(DatasetSpec(
-    name="digits_rgb32", num_classes=10, image_shape=(3, 32, 32),
-    mean=(0.3050,) * 3, std=(0.3760,) * 3,
-    download=download, load=load_rgb32, horizontal_flip=False,
-    options={"test_size": 497, "partition_seed": 0},
-))
+register_dataset(DatasetSpec(name="digits", download=download, load=load))
+register_dataset(DatasetSpec(name="digits_rgb32", download=download, load=load_rgb32))

@@ -111,12 +111,12 @@ def retrieve(url: str, path: Path, expected_md5: str) -> None:
 
 
 def fetch(dataset: str, official: OfficialFile, root: Path, needed: list[OfficialFile],
-          mirror: str | None, md5: dict | None) -> tuple[Path, bool]:
+          mirror: str | None, md5: dict) -> tuple[Path, bool]:
     """Download one official file into root unless a copy with the expected md5 is there;
     returns its path and whether it was downloaded now."""
     from torchvision.datasets.utils import calculate_md5, check_integrity
 
-    expected = (md5 or {}).get(official.name, official.md5)
+    expected = md5.get(official.name, official.md5)
     path = root / official.name
     if check_integrity(path, expected):
         return path, False
@@ -138,17 +138,17 @@ def fetch(dataset: str, official: OfficialFile, root: Path, needed: list[Officia
     return path, True
 
 
-def members_verified(official: OfficialFile, root: Path, md5: dict | None) -> bool:
+def members_verified(official: OfficialFile, root: Path, md5: dict) -> bool:
     """True when the archive's extracted files are all there with their md5 (as torchvision
     leaves them), so the archive itself is not needed."""
     from torchvision.datasets.utils import check_integrity
 
-    return all(check_integrity(root / member, (md5 or {}).get(member, expected))
+    return all(check_integrity(root / member, md5.get(member, expected))
                for member, expected in official.members.items())
 
 
 def fetch_archive(dataset: str, official: OfficialFile, root: Path, mirror: str | None,
-                  md5: dict | None) -> list[Path]:
+                  md5: dict) -> list[Path]:
     """Download and extract an archive; returns the extracted files that `load` reads."""
     from torchvision.datasets.utils import extract_archive
 
@@ -170,15 +170,15 @@ def fetch_archive(dataset: str, official: OfficialFile, root: Path, mirror: str 
     return members
 
 
-def download_cifar10(root: Path, mirror: str | None = None, md5: dict | None = None) -> list[Path]:
+def download_cifar10(root: Path, *, mirror: str | None, md5: dict) -> list[Path]:
     return fetch_archive("cifar10", CIFAR10_ARCHIVE, root, mirror, md5)
 
 
-def download_cifar100(root: Path, mirror: str | None = None, md5: dict | None = None) -> list[Path]:
+def download_cifar100(root: Path, *, mirror: str | None, md5: dict) -> list[Path]:
     return fetch_archive("cifar100", CIFAR100_ARCHIVE, root, mirror, md5)
 
 
-def download_stl10(root: Path, mirror: str | None = None, md5: dict | None = None) -> list[Path]:
+def download_stl10(root: Path, *, mirror: str | None, md5: dict) -> list[Path]:
     return fetch_archive("stl10", STL10_ARCHIVE, root, mirror, md5)
 
 
@@ -186,8 +186,7 @@ def svhn_files(extra: bool) -> list[OfficialFile]:
     return [SVHN_FILES[split] for split in (("train", "test", "extra") if extra else ("train", "test"))]
 
 
-def download_svhn(root: Path, mirror: str | None = None, md5: dict | None = None,
-                  extra: bool = False) -> list[Path]:
+def download_svhn(root: Path, *, mirror: str | None, md5: dict, extra: bool) -> list[Path]:
     root.mkdir(parents=True, exist_ok=True)
     needed = svhn_files(extra)
     return [fetch("svhn", official, root, needed, mirror, md5)[0] for official in needed]
@@ -235,7 +234,7 @@ def cifar_arrays(dataset: str, paths: list[Path], label_key: str) -> tuple[torch
     return paired(dataset, paths[0], as_uint8_nchw(images, channels_last=False), torch.from_numpy(labels))
 
 
-def load_cifar10(root: Path, mirror: str | None = None, md5: dict | None = None) -> ImageData:
+def load_cifar10(root: Path, **options) -> ImageData:
     folder = root / "cifar-10-batches-py"
     train = cifar_arrays("cifar10", [folder / f"data_batch_{i}" for i in range(1, 6)], "labels")
     test = cifar_arrays("cifar10", [folder / "test_batch"], "labels")
@@ -243,7 +242,7 @@ def load_cifar10(root: Path, mirror: str | None = None, md5: dict | None = None)
     return ImageData(*train, *test, class_names=list(class_names))
 
 
-def load_cifar100(root: Path, mirror: str | None = None, md5: dict | None = None) -> ImageData:
+def load_cifar100(root: Path, **options) -> ImageData:
     folder = root / "cifar-100-python"
     train = cifar_arrays("cifar100", [folder / "train"], "fine_labels")
     test = cifar_arrays("cifar100", [folder / "test"], "fine_labels")
@@ -264,8 +263,7 @@ def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return paired("svhn", path, as_uint8_nchw(images, channels_last=False), torch.from_numpy(labels))
 
 
-def load_svhn(root: Path, mirror: str | None = None, md5: dict | None = None,
-              extra: bool = False) -> ImageData:
+def load_svhn(root: Path, *, extra: bool, **options) -> ImageData:
     """With extra=True, the 531,131 extra images join the unlabeled data only (labels kept)."""
     train, test = read_svhn(root / "train_32x32.mat"), read_svhn(root / "test_32x32.mat")
     extra_images, extra_labels = read_svhn(root / "extra_32x32.mat") if extra else (None, None)
@@ -285,7 +283,7 @@ def read_stl10_labels(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.fromfile(existing("stl10", path), dtype=np.uint8).astype(np.int64) - 1)
 
 
-def load_stl10(root: Path, mirror: str | None = None, md5: dict | None = None) -> ImageData:
+def load_stl10(root: Path, **options) -> ImageData:
     """Labels 1..10 become 0..9; the 100,000 unlabeled images are extra unlabeled data (label -1)."""
     folder = root / "stl10_binary"
     unlabeled = read_stl10_images(folder / "unlabeled_X.bin")
@@ -323,8 +321,8 @@ def class_folders(path: str | None) -> dict[str, list[str]]:
     return classes
 
 
-def download_image_folder(root: Path, path: str | None = None, test_fraction: float = 0.2,
-                          partition_seed: int = 0, image_size: int = 32) -> list[Path]:
+def download_image_folder(root: Path, *, path: str | None, test_fraction: float,
+                          partition_seed: int, image_size: int) -> list[Path]:
     """Nothing to fetch: list the class folders and record every image's sha256 in an index, so
     that the dataset digest changes when the images do."""
     folder = Path(path).expanduser().resolve() if path is not None else None
@@ -358,8 +356,8 @@ def partition(num_images: int, test_fraction: float, rng: np.random.Generator) -
     return set(rng.permutation(num_images)[: int(round(test_fraction * num_images))].tolist())
 
 
-def load_image_folder(root: Path, path: str | None = None, test_fraction: float = 0.2,
-                      partition_seed: int = 0, image_size: int = 32) -> ImageData:
+def load_image_folder(root: Path, *, path: str | None, test_fraction: float, partition_seed: int,
+                      image_size: int) -> ImageData:
     if not 0 < test_fraction < 1:
         raise DatasetError(f"image_folder: test_fraction must be in (0, 1), got {test_fraction}")
     index = json.loads(existing("image_folder", root / INDEX_NAME).read_text())
@@ -384,37 +382,10 @@ def load_image_folder(root: Path, path: str | None = None, test_fraction: float 
 
 # ---------------------------------------------------------------------------------------------
 
-ARCHIVE_OPTIONS = {"mirror": None, "md5": None}
 
-register_dataset(DatasetSpec(
-    name="cifar10", num_classes=10, image_shape=(3, 32, 32),
-    # FixMatch-pytorch's and TorchSSL's statistics (USB's code uses ImageNet's for CIFAR-10).
-    mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616),
-    download=download_cifar10, load=load_cifar10, options=dict(ARCHIVE_OPTIONS),
-))
-register_dataset(DatasetSpec(
-    name="cifar100", num_classes=100, image_shape=(3, 32, 32),
-    mean=tuple(x / 255 for x in (129.3, 124.1, 112.4)),  # TorchSSL/USB
-    std=tuple(x / 255 for x in (68.2, 65.4, 70.4)),
-    download=download_cifar100, load=load_cifar100, options=dict(ARCHIVE_OPTIONS),
-))
-register_dataset(DatasetSpec(
-    name="svhn", num_classes=10, image_shape=(3, 32, 32),
-    mean=(0.4380, 0.4440, 0.4730), std=(0.1751, 0.1771, 0.1744),  # TorchSSL/USB
-    download=download_svhn, load=load_svhn, horizontal_flip=False,  # digits are not symmetric
-    options={**ARCHIVE_OPTIONS, "extra": False},
-))
-register_dataset(DatasetSpec(
-    name="stl10", num_classes=10, image_shape=(3, 96, 96),
-    mean=tuple(x / 255 for x in (112.4, 109.1, 98.6)),  # TorchSSL/USB
-    std=tuple(x / 255 for x in (68.4, 66.6, 68.5)),
-    download=download_stl10, load=load_stl10, options=dict(ARCHIVE_OPTIONS),
-))
-register_dataset(DatasetSpec(
-    # The number of classes and the image size depend on the folder and options; the loaded
-    # ImageData says how many classes there are.
-    name="image_folder", num_classes=0, image_shape=(3, 32, 32),
-    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),  # ImageNet's, for natural images
-    download=download_image_folder, load=load_image_folder,
-    options={"path": None, "test_fraction": 0.2, "partition_seed": 0, "image_size": 32},
-))
+register_dataset(DatasetSpec(name="cifar10", download=download_cifar10, load=load_cifar10))
+register_dataset(DatasetSpec(name="cifar100", download=download_cifar100, load=load_cifar100))
+register_dataset(DatasetSpec(name="svhn", download=download_svhn, load=load_svhn))
+register_dataset(DatasetSpec(name="stl10", download=download_stl10, load=load_stl10))
+register_dataset(DatasetSpec(name="image_folder", download=download_image_folder,
+                             load=load_image_folder))

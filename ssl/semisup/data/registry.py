@@ -3,13 +3,14 @@ uint8 image tensors (N, C, H, W) with integer labels and a fixed train/test part
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from ..catalog import DATASETS as CATALOG, DatasetFacts
 from ..errors import DatasetError
 
 
@@ -32,21 +33,44 @@ class ImageData:
 
 @dataclass
 class DatasetSpec:
+    """A registered dataset: its download and load functions (each takes the folder and every
+    one of the dataset's options, as params.yaml lists them) and its facts (semisup.catalog)."""
+
     name: str
-    num_classes: int
-    image_shape: tuple[int, int, int]                # (C, H, W)
-    mean: tuple[float, ...]                          # per channel, images scaled to [0, 1]
-    std: tuple[float, ...]
     download: Callable[..., list[Path]]              # (root, **options) -> files written
     load: Callable[..., ImageData]                   # (root, **options) -> ImageData
-    horizontal_flip: bool = True                     # weak augmentation flips (not for digits/SVHN)
-    options: dict = field(default_factory=dict)      # documented defaults of **options
+
+    @property
+    def facts(self) -> DatasetFacts:
+        return CATALOG[self.name]
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.facts.num_classes
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.facts.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.facts.std
+
+    @property
+    def channels(self) -> int:
+        return self.facts.channels
+
+    @property
+    def horizontal_flip(self) -> bool:
+        return self.facts.horizontal_flip
 
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name not in CATALOG:
+        raise ValueError(f"dataset {spec.name!r} has no entry in semisup.catalog.DATASETS")
     DATASETS[spec.name] = spec
     return spec
 

@@ -1,0 +1,130 @@
+"""The digest of the code a rule's output depends on, for code-aware reruns and provenance.
+
+A rule's code is its `pipeline` module and every project module it imports, statically and
+transitively (imports inside functions included), from `pipeline` and `semisup`. The registry
+packages are narrowed to what a job uses: a module of `semisup.algorithms`, `semisup.models` or
+`semisup.data` that registers named components (an algorithm, a network, a dataset) counts only
+for a job that uses one of them; the packages' shared modules count for every job. So editing
+FixMatch's loss changes the digest of the fixmatch training runs only, editing pipeline/tables.py
+that of the tables rule only.
+
+Each module counts by its syntax tree without docstrings (ast.unparse): a comment, a docstring or
+the layout of the code changes nothing. The Snakefile gives each rule its digest as a parameter,
+so Snakemake reruns a job whose code changed (and what follows from it); a training run records
+its digest in metrics.json and MLflow.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE_ROOTS = {"pipeline": ROOT / "pipeline", "semisup": ROOT / "ssl" / "semisup"}
+SCHEMA_PATH = ROOT / "pipeline" / "params.schema.yaml"
+# registry package -> the kind of component its modules register (a run's config names one)
+REGISTRIES = {"semisup.algorithms": "algorithm", "semisup.models": "model",
+              "semisup.data": "dataset"}
+
+
+def module_path(name: str) -> Path | None:
+    """The source file of a project module or package, None for anything else."""
+    top, _, rest = name.partition(".")
+    if top not in SOURCE_ROOTS:
+        return None
+    base = SOURCE_ROOTS[top].joinpath(*rest.split(".")) if rest else SOURCE_ROOTS[top]
+    for path in (base / "__init__.py", base.with_name(base.name + ".py")):
+        if path.is_file():
+            return path
+    return None
+
+
+@lru_cache(maxsize=None)
+def syntax_tree(name: str) -> ast.Module:
+    return ast.parse(module_path(name).read_text(), filename=str(module_path(name)))
+
+
+@lru_cache(maxsize=None)
+def normalized_source(name: str) -> str:
+    """The module's code without docstrings and comments, in one canonical layout."""
+    tree = ast.parse(module_path(name).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+@lru_cache(maxsize=None)
+def imports(name: str) -> frozenset[str]:
+    """The project modules `name` imports anywhere in its code, with their parent packages."""
+    package = name if module_path(name).name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(syntax_tree(name)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)   # `from pkg import mod`
+    with_parents = {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 2)}
+    return frozenset(m for m in with_parents if module_path(m) is not None and m != name)
+
+
+@lru_cache(maxsize=None)
+def registered_names() -> dict[str, frozenset[str]]:
+    """kind -> the registered names the schema allows (study.algorithms/model/dataset)."""
+    study = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["study"]["properties"]
+    return {"algorithm": frozenset(study["algorithms"]["items"]["enum"]),
+            "model": frozenset(study["model"]["enum"]), "dataset": frozenset(study["dataset"]["enum"])}
+
+
+@lru_cache(maxsize=None)
+def provides(name: str) -> frozenset[str]:
+    """The components a module of a registry package registers: the registered names that appear
+    in its code as string constants (tests check this against the registries themselves)."""
+    package = name.rpartition(".")[0]
+    if package not in REGISTRIES:
+        return frozenset()
+    names = registered_names()[REGISTRIES[package]]
+    constants = {node.value for node in ast.walk(ast.parse(normalized_source(name)))
+                 if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return frozenset(names & constants)
+
+
+def closure(root: str, uses: dict[str, str]) -> list[str]:
+    """The modules a rule's module depends on, for a job that uses the components `uses`
+    (kind -> name, e.g. {"algorithm": "fixmatch"}); other components' modules are left out."""
+    seen, todo = set(), [root]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        kind = REGISTRIES.get(name.rpartition(".")[0])
+        if kind is not None and provides(name) and uses.get(kind) not in provides(name):
+            continue
+        seen.add(name)
+        todo.extend(imports(name))
+    return sorted(seen)
+
+
+def code_digest(root: str, **uses: str) -> str:
+    """sha256 of the normalised code of `closure(root, uses)`."""
+    return _digest(root, tuple(sorted(uses.items())))
+
+
+@lru_cache(maxsize=None)
+def _digest(root: str, uses: tuple[tuple[str, str], ...]) -> str:
+    digest = hashlib.sha256()
+    for name in closure(root, dict(uses)):
+        digest.update(f"{name}\n{normalized_source(name)}\n".encode())
+    return digest.hexdigest()
