@@ -135,7 +135,7 @@ rule train:
         "{PY} -m pipeline.train --run-config {params.run_config:q} --manifest {input.manifest}"
         " --split {input.split} --out $(dirname {output.metrics})"
         " --checkpoint-dir {params.checkpoints} --device {params.device} --threads {threads}"
-        " > {log} 2>&1"
+        " --code-digest {params.code} > {log} 2>&1"
 
 
 rule evaluate:

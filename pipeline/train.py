@@ -24,20 +24,33 @@ from .files import atomic_path, read_json, writable_dir, write_json
 from .tracking import RunLogger, git_commit, git_diff, tracking_uri
 
 # This module imports torch only inside functions: pin_cpu_numerics must run before the import.
-PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}
+PORTABLE_CAPABILITY = "AVX2"
 
 
-def pin_cpu_numerics() -> None:
-    """train.portable_numerics: the same bits on every x86-64 CPU. ATen's kernels otherwise
-    dispatch on the CPU's vector width (AVX2/AVX-512), MKL picks its code path by CPU, and oneDNN
-    also blocks by cache size; each changes the order of float additions, so a 60-step run on
-    another CI runner moved test predictions. Call before torch is imported."""
+def pin_cpu_numerics() -> str | None:
+    """train.portable_numerics: the same bits on every x86-64 CPU with AVX2 (Intel since 2013,
+    AMD since 2015). Unpinned, ATen's kernels dispatch on the CPU's vector width (AVX2 or
+    AVX-512), MKL picks its code path by CPU model and vendor, and oneDNN also blocks by cache
+    size: each changes the order of float additions, and a 60-step run on another CI runner
+    moved test predictions. Pinned: ATen's AVX2 kernels, MKL's vendor-neutral COMPATIBLE branch
+    (its AVX2 branch is for Intel CPUs only), oneDNN and NNPACK off (NNPACK chooses its own
+    kernels by CPU; without it the convolutions are ATen's im2col and MKL's GEMM, as fast here).
+    Call before torch is imported. Returns a
+    warning where the CPU cannot run those kernels (no AVX2, not x86-64): the run goes on, but
+    its numbers will differ from other machines' in the last digits."""
     if "torch" in sys.modules:
         raise RuntimeError("pin_cpu_numerics() must run before torch is imported")
     os.environ.update(PORTABLE_ENV)
     import torch
 
     torch.backends.mkldnn.enabled = False
+    torch.backends.nnpack.enabled = False
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != PORTABLE_CAPABILITY:
+        return (f"warning: train.portable_numerics pins x86-64 AVX2 kernels, but this CPU runs "
+                f"{capability!r} ones: the numbers will not be bit-identical to other machines'")
+    return None
 
 
 def choose_device(requested: str):
@@ -127,7 +140,9 @@ def start_torch(run: dict, device_setting: str, threads: int):
     """Import torch (after pinning portable numerics, which must come first), set its threads
     and choose the device: what this job really runs on."""
     if run["train"]["portable_numerics"]:
-        pin_cpu_numerics()
+        warning = pin_cpu_numerics()
+        if warning:
+            print(warning, flush=True)
     import torch
 
     torch.set_num_threads(threads)
@@ -172,7 +187,8 @@ def mlflow_tags(run: dict, provenance: dict, device) -> dict:
             "seed": run["seed"], "study": run["study"], **provenance,
             "mlflow.source.git.commit": commit.removesuffix("-dirty"),
             # where this attempt ran (tags, so that a resumed attempt records its own)
-            "execution.device": str(device), "execution.threads": torch.get_num_threads()}
+            "execution.device": str(device), "execution.threads": torch.get_num_threads(),
+            "execution.cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def open_run(run: dict, provenance: dict, device, checkpoint_dir: Path, split_path: Path,
@@ -226,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-dir", required=True, type=Path)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--code-digest", help="the digest of the code this run depends on, as "
+                        "the workflow computed it (pipeline/code.py); computed here when not given")
     args = parser.parse_args(argv)
     started = time.time()
     run = json.loads(args.run_config)
@@ -235,8 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     data, channels, num_classes, manifest, split = load_train_data(run, args.manifest, args.split,
                                                                    device)
     provenance = {"config_hash": run["config_hash"],
-                  "code_digest": code_digest("pipeline.train", algorithm=run["algorithm"],
-                                             model=run["model"], dataset=run["dataset"]),
+                  "code_digest": args.code_digest or code_digest(
+                      "pipeline.train", algorithm=run["algorithm"], model=run["model"],
+                      dataset=run["dataset"]),
                   "split_sha256": split["sha256"], "dataset_digest": manifest["digest"],
                   "git_commit": git_commit()}
     name = f"{run['algorithm']}-{run['dataset']}-{run['n_labels']}-seed{run['seed']}"

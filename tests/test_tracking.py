@@ -43,3 +43,32 @@ def test_a_new_run_logs_everything(store: Path):
     logger.log_metrics(0, {"a": 1.0})
     logger.log_metrics(0, {"a": 2.0})   # not resumed: nothing is filtered
     assert sorted(history(logger, "a")) == [(0, 1.0), (0, 2.0)]
+
+
+def test_a_resumed_run_gets_its_params_again_and_the_tags_of_where_it_ran_now(store: Path):
+    id_file = store / "id.txt"
+    first = RunLogger("exp", "run", id_file, {"execution.threads": 1}, {"lr": 0.03})
+    second = RunLogger("exp", "run", id_file, {"execution.threads": 4}, {"lr": 0.03})
+    run = second.tracking.get_run(second.run_id)
+    assert second.run_id == first.run_id
+    assert run.data.params == {"lr": "0.03"}
+    assert run.data.tags["execution.threads"] == "4" and run.data.tags["resumed"] == "true"
+
+
+def test_a_run_from_uncommitted_code_keeps_the_diff(store: Path, monkeypatch):
+    from pipeline import train
+    from pipeline.config import default_params, load_study
+
+    monkeypatch.setattr(train, "git_diff", lambda: "diff --git a/x.py b/x.py\n+changed\n")
+    run = load_study(default_params()).run_config("digits", 10, "fixmatch", 0)
+    provenance = {"config_hash": run["config_hash"], "code_digest": "d", "split_sha256": "s",
+                  "dataset_digest": "x", "git_commit": "abc-dirty"}
+    split = store / "split.json"
+    split.write_text("{}")
+    logger = train.open_run(run, provenance, "cpu", store / "checkpoints", split, "name")
+    artifact = logger.tracking.download_artifacts(logger.run_id, "git_diff.patch", str(store))
+    assert Path(artifact).read_text() == "diff --git a/x.py b/x.py\n+changed\n"
+    params = logger.tracking.get_run(logger.run_id).data.params
+    # the fully resolved config: dataset options, every hyperparameter, the resolved flip
+    assert params["dataset.test_size"] == "497" and params["fixmatch.tau"] == "0.95"
+    assert params["model.bn_momentum"] == "0.01" and params["train.horizontal_flip"] == "False"

@@ -31,7 +31,9 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 def tiny_study(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("study")
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    result = snakemake(workdir, "--cores", "2", "--configfile", "tiny.yaml")
+    # as a profile's set-threads would: the job gets 2 threads while params say 1
+    result = snakemake(workdir, "--cores", "2", "--configfile", "tiny.yaml",
+                       "--set-threads", "train=2")
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir
 
@@ -57,12 +59,22 @@ def test_every_training_job_is_one_finished_mlflow_run_with_tags(tiny_study):
         for tag in ("algorithm", "dataset", "n_labels", "seed", "git_commit", "config_hash",
                     "split_sha256", "code_digest", "execution.device", "execution.threads"):
             assert run.data.tags[tag]
+        # where the job ran is recorded as what it really used, not as a parameter
+        assert run.data.tags["execution.threads"] == "2"
+        assert run.data.tags["execution.device"] == "cpu"
+        assert "train.threads" not in run.data.params and "train.device" not in run.data.params
         history = client.get_metric_history(run.info.run_id, "ema/error")
         assert [m.step for m in history] == [3, 6]
         assert "metrics.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
     seeds = sorted(json.loads((tiny_study / f"results/tiny/digits-10/fixmatch/seed{s}/run.json")
                               .read_text())["mlflow_run_id"] for s in (0, 1))
     assert seeds == sorted(r.info.run_id for r in runs if r.data.tags["algorithm"] == "fixmatch")
+    metrics = json.loads((tiny_study / "results/tiny/digits-10/fixmatch/seed0/metrics.json")
+                         .read_text())
+    assert metrics["run"]["dataset_options"] == {"test_size": 497, "partition_seed": 0}
+    assert len(metrics["code_digest"]) == 64 and metrics["run"]["train"]["steps"] == 6
+    fixmatch = next(r for r in runs if r.data.tags["algorithm"] == "fixmatch")
+    assert fixmatch.data.tags["code_digest"] == metrics["code_digest"]
 
 
 def test_second_run_with_nothing_changed_does_nothing(tiny_study):
