@@ -40,7 +40,9 @@ def pin_cpu_numerics() -> str | None:
     warning where the CPU cannot run those kernels (no AVX2, not x86-64): the run goes on, but
     its numbers will differ from other machines' in the last digits."""
     if "torch" in sys.modules:
-        raise RuntimeError("pin_cpu_numerics() must run before torch is imported")
+        raise UserError("train.portable_numerics pins torch's CPU kernels before torch is "
+                        "imported, but this process imported torch already; run the job in a "
+                        "fresh process (python -m pipeline.train) or set portable_numerics false")
     os.environ.update(PORTABLE_ENV)
     import torch
 
