@@ -208,9 +208,8 @@ class Study:
         """Everything that determines one run's numbers, every default filled in (the
         resolved configuration): what is hashed, logged to MLflow and written to metrics.json.
         Execution settings (EXECUTION_KEYS) are not in it."""
-        train = {k: v for k, v in self.config["train"].items() if k not in EXECUTION_KEYS}
-        train.update(self.config["algorithm_overrides"].get(algorithm, {}))
-        train.setdefault("horizontal_flip", DATASETS[dataset].horizontal_flip)
+        train = resolved_train({**self.config["train"],
+                                **self.config["algorithm_overrides"].get(algorithm, {})}, dataset)
         model = self.config["study"]["model"]
         run = {
             "study": self.name, "dataset": dataset,
@@ -228,6 +227,14 @@ class Study:
         return {key: self.config["train"][key] for key in EXECUTION_KEYS}
 
 
+def resolved_train(train: dict, dataset: str) -> dict:
+    """A run's training settings: the execution settings left out, the dataset's own flip
+    (semisup.catalog) filled in unless the config sets one."""
+    resolved = {key: value for key, value in train.items() if key not in EXECUTION_KEYS}
+    resolved.setdefault("horizontal_flip", DATASETS[dataset].horizontal_flip)
+    return resolved
+
+
 def default_params() -> dict:
     """params.yaml: every dataset option, network option and hyperparameter with its default,
     for code that calls the library directly (tests, benchmarks, notebooks)."""
@@ -237,9 +244,8 @@ def default_params() -> dict:
 def default_train_options(dataset: str, **overrides) -> dict:
     """params.yaml's training loop settings as semisup.train.TrainConfig takes them (execution
     settings and portable numerics left out, the dataset's flip filled in), with `overrides`."""
-    train = {key: value for key, value in default_params()["train"].items()
-             if key not in (*EXECUTION_KEYS, "portable_numerics")}
-    train["horizontal_flip"] = DATASETS[dataset].horizontal_flip
+    train = resolved_train(default_params()["train"], dataset)
+    train.pop("portable_numerics")   # the process's setting (pipeline.train), not the loop's
     return {**train, **overrides}
 
 

@@ -36,9 +36,8 @@ def pin_cpu_numerics() -> str | None:
     moved test predictions. Pinned: ATen's AVX2 kernels, MKL's vendor-neutral COMPATIBLE branch
     (its AVX2 branch is for Intel CPUs only), oneDNN and NNPACK off (NNPACK chooses its own
     kernels by CPU; without it the convolutions are ATen's im2col and MKL's GEMM, as fast here).
-    Call before torch is imported. Returns a
-    warning where the CPU cannot run those kernels (no AVX2, not x86-64): the run goes on, but
-    its numbers will differ from other machines' in the last digits."""
+    Call before torch is imported. Returns a warning where the CPU cannot run those kernels (no
+    AVX2, not x86-64): the run goes on, but its numbers will differ from other machines'."""
     if "torch" in sys.modules:
         raise UserError("train.portable_numerics pins torch's CPU kernels before torch is "
                         "imported, but this process imported torch already; run the job in a "

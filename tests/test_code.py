@@ -47,27 +47,32 @@ def test_each_registered_component_is_found_in_the_module_that_defines_it():
             module for (each_kind, _), module in defined.items() if each_kind == kind}
 
 
+def forget_caches() -> None:
+    """pipeline.code caches per process what it read; forget it once the sources change."""
+    for cached in (code.syntax_tree, code.normalized_source, code.imports, code.provides,
+                   code._digest):
+        cached.cache_clear()
+
+
 def test_comments_docstrings_and_layout_do_not_count(tmp_path, monkeypatch):
     package = tmp_path / "pipeline"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "rule.py").write_text('"""A rule."""\nX = 1\n\ndef f():\n    return X + 1\n')
+    rule = package / "rule.py"
     monkeypatch.setitem(code.SOURCE_ROOTS, "pipeline", package)
-    for cached in (code.syntax_tree, code.normalized_source, code.imports, code._digest):
-        cached.cache_clear()
 
-    def digest():
-        for cached in (code.syntax_tree, code.normalized_source, code.imports, code._digest):
-            cached.cache_clear()
+    def digest_of(source: str) -> str:
+        rule.write_text(source)
+        forget_caches()
         return code.code_digest("pipeline.rule")
-    before = digest()
-    (package / "rule.py").write_text('"""Another text."""\nX = 1  # why\n\n\ndef f():\n'
-                                     '    """What f does."""\n    return (X +\n            1)\n')
-    assert digest() == before
-    (package / "rule.py").write_text('"""A rule."""\nX = 1\n\ndef f():\n    return X + 2\n')
-    assert digest() != before
-    for cached in (code.syntax_tree, code.normalized_source, code.imports, code._digest):
-        cached.cache_clear()
+    try:
+        before = digest_of('"""A rule."""\nX = 1\n\ndef f():\n    return X + 1\n')
+        assert digest_of('"""Another text."""\nX = 1  # why\n\n\ndef f():\n'
+                         '    """What f does."""\n    return (X +\n            1)\n') == before
+        assert digest_of('"""A rule."""\nX = 1\n\ndef f():\n    return X + 2\n') != before
+    finally:
+        monkeypatch.undo()
+        forget_caches()
 
 
 # ---- the workflow, in a temporary copy of the project -------------------------------------------
