@@ -46,7 +46,7 @@ def pin_cpu_numerics() -> str | None:
     import torch
 
     torch.backends.mkldnn.enabled = False
-    torch.backends.nnpack.enabled = False
+    torch.backends.nnpack.set_flags(False)   # (it has no `enabled` attribute to assign)
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != PORTABLE_CAPABILITY:
         return (f"warning: train.portable_numerics pins x86-64 AVX2 kernels, but this CPU runs "

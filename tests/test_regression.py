@@ -103,12 +103,20 @@ def test_portable_numerics_give_the_same_bits_on_other_cpu_code_paths(ci_study, 
 
 
 def test_pinning_selects_the_portable_kernels():
-    code = ("from pipeline.train import pin_cpu_numerics; pin_cpu_numerics(); import torch; "
-            "print(torch.backends.cpu.get_cpu_capability(), torch.backends.mkldnn.enabled, "
-            "torch.backends.nnpack.enabled, __import__('os').environ['MKL_CBWR'])")
+    """Pinned, a convolution of a batch of 16 (where torch would pick NNPACK or oneDNN) runs
+    ATen's own kernel, and ATen dispatches to its AVX2 code."""
+    code = ("from pipeline.train import pin_cpu_numerics; pin_cpu_numerics(); import os, torch\n"
+            "conv = torch.nn.Conv2d(8, 8, 3, padding=1)\n"
+            "with torch.profiler.profile() as prof:\n"
+            "    conv(torch.randn(16, 8, 8, 8)).sum().backward()\n"
+            "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'])\n"
+            "print(*sorted({event.name for event in prof.events() if 'conv' in event.name}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, **OTHER_CPU}, cwd=ROOT)
-    assert result.stdout.split() == ["AVX2", "False", "False", "COMPATIBLE"], result.stderr
+    capability, kernels = result.stdout.splitlines()[-2:]
+    assert capability.split() == ["AVX2", "COMPATIBLE"], result.stderr
+    assert "aten::_slow_conv2d_forward" in kernels.split(), kernels
+    assert "nnpack" not in kernels and "mkldnn" not in kernels, kernels
 
 
 def test_check_names_the_metric_the_expected_and_the_actual_value():
