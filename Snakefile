@@ -8,16 +8,20 @@ import sys
 from pathlib import Path
 
 from pipeline.code import code_digest
-from pipeline.config import load_study
+from pipeline.config import command_line_overrides, deep_merge, load_study
 from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.figures import figures_for, stats_algorithms
 
 configfile: Path(workflow.basedir) / "params.yaml"
 
 try:
+    # `--config` values once more, as numbers and booleans (Snakemake leaves nested ones strings).
+    COMMAND_LINE = command_line_overrides(workflow.config_settings.config_args)
+    config.update(deep_merge(config, COMMAND_LINE))
     # Name every file the merged config came from, so an error points at the right one.
     STUDY = load_study(config, source=" + ".join(
-        ["params.yaml", *(Path(f).name for f in workflow.overwrite_configfiles or [])]))
+        ["params.yaml", *(Path(f).name for f in workflow.overwrite_configfiles or [])]),
+        command_line=COMMAND_LINE)
 except USER_ERRORS as error:
     report_error(error)
     sys.exit(2)

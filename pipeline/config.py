@@ -69,6 +69,25 @@ def load_params(*paths: str | Path) -> dict:
     return config
 
 
+def command_line_overrides(entries: list[str] | None) -> dict:
+    """`snakemake --config key=value ...` as the values they are: Snakemake reads the value of
+    `train='{"steps": 200}'` with YAML's BaseLoader, which makes every nested number and boolean
+    a string; each value is read again here as YAML (numbers, booleans, lists, mappings)."""
+    overrides: dict = {}
+    for entry in entries or []:
+        key, separator, text = entry.partition("=")
+        if not separator:
+            raise ConfigError(f"--config {entry!r}: an entry must be key=value, e.g. "
+                              f"--config train='{{\"steps\": 200}}'")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--config {entry!r}: the value is not valid YAML or JSON: "
+                              f"{error}") from error
+        overrides = deep_merge(overrides, {key: value})
+    return overrides
+
+
 def _key_path(error) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
@@ -91,12 +110,30 @@ def _allowed(schema: dict) -> str:
     return " ".join(parts) or "see pipeline/params.schema.yaml"
 
 
-def describe(error, source: str) -> str:
-    """One sentence per schema violation: where, what was found, what is allowed."""
+COMMAND_LINE = "the command line (--config)"
+
+
+def set_on_command_line(command_line: dict | None, key_path) -> bool:
+    """Whether `snakemake --config` set the value at key_path (or a mapping around it)."""
+    node = command_line
+    for part in map(str, key_path):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+        if not isinstance(node, dict):
+            return True
+    return node is not None
+
+
+def describe(error, source: str, command_line: dict | None = None) -> str:
+    """One sentence per schema violation: where, what was found, what is allowed, and which
+    file (or the command line) it came from."""
     where = _key_path(error)
     if error.validator == "additionalProperties":
         known = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(known))
+        if any(set_on_command_line(command_line, (*error.absolute_path, key)) for key in unknown):
+            source = COMMAND_LINE
         explained = [FOREIGN_KEYS[(*map(str, error.absolute_path), key)] for key in unknown
                      if (*map(str, error.absolute_path), key) in FOREIGN_KEYS]
         if explained:
@@ -108,6 +145,8 @@ def describe(error, source: str) -> str:
         prefix = f"{where}." if where != "(top level)" else ""
         return (f"{source}: unknown key {', '.join(prefix + h for h in hints)}. "
                 f"Allowed keys{' under ' + where if prefix else ''}: {', '.join(known)}.")
+    if set_on_command_line(command_line, error.absolute_path):
+        source = COMMAND_LINE
     if error.validator == "required":
         return f"{source}: {where} lacks a required key: {error.message}."
     if error.validator in ("minItems", "uniqueItems"):
@@ -116,11 +155,14 @@ def describe(error, source: str) -> str:
             f"{_allowed(error.schema)}.")
 
 
-def validate(config: dict, source: str = "params.yaml") -> None:
-    """Raise ConfigError listing every problem, each with key, bad value and what is allowed."""
+def validate(config: dict, source: str = "params.yaml", command_line: dict | None = None) -> None:
+    """Raise ConfigError listing every problem, each with key, bad value, what is allowed and
+    where it was set (`command_line`: the `--config` overrides merged into config last)."""
     validator = Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    problems = [describe(error, source) for error in errors]
+    problems = [describe(error, source, command_line) for error in errors]
+    if command_line:
+        source = f"{source} + --config"
     if not problems:
         problems = semantic_problems(config, source)
     if problems:
@@ -249,6 +291,7 @@ def default_train_options(dataset: str, **overrides) -> dict:
     return {**train, **overrides}
 
 
-def load_study(config: dict, source: str = "params.yaml") -> Study:
-    validate(config, source)
+def load_study(config: dict, source: str = "params.yaml",
+               command_line: dict | None = None) -> Study:
+    validate(config, source, command_line)
     return Study(config)

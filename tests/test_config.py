@@ -1,13 +1,12 @@
 """params.yaml validation: every bad key or value stops the run with a message naming the key,
 the bad value and what is allowed."""
 import copy
+import inspect
 
 import pytest
 
-import inspect
-
-from pipeline.config import (EXECUTION_KEYS, ConfigError, ROOT, enum_of, load_params, load_schema,
-                             load_study, validate)
+from pipeline.config import (EXECUTION_KEYS, ConfigError, ROOT, command_line_overrides,
+                             deep_merge, enum_of, load_params, load_schema, load_study, validate)
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +173,21 @@ def test_the_training_loop_takes_every_setting_from_params_yaml(params):
     # flip is filled in per dataset (semisup.catalog) unless given.
     assert set(fields) - {"horizontal_flip"} == (set(params["train"]) - set(EXECUTION_KEYS)
                                                   - {"portable_numerics"})
+
+
+def test_command_line_values_are_read_as_yaml():
+    overrides = command_line_overrides(['train={"steps": 200, "nesterov": false}',
+                                        "study={seeds: [0, 1]}", "reports={dir: out}"])
+    assert overrides == {"train": {"steps": 200, "nesterov": False},
+                         "study": {"seeds": [0, 1]}, "reports": {"dir": "out"}}
+    with pytest.raises(ConfigError, match="must be key=value"):
+        command_line_overrides(["train"])
+
+
+def test_an_error_in_a_command_line_value_names_the_command_line(params):
+    overrides = {"train": {"lr": "fast"}}
+    with pytest.raises(ConfigError) as caught:
+        validate(deep_merge(params, overrides), "params.yaml", command_line=overrides)
+    assert str(caught.value).startswith("the command line (--config): train.lr = 'fast'")
+    with pytest.raises(ConfigError, match=r"^params.yaml: train.lr = 'fast'"):
+        validate(deep_merge(params, overrides), "params.yaml", command_line={"study": {}})

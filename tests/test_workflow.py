@@ -89,3 +89,21 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "train.steps = -1" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_command_line_numbers_and_booleans_reach_the_jobs_as_such(tmp_path):
+    """The README's `--config train='{"steps": 200}'`: Snakemake reads nested values as strings;
+    the workflow reads them again as the numbers and booleans they are."""
+    result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--printshellcmds", "--config",
+                       'train={"steps": 200, "nesterov": false}', "study={\"seeds\": [7]}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    train_commands = [line for line in result.stdout.splitlines() if "pipeline.train" in line]
+    assert train_commands and all('"steps": 200' in line and '"nesterov": false' in line
+                                  and '"seed": 7' in line for line in train_commands)
+
+
+def test_a_bad_command_line_value_is_blamed_on_the_command_line(tmp_path):
+    result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--config", 'train={"steps": 0}')
+    assert result.returncode != 0
+    assert "the command line (--config): train.steps = 0 is not allowed" in result.stderr
+    assert "params.yaml: train.steps" not in result.stderr
