@@ -2,7 +2,6 @@
 # `snakemake --cores all` runs the study in params.yaml; `--configfile configs/<study>.yaml`
 # merges another study on top of it. Every rule is a thin call of a `pipeline` module.
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -11,26 +10,30 @@ from pipeline.code import code_digest
 from pipeline.config import command_line_overrides, deep_merge, load_study
 from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.figures import figures_for, stats_algorithms
+from pipeline.workflow import set_job_environment
+
 
 configfile: Path(workflow.basedir) / "params.yaml"
+
 
 try:
     # `--config` values once more, as numbers and booleans (Snakemake leaves nested ones strings).
     COMMAND_LINE = command_line_overrides(workflow.config_settings.config_args)
     config.update(deep_merge(config, COMMAND_LINE))
     # Name every file the merged config came from, so an error points at the right one.
-    STUDY = load_study(config, source=" + ".join(
-        ["params.yaml", *(Path(f).name for f in workflow.overwrite_configfiles or [])]),
-        command_line=COMMAND_LINE)
+    STUDY = load_study(
+        config,
+        source=" + ".join(
+            ["params.yaml", *(Path(f).name for f in workflow.overwrite_configfiles or [])]
+        ),
+        command_line=COMMAND_LINE,
+    )
 except USER_ERRORS as error:
     report_error(error)
     sys.exit(2)
 
-PY = shlex.quote(sys.executable)
-# Jobs import this workflow's own `pipeline` and `semisup` (the code whose digest they record),
-# whatever else the environment has installed.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(Path(workflow.basedir, "ssl")), workflow.basedir, os.environ.get("PYTHONPATH", "")])
+# `python` in the rules is this environment's; they import this workflow's own code.
+set_job_environment(workflow.basedir)
 EXECUTION = STUDY.execution()
 RESULTS = STUDY.results_dir
 REPORTS = STUDY.reports_dir
@@ -38,10 +41,11 @@ DATASET = STUDY.dataset
 N_LABELS = STUDY.config["study"]["n_labels"]
 SEEDS = STUDY.config["study"]["seeds"]
 ALGORITHMS = STUDY.config["study"]["algorithms"]
-RUN = RESULTS + "/{dataset}-{n_labels}/{algorithm}/seed{seed}"
-FIGURES = figures_for(ALGORITHMS)   # the Dash figures only where the study has those algorithms
+RUN = f"{RESULTS}/{{dataset}}-{{n_labels}}/{{algorithm}}/seed{{seed}}"
+FIGURES = figures_for(ALGORITHMS)  # the Dash figures only where the study has those algorithms
 # run_times.html lies outside the committed reports/: its times differ from run to run.
 REPORT_PAGES = [f"{REPORTS}/report/tables.html", f"{RESULTS}/report/run_times.html"]
+
 
 wildcard_constraints:
     dataset="[a-z0-9_]+",
@@ -52,25 +56,37 @@ wildcard_constraints:
 
 # On a cluster these run on the submitting (login) node: downloads need the internet that compute
 # nodes often lack, and the rest take seconds.
-localrules: all, download, split, evaluate, tables, figures, report_pages
+localrules:
+    all,
+    download,
+    split,
+    evaluate,
+    tables,
+    figures,
+    report_pages,
 
 
 def run_config(wildcards):
-    return STUDY.run_config(wildcards.dataset, int(wildcards.n_labels), wildcards.algorithm,
-                            int(wildcards.seed))
+    return STUDY.run_config(
+        wildcards.dataset, int(wildcards.n_labels), wildcards.algorithm, int(wildcards.seed)
+    )
 
 
 def train_code(wildcards):
     """The digest of the code a training run depends on (pipeline/code.py): a change reruns it."""
-    return code_digest("pipeline.train", algorithm=wildcards.algorithm, dataset=wildcards.dataset,
-                       model=STUDY.config["study"]["model"])
+    return code_digest(
+        "pipeline.train",
+        algorithm=wildcards.algorithm,
+        dataset=wildcards.dataset,
+        model=STUDY.config["study"]["model"],
+    )
 
 
 onstart:
-    shell(f"{PY} -m pipeline.tracking init --experiment {shlex.quote(STUDY.name)}")
+    shell(f"python -m pipeline.tracking init --experiment {shlex.quote(STUDY.name)}")
 
 
-# `snakemake --report reports/report.html` (after a run) bundles the outputs marked report(...)
+# `snakemake --report reports/<study>/report.html` (after a run) bundles the outputs marked report(...)
 # (figures, tables, run times) with this description into one self-contained HTML file.
 report: "report/workflow.rst"
 
@@ -86,13 +102,13 @@ rule all:
 rule download:
     output:
         manifest="data/raw/{dataset}/manifest.json",
+    log:
+        "logs/download/{dataset}.log",
     params:
         options=lambda w: json.dumps(STUDY.dataset_options(w.dataset), sort_keys=True),
         code=lambda w: code_digest("pipeline.download", dataset=w.dataset),
-    log:
-        "logs/download/{dataset}.log",
     shell:
-        "{PY} -m pipeline.download --dataset {wildcards.dataset} --options {params.options:q}"
+        "python -m pipeline.download --dataset {wildcards.dataset} --options {params.options:q}"
         " --manifest {output.manifest} > {log} 2>&1"
 
 
@@ -101,12 +117,12 @@ rule split:
         manifest="data/raw/{dataset}/manifest.json",
     output:
         split="data/splits/{dataset}/{n_labels}/seed{seed}.json",
-    params:
-        code=lambda w: code_digest("pipeline.split", dataset=w.dataset),
     log:
         "logs/split/{dataset}-{n_labels}-seed{seed}.log",
+    params:
+        code=lambda w: code_digest("pipeline.split", dataset=w.dataset),
     shell:
-        "{PY} -m pipeline.split --manifest {input.manifest} --n-labels {wildcards.n_labels}"
+        "python -m pipeline.split --manifest {input.manifest} --n-labels {wildcards.n_labels}"
         " --seed {wildcards.seed} --out {output.split} > {log} 2>&1"
 
 
@@ -115,10 +131,17 @@ rule train:
         manifest="data/raw/{dataset}/manifest.json",
         split="data/splits/{dataset}/{n_labels}/seed{seed}.json",
     output:
-        metrics=RUN + "/metrics.json",
-        run=RUN + "/run.json",
-        evaluations=RUN + "/evaluations.csv",
-        stats=RUN + "/train_stats.csv",
+        metrics=f"{RUN}/metrics.json",
+        run=f"{RUN}/run.json",
+        evaluations=f"{RUN}/evaluations.csv",
+        stats=f"{RUN}/train_stats.csv",
+    log:
+        f"logs/{STUDY.name}/train/{{dataset}}-{{n_labels}}-{{algorithm}}-seed{{seed}}.log",
+    benchmark:
+        f"logs/{STUDY.name}/benchmarks/train/{{dataset}}-{{n_labels}}-{{algorithm}}-seed{{seed}}.tsv"
+    threads: EXECUTION["threads"]
+    resources:
+        gpu=1 if EXECUTION["device"] != "cpu" else 0,
     params:
         run_config=lambda w: json.dumps(run_config(w), sort_keys=True),
         code=train_code,
@@ -128,15 +151,8 @@ rule train:
         checkpoints=lambda w: f"checkpoints/{STUDY.name}/{w.dataset}-{w.n_labels}/"
         f"{w.algorithm}/seed{w.seed}/{run_config(w)['config_hash'][:16]}-{train_code(w)[:12]}",
         device=EXECUTION["device"],
-    threads: EXECUTION["threads"]
-    resources:
-        gpu=1 if EXECUTION["device"] != "cpu" else 0,
-    log:
-        f"logs/{STUDY.name}/train/{{dataset}}-{{n_labels}}-{{algorithm}}-seed{{seed}}.log",
-    benchmark:
-        f"logs/{STUDY.name}/benchmarks/train/{{dataset}}-{{n_labels}}-{{algorithm}}-seed{{seed}}.tsv"
     shell:
-        "{PY} -m pipeline.train --run-config {params.run_config:q} --manifest {input.manifest}"
+        "python -m pipeline.train --run-config {params.run_config:q} --manifest {input.manifest}"
         " --split {input.split} --out $(dirname {output.metrics})"
         " --checkpoint-dir {params.checkpoints} --device {params.device} --threads {threads}"
         " --code-digest {params.code} > {log} 2>&1"
@@ -144,20 +160,21 @@ rule train:
 
 rule evaluate:
     input:
-        metrics=expand(RUN + "/metrics.json", seed=SEEDS, allow_missing=True),
-        runs=expand(RUN + "/run.json", seed=SEEDS, allow_missing=True),
+        metrics=expand(f"{RUN}/metrics.json", seed=SEEDS, allow_missing=True),
+        runs=expand(f"{RUN}/run.json", seed=SEEDS, allow_missing=True),
     output:
-        summary=RESULTS + "/{dataset}-{n_labels}/{algorithm}/summary.json",
-    params:
-        code=code_digest("pipeline.evaluate"),
+        summary=f"{RESULTS}/{{dataset}}-{{n_labels}}/{{algorithm}}/summary.json",
     log:
         f"logs/{STUDY.name}/evaluate/{{dataset}}-{{n_labels}}-{{algorithm}}.log",
+    params:
+        code=code_digest("pipeline.evaluate"),
     shell:
-        "{PY} -m pipeline.evaluate --metrics {input.metrics} --out {output.summary} > {log} 2>&1"
+        "python -m pipeline.evaluate --metrics {input.metrics} --out {output.summary} > {log} 2>&1"
 
 
-SUMMARIES = expand(RESULTS + "/{dataset}-{n_labels}/{algorithm}/summary.json",
-                   dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS)
+SUMMARIES = expand(
+    rules.evaluate.output.summary, dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS
+)
 
 # reports.published: published numbers to put beside ours in tables/published.tex (a path relative
 # to the project folder, like params.yaml); without it there is no such table.
@@ -165,69 +182,93 @@ PUBLISHED = STUDY.config["reports"].get("published")
 PUBLISHED_CSV = str(Path(workflow.basedir, PUBLISHED)) if PUBLISHED else None
 PUBLISHED_TABLE = {"published": f"{REPORTS}/tables/published.tex"} if PUBLISHED else {}
 
+
 rule tables:
     input:
         summaries=SUMMARIES,
         published=[PUBLISHED_CSV] if PUBLISHED else [],
     output:
+        **PUBLISHED_TABLE,
         table=f"{REPORTS}/tables/main.tex",
         metrics=f"{REPORTS}/metrics.json",
-        **PUBLISHED_TABLE,
+    log:
+        f"logs/{STUDY.name}/tables.log",
     params:
         selection=STUDY.config["reports"]["selection"],
         model=STUDY.config["reports"]["model"],
-        published=f"--published {shlex.quote(PUBLISHED_CSV)} --published-table "
-        f"{shlex.quote(PUBLISHED_TABLE['published'])}" if PUBLISHED else "",
+        published=(
+            f"--published {shlex.quote(PUBLISHED_CSV)} --published-table "
+            f"{shlex.quote(PUBLISHED_TABLE['published'])}"
+            if PUBLISHED
+            else ""
+        ),
         code=code_digest("pipeline.tables"),
-    log:
-        f"logs/{STUDY.name}/tables.log",
     shell:
-        "{PY} -m pipeline.tables --summaries {input.summaries} --selection {params.selection}"
+        "python -m pipeline.tables --summaries {input.summaries} --selection {params.selection}"
         " --model {params.model} --table {output.table} --metrics {output.metrics}"
         " {params.published} > {log} 2>&1"
 
 
 rule figures:
     input:
-        evaluations=expand(RUN + "/evaluations.csv", dataset=DATASET, n_labels=N_LABELS,
-                           algorithm=ALGORITHMS, seed=SEEDS),
-        stats=expand(RUN + "/train_stats.csv", dataset=DATASET, n_labels=N_LABELS,
-                     algorithm=stats_algorithms(ALGORITHMS), seed=SEEDS),
+        evaluations=expand(
+            rules.train.output.evaluations,
+            dataset=DATASET,
+            n_labels=N_LABELS,
+            algorithm=ALGORITHMS,
+            seed=SEEDS,
+        ),
+        stats=expand(
+            rules.train.output.stats,
+            dataset=DATASET,
+            n_labels=N_LABELS,
+            algorithm=stats_algorithms(ALGORITHMS),
+            seed=SEEDS,
+        ),
     output:
         pdf=expand(f"{REPORTS}/figures/{{name}}.pdf", name=FIGURES),
         # The PNGs go into the HTML report (`snakemake --report`), each with its caption.
-        png=[report(f"{REPORTS}/figures/{name}.png", caption=f"report/figures/{name}.rst",
-                    category="Figures", labels={"figure": name}) for name in FIGURES],
-    params:
-        figures=" ".join(FIGURES),
-        dash=json.dumps(STUDY.config["algorithms"].get("dash", {}), sort_keys=True),
-        model=STUDY.config["reports"]["model"],
-        code=code_digest("pipeline.figures"),
+        png=[
+            report(
+                f"{REPORTS}/figures/{name}.png",
+                caption=f"report/figures/{name}.rst",
+                category="Figures",
+                labels={"figure": name},
+            )
+            for name in FIGURES
+        ],
     log:
         f"logs/{STUDY.name}/figures.log",
     benchmark:
         f"logs/{STUDY.name}/benchmarks/figures.tsv"
+    params:
+        figures=" ".join(FIGURES),
+        dash=json.dumps(STUDY.config["algorithms"].get("dash", {}), sort_keys=True),
+        model=STUDY.config["reports"]["model"],
+        out=lambda wildcards, output: Path(output.pdf[0]).parent,
+        code=code_digest("pipeline.figures"),
     shell:
-        "{PY} -m pipeline.figures --evaluations {input.evaluations} --train-stats {input.stats}"
+        "python -m pipeline.figures --evaluations {input.evaluations} --train-stats {input.stats}"
         " --figures {params.figures} --dash-params {params.dash:q} --model {params.model}"
-        " --out {REPORTS}/figures > {log} 2>&1"
+        " --out {params.out} > {log} 2>&1"
 
 
 TRAIN_RUNS = dict(dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS, seed=SEEDS)
 
+
 rule report_pages:
     input:
         tables=[path for path in rules.tables.output if path.endswith(".tex")],
-        runs=expand(RUN + "/run.json", **TRAIN_RUNS),
+        runs=expand(rules.train.output.run, **TRAIN_RUNS),
         benchmarks=expand(rules.train.benchmark, **TRAIN_RUNS),
     output:
         tables=report(REPORT_PAGES[0], caption="report/tables.rst", category="Tables"),
         run_times=report(REPORT_PAGES[1], caption="report/run_times.rst", category="Run times"),
-    params:
-        code=code_digest("pipeline.report_pages"),
     log:
         f"logs/{STUDY.name}/report_pages.log",
+    params:
+        code=code_digest("pipeline.report_pages"),
     shell:
-        "{PY} -m pipeline.report_pages --tables {input.tables} --runs {input.runs}"
+        "python -m pipeline.report_pages --tables {input.tables} --runs {input.runs}"
         " --benchmarks {input.benchmarks} --tables-html {output.tables}"
         " --run-times-html {output.run_times} > {log} 2>&1"

@@ -69,10 +69,10 @@ def compare(variant: str, files: list[Path], seed: int = 0) -> list[str]:
         torch.manual_seed(seed)
         ours = build_model(ours_name, num_classes, 3, variant=variant)
         theirs_state, our_state = reference.state_dict(), ours.state_dict()
-        count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+        count = lambda model: sum(p.numel() for p in model.parameters())
         same_shapes = [a.shape for a in theirs_state.values()] == [b.shape for b in our_state.values()]
         same_init = same_shapes and all(torch.equal(a, b) for a, b in
-                                        zip(theirs_state.values(), our_state.values()))
+                                        zip(theirs_state.values(), our_state.values(), strict=True))
         images = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
         reference.train(), ours.train()
         with torch.no_grad():

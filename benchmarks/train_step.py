@@ -39,20 +39,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 from torchvision.transforms import functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from augment import images_per_second, pil_strong_augment, pil_weak_augment, run_pil  # noqa: E402  (benchmarks/)
+from augment import images_per_second, pil_strong_augment, pil_weak_augment, run_pil
 
-from semisup.algorithms import StepBatch, build_algorithm  # noqa: E402
-from semisup.data.augment import strong_augment  # noqa: E402
-from semisup.models import build_model  # noqa: E402
-from semisup.train import TrainConfig, TrainData, Trainer, cosine_7_16, update_ema  # noqa: E402
-from semisup.catalog import DATASETS  # noqa: E402
+from semisup.algorithms import StepBatch, build_algorithm
+from semisup.data.augment import strong_augment
+from semisup.models import build_model
+from semisup.train import TrainConfig, TrainData, Trainer, cosine_7_16, update_ema
+from semisup.catalog import DATASETS
 
-from pipeline.config import EXECUTION_KEYS, ROOT, load_params  # noqa: E402
+from pipeline.config import EXECUTION_KEYS, ROOT, load_params
 
 MEAN, STD = DATASETS["cifar10"].mean, DATASETS["cifar10"].std
 NUM_CLASSES = 10
@@ -164,7 +163,7 @@ class ConventionalStep:
         self.step = 0
 
     def __call__(self) -> None:
-        to = lambda tensor: tensor.to(self.device, non_blocking=True)  # noqa: E731
+        to = lambda tensor: tensor.to(self.device, non_blocking=True)
         labeled_images, labels = next(self.labeled)
         weak_images, strong_images, unlabeled_labels = next(self.unlabeled)
         batch = StepBatch(labeled_images=to(labeled_images), labels=to(labels),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -42,12 +42,12 @@ def module_path(name: str) -> Path | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def syntax_tree(name: str) -> ast.Module:
     return ast.parse(module_path(name).read_text(), filename=str(module_path(name)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def normalized_source(name: str) -> str:
     """The module's code without docstrings and comments, in one canonical layout."""
     tree = ast.parse(module_path(name).read_text())
@@ -60,7 +60,7 @@ def normalized_source(name: str) -> str:
     return ast.unparse(tree)
 
 
-@lru_cache(maxsize=None)
+@cache
 def imports(name: str) -> frozenset[str]:
     """The project modules `name` imports anywhere in its code, with their parent packages."""
     package = name if module_path(name).name == "__init__.py" else name.rpartition(".")[0]
@@ -80,7 +80,7 @@ def imports(name: str) -> frozenset[str]:
     return frozenset(m for m in with_parents if module_path(m) is not None and m != name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def registered_names() -> dict[str, frozenset[str]]:
     """kind -> the registered names the schema allows (study.algorithms/model/dataset)."""
     study = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["study"]["properties"]
@@ -88,7 +88,7 @@ def registered_names() -> dict[str, frozenset[str]]:
             "model": frozenset(study["model"]["enum"]), "dataset": frozenset(study["dataset"]["enum"])}
 
 
-@lru_cache(maxsize=None)
+@cache
 def provides(name: str) -> frozenset[str]:
     """The components a module of a registry package registers: the registered names that appear
     in its code as string constants (tests check this against the registries themselves)."""
@@ -122,7 +122,7 @@ def code_digest(root: str, **uses: str) -> str:
     return _digest(root, tuple(sorted(uses.items())))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _digest(root: str, uses: tuple[tuple[str, str], ...]) -> str:
     digest = hashlib.sha256()
     for name in closure(root, dict(uses)):

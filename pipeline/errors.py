@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import sys
 import textwrap
-from typing import Callable
+from collections.abc import Callable
 
 from semisup.errors import SemisupError
 

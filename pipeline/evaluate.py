@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": [{"seed": m["run"]["seed"], "mlflow_run_id": r["mlflow_run_id"],
                    **{key: m[key] for key in PROVENANCE}, "git_commit": m["git_commit"],
                    "wall_seconds": r["wall_seconds"]}
-                  for m, r in zip(per_seed, runs)],
+                  for m, r in zip(per_seed, runs, strict=True)],
     }
     write_json(args.out, summary)
     print(f"wrote {args.out} over {len(per_seed)} seeds")

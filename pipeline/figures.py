@@ -170,12 +170,12 @@ def plot_error_curves(groups, model: str, out_dir: Path) -> list[Path]:
     plt = pyplot()
     budgets = budgets_of(groups)
     figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.4), squeeze=False)
-    for ax, n_labels in zip(axes[0], budgets):
-        for (dataset, n, algorithm), runs in groups.items():
-            if n == n_labels:
-                steps, errors = seed_curves(runs, f"{model}/error")
-                plot_mean_and_band(ax, steps, errors, label=label(algorithm))
-        ax.set_title(f"{dataset}, {n_labels} labels")
+    for ax, n_labels in zip(axes[0], budgets, strict=True):
+        cells = {key: runs for key, runs in groups.items() if key[1] == n_labels}
+        for (_, _, algorithm), runs in cells.items():
+            steps, errors = seed_curves(runs, f"{model}/error")
+            plot_mean_and_band(ax, steps, errors, label=label(algorithm))
+        ax.set_title(f"{', '.join(sorted({dataset for dataset, _, _ in cells}))}, {n_labels} labels")
         ax.set_xlabel("training step")
         ax.set_ylabel(f"test error (%), {model.upper()} model")
         ax.grid(alpha=0.3)
@@ -195,7 +195,7 @@ def plot_dash_rho(groups, settings: dict, gammas: tuple[float, ...], out_dir: Pa
     budgets = budgets_of(dash_groups)
     figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.4), squeeze=False)
     all_gammas = sorted(set(gammas) | {settings["gamma"]})
-    for ax, n_labels in zip(axes[0], budgets):
+    for ax, n_labels in zip(axes[0], budgets, strict=True):
         (dataset, _, _), runs = next((k, r) for k, r in dash_groups.items() if k[1] == n_labels)
         rho_hat = float(np.mean([recover_rho_hat(run, settings) for run in runs]))
         steps = np.array(schedule_steps(settings, int(max(run[-1]["step"] for run in runs))))
@@ -243,8 +243,8 @@ def plot_pseudo_labels(groups, out_dir: Path) -> list[Path]:
     figure, axes = plt.subplots(len(budgets), len(PSEUDO_LABEL_PANELS),
                                 figsize=(4.0 * len(PSEUDO_LABEL_PANELS), 3.2 * len(budgets)),
                                 squeeze=False)
-    for row_axes, n_labels in zip(axes, budgets):
-        for ax, (column, title) in zip(row_axes, PSEUDO_LABEL_PANELS):
+    for row_axes, n_labels in zip(axes, budgets, strict=True):
+        for ax, (column, title) in zip(row_axes, PSEUDO_LABEL_PANELS, strict=True):
             for algorithm in PSEUDO_LABEL_ALGORITHMS:
                 key = next((k for k in chosen if k[1] == n_labels and k[2] == algorithm), None)
                 if key is not None:

@@ -146,7 +146,7 @@ def run_times_rows(runs: list[Path], benchmarks: list[Path]) -> list[dict]:
     if len(runs) != len(benchmarks):
         raise UserError(f"{len(runs)} run.json files but {len(benchmarks)} benchmark files")
     rows = []
-    for run_path, benchmark_path in zip(runs, benchmarks):
+    for run_path, benchmark_path in zip(runs, benchmarks, strict=True):
         seed_dir = run_path.parent
         dataset, n_labels = seed_dir.parent.parent.name.rsplit("-", 1)
         algorithm, seed = seed_dir.parent.name, seed_dir.name.removeprefix("seed")

@@ -3,7 +3,6 @@ their sha256. Shared by every algorithm; the unlabeled set is the whole training
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from semisup.data import get_dataset

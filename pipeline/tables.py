@@ -1,6 +1,6 @@
 """Rule `tables`: the LaTeX table (booktabs; error rate mean +- std over seeds per algorithm and
-label budget; best bold per column), reports/metrics.json (for `dvc metrics`) and, given a CSV of
-published numbers, a second table with the published numbers beside ours and the difference."""
+label budget; best bold per column), reports/<study>/metrics.json (for `dvc metrics`) and, given
+a CSV of published numbers, a second table with the published numbers beside ours and the difference."""
 from __future__ import annotations
 
 import argparse

@@ -19,7 +19,8 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 from .errors import UserError, cli
 from .files import write_text
@@ -37,7 +38,7 @@ def retry(action: Callable[[], T], what: str, attempts: int = 8) -> T:
     for attempt in range(attempts):
         try:
             return action()
-        except Exception as error:  # noqa: BLE001 - filtered below, re-raised when not transient
+        except Exception as error:  # filtered below, re-raised when not transient
             transient = "locked" in str(error) or "busy" in str(error).lower()
             if not transient or attempt == attempts - 1:
                 raise
@@ -89,7 +90,7 @@ def client():
         with sqlite_schema_lock(uri):   # opening the store creates or migrates its schema
             tracking = MlflowClient(uri)
             retry(lambda: tracking.search_experiments(max_results=1), "reach the tracking store")
-    except Exception as error:  # noqa: BLE001 - any failure to reach the store is reported
+    except Exception as error:  # any failure to reach the store is reported
         raise UserError(
             f"cannot reach the MLflow tracking store {uri!r} ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200]}). Start the server or fix MLFLOW_TRACKING_URI; "
@@ -103,7 +104,7 @@ def experiment_id(tracking, name: str) -> str:
         return experiment.experiment_id
     try:
         return retry(lambda: tracking.create_experiment(name), "create experiment")
-    except Exception:  # noqa: BLE001 - another job created it first
+    except Exception:  # noqa: BLE001 - whatever the store says, another job created it first
         return retry(lambda: tracking.get_experiment_by_name(name), "read experiment").experiment_id
 
 

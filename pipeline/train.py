@@ -11,6 +11,7 @@ Outputs (in --out):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -81,7 +82,7 @@ def claim_gpu(count: int, lock_dir: Path | None = None) -> int:
     lock_dir = lock_dir or Path(tempfile.gettempdir()) / "ssl-repro-gpu-locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        handle = open(lock_dir / f"gpu{index}.lock", "w")
+        handle = open(lock_dir / f"gpu{index}.lock", "w")  # noqa: SIM115 - held while the job runs
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -94,12 +95,11 @@ def claim_gpu(count: int, lock_dir: Path | None = None) -> int:
 
 def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
     columns = sorted({key for row in rows for key in row}, key=lambda k: (k != "step", k))
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (int(v) if k == "step" else v) for k, v in row.items()})
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (int(v) if k == "step" else v) for k, v in row.items()})
 
 
 def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
@@ -118,7 +118,7 @@ def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
                         f"describes; delete the split and rerun snakemake to recreate it")
     spec = get_dataset(run["dataset"])
     data = spec.load(manifest_path.parent, **manifest["options"])
-    on = lambda tensor: None if tensor is None else tensor.to(device)  # noqa: E731
+    on = lambda tensor: None if tensor is None else tensor.to(device)
     train_data = TrainData(
         train_images=on(data.train_images), train_labels=on(data.train_labels),
         labeled_indices=torch.tensor(indices, device=device),
@@ -226,10 +226,8 @@ def remove_checkpoint(checkpoint_dir: Path) -> None:
     run) and the run-id file go, so that rerunning after deleting the outputs starts afresh."""
     for leftover in ("checkpoint.pt", "mlflow_run_id.txt"):
         (checkpoint_dir / leftover).unlink(missing_ok=True)
-    try:
+    with contextlib.suppress(OSError):   # something else lives there: leave it
         checkpoint_dir.rmdir()
-    except OSError:   # something else lives there: leave it
-        pass
 
 
 @cli

@@ -100,8 +100,8 @@ def evaluation(algorithm, step, ema_loss, model=None, evaluate=None):
 
 def image_batch(algorithm, seed, offset=0) -> StepBatch:
     generator = torch.Generator().manual_seed(seed)
-    images = lambda n: torch.randn(n, 2, 4, 4, generator=generator)  # noqa: E731
-    labels = lambda n: torch.randint(0, NUM_CLASSES, (n,), generator=generator)  # noqa: E731
+    images = lambda n: torch.randn(n, 2, 4, 4, generator=generator)
+    labels = lambda n: torch.randint(0, NUM_CLASSES, (n,), generator=generator)
     batch = StepBatch(labeled_images=images(BATCH), labels=labels(BATCH))
     if algorithm.uses_unlabeled:
         batch.weak_images = images(BATCH * MU)
@@ -353,14 +353,14 @@ def test_dash_usb_rho_hat_of_the_initial_weights_with_the_trained_batchnorm_stat
     evaluation(algorithm, 4, ema_loss=9.0, model=model, evaluate=evaluate)
     assert algorithm.rho_hat == 1.25          # the probe's loss, not the EMA model's 9.0
     probe = seen[0]
-    assert all(torch.equal(p, q) for p, q in zip(probe.parameters(), initial.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(probe.parameters(), initial.parameters(), strict=True))
     assert torch.equal(probe.features[1].running_mean, torch.full((4,), 3.0))
     assert not torch.equal(next(model.parameters()), next(initial.parameters()))  # model untouched
     # the initial weights are state: a checkpoint carries them
     resumed = make("dash", variant="usb", warmup_steps=4, rho_hat_model="initial_weights")
     resumed.load_state_dict(copy.deepcopy(algorithm.state_dict()))
     assert all(torch.equal(a, b) for a, b in zip(resumed.initial_parameters,
-                                                 algorithm.initial_parameters))
+                                                 algorithm.initial_parameters, strict=True))
 
 
 def test_dash_official_refuses_a_window_with_no_losses():

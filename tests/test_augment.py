@@ -40,7 +40,7 @@ def from_pil(pil_image):
 def pil_reference(images, pil_op, values=None):
     values = [None] * len(images) if values is None else values.tolist()
     return torch.stack([from_pil(pil_op(to_pil(image), value))
-                        for image, value in zip(images, values)])
+                        for image, value in zip(images, values, strict=True)])
 
 
 def fill_for(image):
@@ -105,7 +105,8 @@ def test_translate_equals_pil_affine_transform_exactly():
         (augment._translate_y, lambda shift: (1, 0, 0, 0, 1, shift * 32)),
     ]:
         expected = pil_reference(images, lambda image, shift: image.transform(
-            image.size, Image.Transform.AFFINE, coefficients(shift), fillcolor=fill_for(image)),
+            image.size, Image.Transform.AFFINE, coefficients(shift),  # noqa: B023 - used at once
+            fillcolor=fill_for(image)),
             fractions)
         assert torch.equal(op(images, fractions), expected)
 
@@ -175,7 +176,7 @@ def test_weak_augment_is_a_crop_of_the_reflect_padded_image_maybe_flipped():
     is_flipped = [not any(np.array_equal(out[0].numpy(), crop) for crop in crops.values())
                   for out in flipped]
     assert all(any(np.array_equal(out[0].numpy(), crop[:, ::-1]) for crop in crops.values())
-               for out, flip in zip(flipped, is_flipped) if flip)
+               for out, flip in zip(flipped, is_flipped, strict=True) if flip)
     assert 0.35 < np.mean(is_flipped) < 0.65
 
 

@@ -181,7 +181,8 @@ def test_cifar100_uses_the_fine_labels_and_their_names(tmp_path):
     md5 = pack(tmp_path / "mirror", "cifar-100-python.tar.gz", staging, "cifar-100-python")
     root = tmp_path / "raw" / "cifar100"
     spec = get_dataset("cifar100")
-    spec.download(root, **options(spec.name, mirror=(tmp_path / "mirror").as_uri(), md5={"cifar-100-python.tar.gz": md5}))
+    spec.download(root, **options(spec.name, mirror=(tmp_path / "mirror").as_uri(),
+                                  md5={"cifar-100-python.tar.gz": md5}))
     data = spec.load(root, **options(spec.name))
     assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (10, 3, 32, 32)
     assert data.train_labels.tolist() == content["train"]["fine_labels"]
@@ -212,7 +213,8 @@ def test_svhn_maps_label_10_to_digit_0_and_reads_the_matlab_layout(tmp_path, svh
     mirror, md5, images = svhn_mirror
     root = tmp_path / "raw" / "svhn"
     spec = get_dataset("svhn")
-    files = spec.download(root, **options(spec.name, mirror=str(mirror), md5=md5))  # a plain folder as the mirror
+    # a plain folder as the mirror
+    files = spec.download(root, **options(spec.name, mirror=str(mirror), md5=md5))
     assert sorted(path.name for path in files) == ["test_32x32.mat", "train_32x32.mat"]
     data = spec.load(root, **options(spec.name))
     assert data.train_images.shape == (20, 3, 32, 32) and data.train_images.dtype == torch.uint8
@@ -250,7 +252,8 @@ def test_stl10_reads_column_major_binaries_and_shifts_labels(tmp_path):
     md5 = pack(tmp_path / "mirror", "stl10_binary.tar.gz", tmp_path / "staging", "stl10_binary")
     root = tmp_path / "raw" / "stl10"
     spec = get_dataset("stl10")
-    spec.download(root, **options(spec.name, mirror=(tmp_path / "mirror").as_uri(), md5={"stl10_binary.tar.gz": md5}))
+    spec.download(root, **options(spec.name, mirror=(tmp_path / "mirror").as_uri(),
+                                  md5={"stl10_binary.tar.gz": md5}))
     data = spec.load(root, **options(spec.name))
     assert data.train_images.shape == (10, 3, 96, 96) and data.test_images.shape == (5, 3, 96, 96)
     assert data.train_labels.tolist() == list(range(10)) and data.test_labels.tolist() == [9, 8, 7, 6, 0]
@@ -347,4 +350,5 @@ def test_image_folder_needs_two_class_folders_with_images(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "one" / "only" / "a.png")
     (tmp_path / "one" / "empty").mkdir()
     with pytest.raises(DatasetError, match="1 class sub-folder"):
-        get_dataset("image_folder").download(tmp_path / "raw", **options("image_folder", path=str(tmp_path / "one")))
+        get_dataset("image_folder").download(tmp_path / "raw",
+                                             **options("image_folder", path=str(tmp_path / "one")))

@@ -77,7 +77,7 @@ def test_a_study_gets_the_dash_figures_only_with_those_algorithms():
 
 
 def test_official_rho_decays_by_gamma_every_nine_epochs_after_warm_up(settings):
-    rho = lambda step, gamma=1.27: figures.dash_rho(settings, step, RHO_HAT, gamma, 0.05)  # noqa
+    rho = lambda step, gamma=1.27: figures.dash_rho(settings, step, RHO_HAT, gamma, 0.05)
     assert rho(5) == math.inf                      # epoch 1 < warmup_epochs = 2
     assert rho(6) == pytest.approx(RHO_HAT)        # epoch 2: floor((2 - 1) / 9) = 0
     assert rho(29) == pytest.approx(RHO_HAT)       # epoch 9
@@ -120,7 +120,7 @@ def test_figures_are_byte_identical_across_reruns(results, tmp_path):
 
 
 def test_dash_rho_without_dash_runs_is_a_clear_error(results, tmp_path):
-    with pytest.raises(UserError, match="no train_stats.csv of a dash run"):
+    with pytest.raises(UserError, match=r"no train_stats\.csv of a dash run"):
         figures.main.__wrapped__(["--evaluations", *map(str, results["evaluations"]),
                                   "--figures", "dash_rho", "--out", str(tmp_path)])
 
@@ -142,5 +142,5 @@ def test_latex_tables_render_as_html_tables():
 
 def test_run_times_refuse_a_benchmark_file_of_another_job(tmp_path):
     run = tmp_path / "results/t/digits-10/dash/seed0/run.json"
-    with pytest.raises(UserError, match="expected a file named digits-10-dash-seed0.tsv"):
+    with pytest.raises(UserError, match=r"expected a file named digits-10-dash-seed0\.tsv"):
         run_times_rows([run], [tmp_path / "digits-10-dash-seed1.tsv"])

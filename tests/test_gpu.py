@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_training_step_makes_no_host_synchronisation(data, name):
-    spec, train_data = data
+    _, train_data = data
     config = TrainConfig(**default_train_options("digits_rgb32", steps=100, batch_size=8, uratio=2,
                                                  precision="bf16", channels_last=True))
     params = {**default_params()["algorithms"][name],

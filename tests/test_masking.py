@@ -127,7 +127,7 @@ def test_flexmatch_record_with_repeated_indices_is_deterministic_in_deterministi
     confidence = torch.rand(64, generator=generator)
     labels = torch.randint(0, 5, (64,), generator=generator)
     expected = torch.full((8,), -1)
-    for index, q, label in zip(indices.tolist(), confidence.tolist(), labels.tolist()):
+    for index, q, label in zip(indices.tolist(), confidence.tolist(), labels.tolist(), strict=True):
         if q >= 0.5:            # the sequential meaning: each confident view overwrites
             expected[index] = label
     was = torch.are_deterministic_algorithms_enabled()

@@ -55,7 +55,7 @@ def test_matches_torch_sgd_bit_for_bit(nesterov, foreach):
 
     expected, _ = train(copy.deepcopy(start), reference, torch_lr)
     actual, _ = train(copy.deepcopy(start), ours, ours_lr)
-    for (name, want), got in zip(expected.state_dict().items(), actual.state_dict().values()):
+    for (name, want), got in zip(expected.state_dict().items(), actual.state_dict().values(), strict=True):
         assert torch.equal(want, got), name
     # and it moved: the parameters differ from the start
     assert not torch.equal(start.classifier.weight, actual.classifier.weight)
@@ -75,7 +75,7 @@ def test_parameters_without_gradient_are_left_alone_as_torch_does():
 def test_state_round_trip_continues_exactly():
     torch.manual_seed(1)
     start = build_model("small_cnn", 10, 1, width=8, bn_momentum=0.01)
-    make = lambda model: sgd_without_decay_on_norms_and_biases(model, 0.1, 5e-4, 0.9, True)  # noqa: E731
+    make = lambda model: sgd_without_decay_on_norms_and_biases(model, 0.1, 5e-4, 0.9, True)
     straight, _ = train(copy.deepcopy(start), make, ours_lr, steps=6)
     generator = torch.Generator().manual_seed(0)
     model = copy.deepcopy(start)
@@ -84,7 +84,7 @@ def test_state_round_trip_continues_exactly():
     resumed = make(model)
     resumed.load_state_dict(copy.deepcopy(first.state_dict()))
     run_steps(model, resumed, ours_lr, range(3, 6), 6, generator)
-    for want, got in zip(straight.state_dict().values(), model.state_dict().values()):
+    for want, got in zip(straight.state_dict().values(), model.state_dict().values(), strict=True):
         assert torch.equal(want, got)
 
 
@@ -102,7 +102,8 @@ def test_training_does_not_import_dynamo():
     """The reason semisup has its own SGD: torch.optim imports torch._dynamo (~1 s per job)."""
     code = ("import sys, torch; from semisup.models import build_model; "
             "from semisup.optim import sgd_without_decay_on_norms_and_biases as make; "
-            "m = build_model('small_cnn', 10, 1, width=8, bn_momentum=0.01); o = make(m, 0.1, 5e-4, 0.9, True); "
+            "m = build_model('small_cnn', 10, 1, width=8, bn_momentum=0.01); "
+            "o = make(m, 0.1, 5e-4, 0.9, True); "
             "m(torch.randn(2, 1, 8, 8)).sum().backward(); o.step(); "
             "print('torch._dynamo' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -74,7 +73,7 @@ def snakemake(tmp_path_factory) -> dict:
     results_path = workdir / "results.json"
     subprocess.run([sys.executable, "-c", RUNNER, json.dumps(calls), str(results_path)],
                    cwd=workdir, env=env, check=True, timeout=300)
-    results = dict(zip(CALLS, json.loads(results_path.read_text())))
+    results = dict(zip(CALLS, json.loads(results_path.read_text()), strict=True))
     results["slurm commands called"] = sorted(p.name for p in workdir.glob("called-*"))
     return results
 

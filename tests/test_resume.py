@@ -183,10 +183,9 @@ def test_a_result_write_that_dies_midway_leaves_the_previous_file_whole(tmp_path
 
     metrics = tmp_path / "metrics.json"
     write_json(metrics, {"error": 1.5})
-    with pytest.raises(Killed):
-        with atomic_path(metrics) as tmp:
-            Path(tmp).write_text('{"error": 2')   # half written, then the process dies
-            raise Killed
+    with pytest.raises(Killed), atomic_path(metrics) as tmp:
+        Path(tmp).write_text('{"error": 2')   # half written, then the process dies
+        raise Killed
     assert json.loads(metrics.read_text()) == {"error": 1.5}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]   # no temp file left
 

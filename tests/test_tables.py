@@ -82,7 +82,7 @@ def test_missing_published_numbers_show_dashes(table):
 
 def test_a_second_source_gets_its_own_line_without_repeating_ours(table):
     lines = table.splitlines()
-    second = lines[lines.index(next(l for l in lines if l.startswith("FixMatch"))) + 1]
+    second = lines[lines.index(next(line for line in lines if line.startswith("FixMatch"))) + 1]
     cells = [cell.strip() for cell in second.removesuffix(r"\\").split("&")]
     assert cells[:4] == ["", "", "13.81 $\\pm$ 3.37$^{b}$", "$-8.81$"]
     assert cells[4:] == ["", "--", "--"]

@@ -27,7 +27,7 @@ class SGD:
     def step(self) -> None:
         if self.buffers is None:
             self.buffers = [[None] * len(params) for params, _ in self.groups]
-        for (params, decay), buffers in zip(self.groups, self.buffers):
+        for (params, decay), buffers in zip(self.groups, self.buffers, strict=True):
             active = [i for i, p in enumerate(params) if p.grad is not None]   # as torch: skip
             if not active:                                                     # grad-less ones
                 continue
@@ -36,13 +36,13 @@ class SGD:
             if decay != 0:
                 grads = torch._foreach_add(grads, params_now, alpha=decay)
             if self.momentum != 0:
-                old = [i for i, g in zip(active, grads) if buffers[i] is not None]
+                old = [i for i, g in zip(active, grads, strict=True) if buffers[i] is not None]
                 if old:
                     old_bufs = [buffers[i] for i in old]
                     torch._foreach_mul_(old_bufs, self.momentum)
-                    torch._foreach_add_(old_bufs, [g for i, g in zip(active, grads)
+                    torch._foreach_add_(old_bufs, [g for i, g in zip(active, grads, strict=True)
                                                    if buffers[i] is not None])
-                for i, g in zip(active, grads):
+                for i, g in zip(active, grads, strict=True):
                     if buffers[i] is None:   # the first step of this parameter: buffer = grad
                         buffers[i] = g.detach().clone()
                 bufs = [buffers[i] for i in active]
@@ -63,10 +63,10 @@ class SGD:
         if buffers is not None:
             if [len(group) for group in buffers] != [len(params) for params, _ in self.groups]:
                 raise ValueError("the momentum buffers do not match the model's parameters")
-            buffers = [[None if b is None else b.to(p.device) for b, p in zip(group, params)]
-                       for group, (params, _) in zip(buffers, self.groups)]
-            for group, (params, _) in zip(buffers, self.groups):
-                for b, p in zip(group, params):
+            buffers = [[None if b is None else b.to(p.device) for b, p in zip(group, params, strict=True)]
+                       for group, (params, _) in zip(buffers, self.groups, strict=True)]
+            for group, (params, _) in zip(buffers, self.groups, strict=True):
+                for b, p in zip(group, params, strict=True):
                     if b is not None and b.shape != p.shape:
                         raise ValueError(f"a momentum buffer of shape {tuple(b.shape)} does not "
                                          f"match its parameter's {tuple(p.shape)}")

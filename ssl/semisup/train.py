@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -130,7 +130,7 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     """EMA of parameters; buffers (BatchNorm statistics) copied."""
     ema_params = list(ema_model.parameters())
     torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - decay)
-    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
+    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
 
 
@@ -193,7 +193,7 @@ def save_atomically(obj, path: Path) -> None:
 def load_checkpoint(path: Path, device: torch.device) -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any failure to read is reported, never skipped
+    except Exception as error:  # any failure to read is reported, never skipped
         raise CheckpointError(
             f"the checkpoint {path} exists but cannot be read ({type(error).__name__}: {error}). "
             f"Refusing to start afresh silently: delete {path} to restart this run from step 0, "
@@ -391,6 +391,7 @@ class Trainer:
             if step % config.checkpoint_every == 0 and step < config.steps:
                 self.save_checkpoint()
         run_seconds = time.perf_counter() - started
+        steps_per_second = (config.steps - resumed_from) / max(run_seconds, 1e-9)
         return TrainResult(metrics=summarize(self.curve, config.last_k), curve=self.curve,
-                           stat_history=self.stat_history, steps_per_second=(config.steps - resumed_from) / max(run_seconds, 1e-9),
+                           stat_history=self.stat_history, steps_per_second=steps_per_second,
                            resumed_from=resumed_from)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator
+from typing import ClassVar
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,7 @@ class Algorithm:
         """Called by the trainer after each evaluation with its metrics, the raw model and a
         function that evaluates any model the same way (Dash `usb` reads rho_hat here)."""
 
-    def to(self, device: torch.device) -> "Algorithm":
+    def to(self, device: torch.device) -> Algorithm:
         """Move every tensor attribute (the algorithm's state) to `device`."""
         self.device = torch.device(device)
         for key in self._tensor_state_names():

@@ -90,7 +90,7 @@ class Dash(Algorithm):
             return
         probe = copy.deepcopy(model)   # the trained BatchNorm statistics, the initial weights
         with torch.no_grad():
-            for parameter, initial in zip(probe.parameters(), self.initial_parameters):
+            for parameter, initial in zip(probe.parameters(), self.initial_parameters, strict=True):
                 parameter.copy_(initial)
         self.rho_hat = float(evaluate(probe)["loss"])
 

@@ -2,7 +2,7 @@
 the networks it defines in its own `MODELS`; every option is given (params.yaml holds them)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
