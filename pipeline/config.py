@@ -241,7 +241,9 @@ class Study:
 
     @property
     def reports_dir(self) -> str:
-        return self.config["reports"]["dir"]
+        """reports.dir, or reports/<study name> without one: a study never writes into another
+        study's reports."""
+        return self.config["reports"]["dir"] or f"reports/{self.name}"
 
     def dataset_options(self, dataset: str) -> dict:
         return self.config["datasets"][dataset]

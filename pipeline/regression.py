@@ -100,10 +100,10 @@ def run_ci_study(workdir: Path, cores: int = 2, extra: tuple[str, ...] = ()) -> 
 
 
 def ci_metrics_path(workdir: Path) -> Path:
-    import yaml
+    from .config import load_params, load_study
 
-    reports_dir = yaml.safe_load(CI_CONFIG.read_text())["reports"]["dir"]
-    return workdir / reports_dir / "metrics.json"
+    study = load_study(load_params(ROOT / "params.yaml", CI_CONFIG), source=str(CI_CONFIG))
+    return workdir / study.reports_dir / "metrics.json"
 
 
 def fresh_metrics(cores: int) -> dict:

@@ -51,7 +51,7 @@ def test_convolution_biases_follow_the_reference():
         model = build_model("wrn_28_2", num_classes=10, in_channels=3, variant=variant)
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
         assert all(conv.bias is not None and conv.bias.abs().sum() > 0 for conv in convs)
-        bound = lambda conv: (conv.in_channels * conv.kernel_size[0] ** 2) ** -0.5  # noqa: E731
+        bound = lambda conv: (conv.in_channels * conv.kernel_size[0] ** 2) ** -0.5
         assert all(conv.bias.abs().max() <= bound(conv) for conv in convs)
     tf = build_model("wrn_28_2", num_classes=10, in_channels=3, variant="fixmatch_tf")
     assert all(m.bias is not None and not m.bias.any() for m in tf.modules()
@@ -70,7 +70,7 @@ def projecting_block_inputs(variant: str, group: int) -> tuple[str, str]:
     with torch.no_grad():
         model.eval()(torch.randn(2, 3, 16, 16))
         activated = block.activation(block.bn1(seen["input"]))
-    kind = lambda x: "raw" if torch.equal(x, seen["input"]) else (  # noqa: E731
+    kind = lambda x: "raw" if torch.equal(x, seen["input"]) else (
         "activated" if torch.equal(x, activated) else "other")
     return kind(seen["residual"]), kind(seen["shortcut"])
 

@@ -38,12 +38,14 @@ def tiny_study(tmp_path_factory) -> Path:
     return workdir
 
 
-def test_study_writes_table_figures_and_metrics(tiny_study):
-    table = (tiny_study / "reports/tables/main.tex").read_text()
+def test_study_writes_table_figures_and_metrics_under_its_own_name(tiny_study):
+    """No reports.dir: the tiny study writes reports/tiny/, never the default study's files."""
+    assert sorted(path.name for path in (tiny_study / "reports").iterdir()) == ["tiny"]
+    table = (tiny_study / "reports/tiny/tables/main.tex").read_text()
     assert r"\toprule" in table and "FixMatch" in table and "Supervised" in table
-    assert (tiny_study / "reports/figures/error_curves.pdf").read_bytes().startswith(b"%PDF")
-    assert (tiny_study / "reports/figures/error_curves.png").stat().st_size > 1000
-    metrics = json.loads((tiny_study / "reports/metrics.json").read_text())
+    assert (tiny_study / "reports/tiny/figures/error_curves.pdf").read_bytes().startswith(b"%PDF")
+    assert (tiny_study / "reports/tiny/figures/error_curves.png").stat().st_size > 1000
+    metrics = json.loads((tiny_study / "reports/tiny/metrics.json").read_text())
     assert set(metrics["digits-10"]) == {"supervised", "fixmatch"}
 
 
