@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     split["dataset_digest"] = manifest["digest"]
     write_json(args.out, split)
     print(f"wrote {args.out}: {len(split['labeled_indices'])} labeled indices, "
-          f"sha256 {split['sha256'][:12]}")
+          f"split_sha256 {split['split_sha256'][:12]}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ reported within seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import subprocess
@@ -26,6 +27,11 @@ from .errors import UserError, cli
 from .files import write_text
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+# MLflow 3 opens an experiment without this tag on its (empty) GenAI traces page; with it, on
+# the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The tags that name a table cell's run: a newer finished run of the same cell supersedes older ones.
+CELL_TAGS = ("study", "dataset", "n_labels", "algorithm", "seed")
 T = TypeVar("T")
 
 
@@ -99,13 +105,19 @@ def client():
 
 
 def experiment_id(tracking, name: str) -> str:
+    """The experiment's id, created (as a model-training experiment) if it does not exist."""
     experiment = retry(lambda: tracking.get_experiment_by_name(name), "read experiment")
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return retry(lambda: tracking.create_experiment(name), "create experiment")
-    except Exception:  # noqa: BLE001 - whatever the store says, another job created it first
-        return retry(lambda: tracking.get_experiment_by_name(name), "read experiment").experiment_id
+    if experiment is None:
+        try:
+            return retry(lambda: tracking.create_experiment(name, tags=EXPERIMENT_KIND),
+                         "create experiment")
+        except Exception:  # noqa: BLE001 - whatever the store says, another job created it first
+            experiment = retry(lambda: tracking.get_experiment_by_name(name), "read experiment")
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:   # made before this tag existed
+            retry(lambda key=key, value=value: tracking.set_experiment_tag(
+                experiment.experiment_id, key, value), "tag experiment")
+    return experiment.experiment_id
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -140,6 +152,7 @@ class RunLogger:
         from mlflow.entities import Param, RunTag
 
         self.tracking = client()
+        self.experiment_id = experiment_id(self.tracking, experiment)
         self.run_id = self._existing_run(run_id_file)
         # A resumed run repeats the steps between its checkpoint and the kill; what MLflow
         # already holds of them is not logged twice (per key: the kill may fall between keys).
@@ -147,7 +160,7 @@ class RunLogger:
         self._logged_up_to: dict[str, int] = {}
         if self.run_id is None:
             run = retry(lambda: self.tracking.create_run(
-                experiment_id(self.tracking, experiment), run_name=run_name,
+                self.experiment_id, run_name=run_name,
                 tags={"mlflow.runName": run_name}), "create run")
             self.run_id = run.info.run_id
             write_text(run_id_file, self.run_id + "\n")   # atomic: never an empty id file
@@ -190,14 +203,11 @@ class RunLogger:
 
     def log_input(self, name: str, digest: str, source: str) -> None:
         """The split as an MLflow input dataset, with its sha256 as digest."""
-        from mlflow.data.http_dataset_source import HTTPDatasetSource
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        dataset = MetaDataset(source=HTTPDatasetSource(f"file://{source}"), name=name,
-                              digest=digest[:36])
-        entity = DatasetInput(dataset._to_mlflow_entity(),
-                              tags=[InputTag("mlflow.data.context", "train")])
+        dataset = Dataset(name=name, digest=digest[:36], source_type="http",
+                          source=json.dumps({"url": f"file://{source}"}))
+        entity = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])
         retry(lambda: self.tracking.log_inputs(self.run_id, datasets=[entity]), "log input")
 
     def log_artifact(self, path: Path) -> None:
@@ -208,6 +218,21 @@ class RunLogger:
 
     def finish(self, status: str = "FINISHED") -> None:
         retry(lambda: self.tracking.set_terminated(self.run_id, status=status), "end run")
+
+    def supersede_earlier_runs(self, cell: dict[str, object]) -> list[str]:
+        """Tag the earlier finished runs of this table cell (same CELL_TAGS values; made with
+        another config or code) `superseded_by` this run: the reports now hold this run's
+        numbers. Returns their ids."""
+        query = " and ".join(f"tags.{key} = '{cell[key]}'" for key in CELL_TAGS)
+        earlier = retry(lambda: self.tracking.search_runs(
+            [self.experiment_id], filter_string=f"{query} and attributes.status = 'FINISHED'",
+            max_results=1000), "search runs")
+        superseded = [run.info.run_id for run in earlier if run.info.run_id != self.run_id
+                      and "superseded_by" not in run.data.tags]
+        for run_id in superseded:
+            retry(lambda run_id=run_id: self.tracking.set_tag(run_id, "superseded_by", self.run_id),
+                  "tag superseded run")
+        return superseded
 
 
 @cli

@@ -90,7 +90,10 @@ def claim_gpu(count: int, lock_dir: Path | None = None) -> int:
             continue
         _claimed_gpus.append(handle)
         return index
-    return 0   # more jobs than GPUs (no profile limit): share the first one
+    raise UserError(f"all {count} GPU(s) of this machine are held by other training jobs (lock "
+                    f"files in {lock_dir}); run at most one training job per GPU: the default "
+                    f"profile does (resources gpu=<GPUs>), or pass --resources gpu={count}. "
+                    f"Rerun snakemake to run this job once a GPU is free")
 
 
 def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
                   "code_digest": args.code_digest or code_digest(
                       "pipeline.train", algorithm=run["algorithm"], model=run["model"],
                       dataset=run["dataset"]),
-                  "split_sha256": split["sha256"], "dataset_digest": manifest["digest"],
+                  "split_sha256": split["split_sha256"], "dataset_digest": manifest["digest"],
                   "git_commit": git_commit()}
     name = f"{run['algorithm']}-{run['dataset']}-{run['n_labels']}-seed{run['seed']}"
     logger = open_run(run, provenance, device, args.checkpoint_dir, args.split, name)
@@ -270,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         raise
     write_outputs(args.out, run, provenance, result, logger, device, started)
     logger.finish()
+    logger.supersede_earlier_runs(run)
     remove_checkpoint(args.checkpoint_dir)
     print(f"{name}: done; " + ", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items()
                                          if k.startswith("ema/")), flush=True)

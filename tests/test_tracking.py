@@ -72,3 +72,34 @@ def test_a_run_from_uncommitted_code_keeps_the_diff(store: Path, monkeypatch):
     # the fully resolved config: dataset options, every hyperparameter, the resolved flip
     assert params["dataset.test_size"] == "497" and params["fixmatch.tau"] == "0.95"
     assert params["model.bn_momentum"] == "0.01" and params["train.horizontal_flip"] == "False"
+
+
+CELL = {"study": "s", "dataset": "digits", "n_labels": 10, "algorithm": "fixmatch", "seed": 0}
+
+
+def test_a_newer_finished_run_of_a_cell_supersedes_the_older_ones_only(store: Path):
+    old = RunLogger("exp", "old", store / "a.txt", {**CELL, "config_hash": "1"}, {})
+    old.finish()
+    other_seed = RunLogger("exp", "seed1", store / "b.txt", {**CELL, "seed": 1}, {})
+    other_seed.finish()
+    new = RunLogger("exp", "new", store / "c.txt", {**CELL, "config_hash": "2"}, {})
+    new.finish()
+    assert new.supersede_earlier_runs(CELL) == [old.run_id]
+    tags = lambda logger: new.tracking.get_run(logger.run_id).data.tags
+    assert tags(old)["superseded_by"] == new.run_id
+    assert "superseded_by" not in tags(other_seed) and "superseded_by" not in tags(new)
+
+
+def test_the_experiment_opens_as_a_model_training_one(store: Path):
+    logger = RunLogger("exp", "run", store / "id.txt", {}, {})
+    experiment = logger.tracking.get_experiment(logger.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_split_is_the_runs_input_dataset_with_its_digest(store: Path):
+    logger = RunLogger("exp", "run", store / "id.txt", {}, {})
+    logger.log_input("digits-10-split0", "ab" * 32, "/data/splits/seed0.json")
+    (dataset_input,) = logger.tracking.get_run(logger.run_id).inputs.dataset_inputs
+    assert (dataset_input.dataset.name, dataset_input.dataset.digest) == ("digits-10-split0",
+                                                                          ("ab" * 32)[:36])
+    assert "/data/splits/seed0.json" in dataset_input.dataset.source

@@ -35,13 +35,13 @@ def make_split(labels: np.ndarray, n_labels: int, num_classes: int, seed: int,
                dataset: str) -> dict:
     indices = labeled_indices(labels, n_labels, num_classes, seed)
     return {"dataset": dataset, "n_labels": n_labels, "seed": seed,
-            "labeled_indices": indices, "sha256": indices_sha256(indices)}
+            "labeled_indices": indices, "split_sha256": indices_sha256(indices)}
 
 
 def verify_split(split: dict, source: str = "split") -> list[int]:
-    """Return the labeled indices after checking them against the stored sha256."""
+    """Return the labeled indices after checking them against the stored split_sha256."""
     try:
-        indices, stored = split["labeled_indices"], split["sha256"]
+        indices, stored = split["labeled_indices"], split["split_sha256"]
     except (KeyError, TypeError) as missing:
         raise SplitError(f"{source} lacks the key {missing}; delete it and rerun to recreate it")
     if indices_sha256(indices) != stored:
