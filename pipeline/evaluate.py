@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = [read_json(path.with_name("run.json"), "run provenance file") for path in args.metrics]
     first = per_seed[0]["run"]
     summary = {
-        "dataset": first["dataset"], "n_labels": first["n_labels"],
+        "study": first["study"], "dataset": first["dataset"], "n_labels": first["n_labels"],
         "algorithm": first["algorithm"], "model": first["model"],
+        "last_k": first["train"]["last_k"],   # of the median/mean metrics
         "metrics": aggregate(per_seed),
         "seeds": [{"seed": m["run"]["seed"], "mlflow_run_id": r["mlflow_run_id"],
                    **{key: m[key] for key in PROVENANCE}, "git_commit": m["git_commit"],

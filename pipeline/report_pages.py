@@ -1,7 +1,7 @@
 """Rule `report_pages`: the HTML pages that `snakemake --report` shows beside the figures.
 
-  tables.html     every LaTeX table of the rule `tables`, rendered as an HTML table (booktabs
-                  rules, bold, +-), with its caption and its LaTeX source
+  tables.html     every table of the rule `tables`, rendered from its table model
+                  (pipeline/table_model.py) as HTML, with its caption, notes and LaTeX source
   run_times.html  one row per training job: wall time and CPU time and peak memory from the
                   Snakemake `benchmark:` file, steps per second and device from the run's run.json
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import csv
 import html
-import re
 from pathlib import Path
 
 from .errors import UserError, cli
 from .files import read_json, write_text
 from .names import DISPLAY_NAMES
+from .table_model import Table, to_html, to_latex
 
 STYLE = """<style>
 body { font-family: sans-serif; margin: 1.5em; }
@@ -29,14 +29,6 @@ tr.midrule > * { border-top: 1px solid #000; }
 caption { caption-side: top; text-align: left; max-width: 60em; padding-bottom: 0.5em; }
 pre { background: #f4f4f4; padding: 0.6em; font-size: 85%; overflow-x: auto; }
 </style>"""
-
-LATEX_REPLACEMENTS = ((r"$\pm$", "±"), (r"\pm", "±"), (r"$-$", "−"), (r"\Delta", "Δ"),
-                      (r"\%", "%"), ("--", "–"), (r"\&", "&"), ("~", " "), (r"\_", "_"),
-                      (r"\textasciitilde{}", "~"), (r"\textbackslash{}", "\\"), ("$", ""))
-GROUPS = re.compile(r"\\(textbf|emph|textit|underline)\s*\{|\^\{")
-TAGS = {"textbf": "b", "emph": "i", "textit": "i", "underline": "u", None: "sup"}
-
-
 MIDRULE = ' class="midrule"'
 
 
@@ -46,87 +38,15 @@ def page(title: str, body: list[str]) -> str:
                       "</body></html>", ""])
 
 
-# ---- LaTeX tables -------------------------------------------------------------------------------
-def braced(text: str, start: int) -> tuple[str, int]:
-    """The content of the {...} group opening at text[start], and the index after it."""
-    depth = 0
-    for index in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[index], 0)
-        if depth == 0:
-            return text[start + 1:index], index + 1
-    raise UserError(f"unbalanced braces in a LaTeX table near: {text[start:start + 60]!r}")
-
-
-def latex_inline(text: str) -> str:
-    """A table cell, caption or note as escaped HTML: \\textbf -> <b>, \\emph -> <i>,
-    ^{x} -> <sup>, the usual symbols; other commands are dropped."""
-    out, index = [], 0
-    while index < len(text):
-        match = GROUPS.search(text, index)
-        if not match:
-            out.append(plain(text[index:]))
-            break
-        out.append(plain(text[index:match.start()]))
-        inner, index = braced(text, match.end() - 1)
-        tag = TAGS[match.group(1)]
-        out.append(f"<{tag}>{latex_inline(inner)}</{tag}>")
-    return "".join(out)
-
-
-def plain(text: str) -> str:
-    for latex, replacement in LATEX_REPLACEMENTS:
-        text = text.replace(latex, replacement)
-    text = re.sub(r"\\(begin|end)\{[^}]*\}(\{[^}]*\})?", "", text)   # environments
-    text = re.sub(r"\\[a-zA-Z]+\*?(\[[^\]]*\])?", "", text)         # other commands
-    return html.escape(text.replace("{", "").replace("}", "").replace("$", ""))
-
-
-def table_cell(cell: str, header: bool) -> str:
-    tag = "th" if header else "td"
-    match = re.fullmatch(r"\s*\\multicolumn\{(\d+)\}\{[^}]*\}\{(.*)\}\s*", cell, re.S)
-    if match:
-        return f'<{tag} colspan="{match.group(1)}">{latex_inline(match.group(2))}</{tag}>'
-    return f"<{tag}>{latex_inline(cell)}</{tag}>"
-
-
-def latex_table_to_html(tex: str) -> str:
-    """One booktabs table (caption, \\toprule/\\midrule/\\bottomrule, rows split by \\\\ and &)
-    as an HTML table; rows before the first \\midrule are the header."""
-    caption = ""
-    at = tex.find(r"\caption{")
-    if at >= 0:
-        caption, _ = braced(tex, at + len(r"\caption"))
-    begin, end = tex.find(r"\begin{tabular}"), tex.find(r"\end{tabular}")
-    if begin < 0 or end < begin:
-        raise UserError("a table file holds no tabular environment; rerun the rule `tables`")
-    _, body_start = braced(tex, begin + len(r"\begin{tabular}"))   # skip the column spec
-    rows, midrule, in_header = [], False, True
-    for chunk in re.split(r"\\\\(?:\[[^\]]*\])?", tex[body_start:end]):
-        for line in chunk.strip().splitlines():
-            line = line.strip()
-            if line.startswith(r"\midrule"):
-                midrule, in_header = True, False
-            elif not line or line.startswith(("%", r"\toprule", r"\bottomrule", r"\cmidrule",
-                                              r"\addlinespace", r"\hline")):
-                continue
-            else:
-                cells = "".join(table_cell(cell, in_header)
-                                for cell in re.split(r"(?<!\\)&", line))
-                rows.append(f"<tr{MIDRULE if midrule else ''}>{cells}</tr>")
-                midrule = False
-    notes = [latex_inline(note).strip() for note in
-             re.split(r"\\\\", tex[end:].split(r"\end{table")[0].replace(r"\end{tabular}", ""))]
-    return "\n".join([f'<table class="booktabs"><caption>{latex_inline(caption)}</caption>',
-                      *rows, "</table>", *(f"<p><small>{n}</small></p>" for n in notes if n)])
-
-
+# ---- tables -------------------------------------------------------------------------------------
 def tables_page(paths: list[Path]) -> str:
+    """Every table model the rule `tables` wrote, as HTML, with its LaTeX beside it."""
     body = ["<h1>Tables</h1>"]
     for path in paths:
-        tex = path.read_text()
-        body += [f"<h2>{html.escape(path.name)}</h2>", latex_table_to_html(tex),
+        table = Table.from_json(read_json(path, "table model"))
+        body += [f"<h2>{html.escape(path.stem)}</h2>", to_html(table),
                  "<details><summary>LaTeX source</summary>",
-                 f"<pre>{html.escape(tex)}</pre></details>"]
+                 f"<pre>{html.escape(to_latex(table))}</pre></details>"]
     return page("Tables", body)
 
 
@@ -159,6 +79,7 @@ def run_times_rows(runs: list[Path], benchmarks: list[Path]) -> list[dict]:
                      "seed": int(seed), "job_seconds": float(bench["s"]),
                      "cpu_seconds": float(bench["cpu_time"]), "max_rss_mb": float(bench["max_rss"]),
                      "steps_per_second": run["steps_per_second"], "device": run["device"],
+                     "threads": run["threads"],
                      "resumed_from_step": run["resumed_from_step"]})
     return sorted(rows, key=lambda r: (r["n_labels"], r["algorithm"], r["seed"]))
 
@@ -183,15 +104,38 @@ def run_times_page(rows: list[dict]) -> str:
     caption = (f"{len(rows)} training jobs, {total:.0f} s of job wall time in all. Job times "
                "(from Snakemake's benchmark files) include starting Python and loading the data; "
                "steps/s counts the training loop only.")
-    return page("Run times", ["<h1>Run times</h1>", '<table class="booktabs">',
+    return page("Run times", ["<h1>Run times</h1>", *cell_costs(rows), "<h2>Every job</h2>",
+                              '<table class="booktabs">',
                               f"<caption>{html.escape(caption)}</caption>", *lines, "</table>"])
+
+
+def cell_costs(rows: list[dict]) -> list[str]:
+    """What each table cell cost: its jobs' wall time summed, as CPU-hours (wall time x the
+    job's threads) or GPU-hours (wall time on a CUDA device)."""
+    costs: dict[tuple[int, str], dict[str, float]] = {}
+    for row in rows:
+        cost = costs.setdefault((row["n_labels"], row["algorithm"]), {"CPU": 0.0, "GPU": 0.0})
+        if row["device"].startswith("cuda"):
+            cost["GPU"] += row["job_seconds"] / 3600
+        else:
+            cost["CPU"] += row["job_seconds"] * row["threads"] / 3600
+    lines = ["<h2>Cost per table cell</h2>", '<table class="booktabs">',
+             "<caption>Sum over the cell's seeds of the job wall time: CPU-hours (times the "
+             "job's threads) and GPU-hours.</caption>",
+             "<tr><th>labels</th><th>algorithm</th><th>CPU-hours</th><th>GPU-hours</th></tr>"]
+    for index, ((n_labels, algorithm), cost) in enumerate(sorted(costs.items())):
+        lines.append(f"<tr{MIDRULE if index == 0 else ''}><td>{n_labels}</td>"
+                     f"<td>{html.escape(DISPLAY_NAMES.get(algorithm, algorithm))}</td>"
+                     f"<td>{cost['CPU']:.4f}</td><td>{cost['GPU']:.4f}</td></tr>")
+    return [*lines, "</table>"]
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tables", nargs="+", required=True, type=Path, help="LaTeX tables")
+    parser.add_argument("--tables", nargs="+", required=True, type=Path,
+                        help="table models (.json) written by the rule tables")
     parser.add_argument("--runs", nargs="+", required=True, type=Path, help="every run.json")
     parser.add_argument("--benchmarks", nargs="+", required=True, type=Path,
                         help="the train jobs' benchmark files, in the order of --runs")

@@ -1,10 +1,16 @@
-"""Rule `tables`: the LaTeX table (booktabs; error rate mean +- std over seeds per algorithm and
-label budget; best bold per column), reports/<study>/metrics.json (for `dvc metrics`) and, given
-a CSV of published numbers, a second table with the published numbers beside ours and the difference."""
+"""Rule `tables`: the study's tables, each as LaTeX (booktabs) and as its table model (JSON, which
+the rule `report_pages` renders as HTML), and reports/<study>/metrics.json (for `dvc metrics`).
+
+  main        test error rate mean ± std over seeds per algorithm and label budget; bold: the
+              lowest mean of each column and every cell not significantly worse than it (a
+              paired t-test over seeds, which share their labeled splits)
+  published   given a CSV of published numbers: ours beside them, with the difference
+"""
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import re
 from pathlib import Path
 
@@ -12,6 +18,7 @@ from .errors import UserError, cli
 from .evaluate import PROVENANCE
 from .files import read_json, write_json, write_text
 from .names import DISPLAY_NAMES
+from .table_model import Cell, Table, to_latex
 
 SELECTION_TEXT = {
     "best": "the best test error over training",
@@ -19,56 +26,115 @@ SELECTION_TEXT = {
     "median": "the median test error over the last {k} evaluations",
     "mean": "the mean test error over the last {k} evaluations",
 }
+ALPHA = 0.05   # a cell is significantly worse than the column's best when p < ALPHA
 
 
 def metric_key(model: str, selection: str, last_k: int) -> str:
     return f"{model}/{selection}{last_k if selection in ('median', 'mean') else ''}_error"
 
 
-def find_last_k(summary: dict) -> int:
-    for key in summary["metrics"]:
-        if "/median" in key:
-            return int(key.split("/median")[1].split("_")[0])
-    return 20
+def paired_p_value(a: list[float], b: list[float]) -> float:
+    """Two-sided paired t-test of equal means over the same seeds (NaN with fewer than 2)."""
+    differences = [x - y for x, y in zip(a, b, strict=True)]
+    if len(differences) < 2:
+        return math.nan
+    if len(set(differences)) == 1:   # no spread: equal, or different on every seed
+        return 1.0 if differences[0] == 0 else 0.0
+    from scipy.stats import ttest_rel
+
+    return float(ttest_rel(a, b).pvalue)
 
 
-def table_cells(summaries: list[dict], model: str, selection: str):
-    """What a table shows: the metric key, label budgets (columns), algorithms (rows), the
-    seed statistics of each (algorithm, n_labels) cell and the best mean per budget."""
-    last_k = find_last_k(summaries[0])
-    key = metric_key(model, selection, last_k)
-    budgets = sorted({s["n_labels"] for s in summaries})
-    algorithms = list(dict.fromkeys(s["algorithm"] for s in summaries))
-    cells = {(s["algorithm"], s["n_labels"]): s["metrics"][key] for s in summaries}
-    best = {n: min(cells[a, n]["mean"] for a in algorithms if (a, n) in cells) for n in budgets}
-    return last_k, key, budgets, algorithms, cells, best
+class Column:
+    """One label budget of a table: each algorithm's seed statistics, the lowest mean and the
+    p-value of every other cell against it."""
+
+    def __init__(self, n_labels: int, cells: dict[str, dict], seeds: dict[str, list[int]]):
+        self.n_labels, self.cells = n_labels, cells
+        self.best = min(cells, key=lambda algorithm: cells[algorithm]["mean"])
+        by_seed = {a: dict(zip(seeds[a], cells[a]["values"], strict=True)) for a in cells}
+        common = lambda a: sorted(set(by_seed[a]) & set(by_seed[self.best]))
+        self.p_values = {a: paired_p_value([by_seed[a][s] for s in common(a)],
+                                           [by_seed[self.best][s] for s in common(a)])
+                         for a in cells if a != self.best}
+
+    def is_bold(self, algorithm: str) -> bool:
+        """The best, and every cell a paired test cannot tell from it (p >= ALPHA)."""
+        if algorithm == self.best:
+            return True
+        p = self.p_values[algorithm]
+        return not math.isnan(p) and p >= ALPHA
+
+    def note(self) -> str:
+        tied = [f"{DISPLAY_NAMES.get(a, a)} (p = {p:.2f})" for a, p in self.p_values.items()
+                if self.is_bold(a)]
+        best = DISPLAY_NAMES.get(self.best, self.best)
+        if all(math.isnan(p) for p in self.p_values.values()) and self.p_values:
+            return f"{self.n_labels} labels: {best} lowest; one seed, so no test."
+        if not tied:
+            return (f"{self.n_labels} labels: {best} lowest, and every other cell is "
+                    f"significantly worse (p < {ALPHA}).")
+        return (f"{self.n_labels} labels: {best} lowest; not significantly worse: "
+                f"{', '.join(tied)}.")
+
+
+class Results:
+    """The summaries of one study as the tables read them: which metric, the label budgets, the
+    algorithms in study order, and a Column per budget."""
+
+    def __init__(self, summaries: list[dict], model: str, selection: str):
+        first = summaries[0]
+        self.study, self.dataset, self.network = first["study"], first["dataset"], first["model"]
+        self.last_k, self.model, self.selection = first["last_k"], model, selection
+        self.key = metric_key(model, selection, self.last_k)
+        self.n_seeds = first["metrics"][self.key]["n"]
+        self.budgets = sorted({s["n_labels"] for s in summaries})
+        self.algorithms = list(dict.fromkeys(s["algorithm"] for s in summaries))
+        self.columns = {n: Column(n, {s["algorithm"]: s["metrics"][self.key] for s in summaries
+                                      if s["n_labels"] == n},
+                                  {s["algorithm"]: [seed["seed"] for seed in s["seeds"]]
+                                   for s in summaries if s["n_labels"] == n})
+                        for n in self.budgets}
+
+    def ours(self, algorithm: str, n_labels: int) -> Cell:
+        stats = self.columns[n_labels].cells.get(algorithm)
+        if stats is None:
+            return Cell("–")
+        return Cell(mean_std(stats["mean"], stats["std"]),
+                    bold=self.columns[n_labels].is_bold(algorithm))
+
+    def rule(self) -> str:
+        return SELECTION_TEXT[self.selection].format(k=self.last_k)
+
+    def notes(self) -> list[str]:
+        return [f"Every column: {self.rule()} (checkpoint rule) of the {self.model.upper()} "
+                f"weights of {self.network}, mean ± std over {self.n_seeds} seeds.",
+                f"Bold: the lowest mean of a column and every cell not significantly worse than "
+                f"it (two-sided paired t-test over the seeds, which share their labeled splits; "
+                f"p ≥ {ALPHA}).",
+                *(self.columns[n].note() for n in self.budgets),
+                f"What each run cost: results/{self.study}/report/run_times.html (run times "
+                f"differ from run to run, so they stay out of the committed tables)."]
+
+
+def name_cell(algorithm: str) -> Cell:
+    return Cell(DISPLAY_NAMES.get(algorithm, algorithm))
+
+
+def main_table(results: Results) -> Table:
+    return Table(
+        label=f"tab:{results.study}-{results.dataset}-main",
+        caption=(f"Test error rate (%) on {results.dataset}, mean ± std over {results.n_seeds} "
+                 f"seeds; {results.rule()} of the {results.model.upper()} model. Bold: best per "
+                 f"column, with every cell not significantly worse (notes)."),
+        header=[[Cell("Algorithm"), *(Cell(f"{n} labels") for n in results.budgets)]],
+        rows=[[name_cell(a), *(results.ours(a, n) for n in results.budgets)]
+              for a in results.algorithms],
+        notes=results.notes())
 
 
 def render(summaries: list[dict], model: str, selection: str) -> str:
-    last_k, key, budgets, algorithms, cell, best = table_cells(summaries, model, selection)
-    dataset, n_seeds = summaries[0]["dataset"], summaries[0]["metrics"][key]["n"]
-    lines = [
-        "% Generated by `snakemake` (rule tables, pipeline/tables.py); do not edit by hand.",
-        r"\begin{table}[t]", r"\centering",
-        rf"\caption{{Test error rate (\%) on {dataset}, mean $\pm$ std over {n_seeds} seeds; "
-        rf"{SELECTION_TEXT[selection].format(k=last_k)} of the {model.upper()} model. "
-        r"Best per column in bold.}",
-        rf"\label{{tab:{dataset}-main}}",
-        r"\begin{tabular}{l" + "c" * len(budgets) + "}", r"\toprule",
-        "Algorithm & " + " & ".join(f"{n} labels" for n in budgets) + r" \\", r"\midrule",
-    ]
-    for algorithm in algorithms:
-        cells = []
-        for n in budgets:
-            value = cell.get((algorithm, n))
-            if value is None:
-                cells.append("--")
-                continue
-            text = f"{value['mean']:.2f} $\\pm$ {value['std']:.2f}"
-            cells.append(rf"\textbf{{{text}}}" if round(value["mean"], 2) == round(best[n], 2) else text)
-        lines.append(f"{DISPLAY_NAMES.get(algorithm, algorithm)} & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    return "\n".join(lines)
+    return to_latex(main_table(Results(summaries, model, selection)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,13 +142,6 @@ def render(summaries: list[dict], model: str, selection: str) -> str:
 
 PUBLISHED_COLUMNS = ("source", "reference", "selection", "networks", "algorithm", "dataset",
                      "n_labels", "error_mean", "error_std")
-LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                 "^": r"\textasciicircum{}"}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIAL.get(character, character) for character in text)
 
 
 def read_published(path: Path) -> list[dict]:
@@ -119,16 +178,16 @@ def selection_text(rule: str) -> str:
     match = re.fullmatch(r"(median|mean) of (?:the )?last (\d+)(?: evaluations)?", rule.strip())
     if match:
         return SELECTION_TEXT[match.group(1)].format(k=match.group(2))
-    return latex_escape(rule)
+    return rule
 
 
 def mean_std(mean: float, std: float | None) -> str:
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} $\\pm$ {std:.2f}"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
 def difference(ours: float, published: float) -> str:
     delta = round(ours - published, 2)
-    return "$0.00$" if delta == 0 else f"${delta:+.2f}$"
+    return "0.00" if delta == 0 else f"{delta:+.2f}".replace("-", "−")
 
 
 Source = tuple[str, str, str]  # (source, reference, selection) columns of the published CSV
@@ -145,32 +204,27 @@ def source_letters(rows: list[dict]) -> dict[Source, str]:
             for i, source in enumerate(sources)}
 
 
-def algorithm_lines(algorithm: str, budgets: list[int], ours: dict, best: dict,
-                    published: dict, letters: dict[Source, str]) -> list[str]:
-    """One table line per source with numbers for `algorithm` (a single line when none has):
-    per budget ours (on the first line; best bold), published (marked) and ours - published."""
-    sources = [s for s in letters if any((s, algorithm, n) in published for n in budgets)]
-    lines = []
+def algorithm_rows(results: Results, algorithm: str, published: dict,
+                   letters: dict[Source, str]) -> list[list[Cell]]:
+    """One row per source with numbers for `algorithm` (a single row when none has): per budget
+    ours (on the first row), published (marked with its source) and ours - published."""
+    sources = [s for s in letters
+               if any((s, algorithm, n) in published for n in results.budgets)]
+    rows = []
     for position, source in enumerate(sources or [None]):
-        cells = [DISPLAY_NAMES.get(algorithm, algorithm) if position == 0 else ""]
-        for n in budgets:
-            stats, row = ours.get((algorithm, n)), published.get((source, algorithm, n))
-            if position > 0:
-                cells.append("")
-            elif stats is None:
-                cells.append("--")
-            else:
-                text = mean_std(stats["mean"], stats["std"])
-                bold = round(stats["mean"], 2) == round(best[n], 2)
-                cells.append(rf"\textbf{{{text}}}" if bold else text)
+        cells = [name_cell(algorithm) if position == 0 else Cell("")]
+        for n in results.budgets:
+            ours = results.columns[n].cells.get(algorithm)
+            row = published.get((source, algorithm, n))
+            cells.append(results.ours(algorithm, n) if position == 0 else Cell(""))
             if row is None:
-                cells += ["--", "--"]
+                cells += [Cell("–"), Cell("–")]
                 continue
-            mark = f"$^{{{letters[source]}}}$"
-            cells.append(mean_std(row["error_mean"], row["error_std"]) + mark)
-            cells.append("--" if stats is None else difference(stats["mean"], row["error_mean"]))
-        lines.append(" & ".join(cells) + r" \\")
-    return lines
+            cells.append(Cell(mean_std(row["error_mean"], row["error_std"]),
+                              mark=letters[source]))
+            cells.append(Cell("–" if ours is None else difference(ours["mean"], row["error_mean"])))
+        rows.append(cells)
+    return rows
 
 
 def source_notes(rows: list[dict], letters: dict[Source, str]) -> list[str]:
@@ -178,53 +232,50 @@ def source_notes(rows: list[dict], letters: dict[Source, str]) -> list[str]:
     notes = []
     for source, letter in letters.items():
         networks = "; ".join(dict.fromkeys(r["networks"] for r in rows if source_of(r) == source))
-        notes.append(rf"$^{{{letter}}}$ {latex_escape(source[0])} ({latex_escape(source[1])}); "
-                     f"networks: {latex_escape(networks)}.")
+        notes.append(f"({letter}) {source[0]} ({source[1]}); networks: {networks}.")
     return notes
 
 
-def render_published(summaries: list[dict], published_rows: list[dict], model: str,
-                     selection: str, published_name: str = "the published numbers") -> str:
-    """Ours beside the published numbers of the same dataset, algorithms and label budgets, with
-    the checkpoint-selection rule of every column in the caption."""
-    last_k, key, budgets, algorithms, ours, best = table_cells(summaries, model, selection)
-    dataset, n_seeds = summaries[0]["dataset"], summaries[0]["metrics"][key]["n"]
-    rows = [r for r in published_rows if r["dataset"] == dataset and r["algorithm"] in algorithms
-            and r["n_labels"] in budgets]
-    letters = source_letters(rows)
-    published = {(source_of(r), r["algorithm"], r["n_labels"]): r for r in rows}
+def published_caption(results: Results, letters: dict[Source, str], published_name: str) -> str:
     if letters:
         marks_by_rule: dict[str, list[str]] = {}
         for source, letter in letters.items():
             marks_by_rule.setdefault(selection_text(source[2]), []).append(letter)
-        rules = "; ".join(f"$^{{{','.join(marks)}}}$ {rule}"
-                          for rule, marks in marks_by_rule.items())
+        rules = "; ".join(f"({','.join(marks)}) {rule}" for rule, marks in marks_by_rule.items())
         published_text = ("as reported by the source its letter marks (notes below), with that "
                           f"source's checkpoint selection: {rules}")
     else:
-        published_text = f"none for {dataset} in {latex_escape(published_name)}"
-    lines = [
-        "% Generated by `snakemake` (rule tables, pipeline/tables.py); do not edit by hand.",
-        r"\begin{table*}[t]", r"\centering",
-        rf"\caption{{Reproduced and published test error rate (\%) on {dataset}. "
-        rf"Ours: {SELECTION_TEXT[selection].format(k=last_k)} of the {model.upper()} model, "
-        rf"mean $\pm$ std over {n_seeds} seeds; best per label budget in bold. "
-        rf"Published: {published_text}. $\Delta$: ours $-$ published (negative: a lower error "
-        r"than published); -- where a number is missing.}",
-        rf"\label{{tab:{dataset}-published}}",
-        r"\begin{tabular}{l" + "ccc" * len(budgets) + "}", r"\toprule",
-        "".join(rf" & \multicolumn{{3}}{{c}}{{{n} labels}}" for n in budgets) + r" \\",
-        " ".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(budgets))),
-        "Algorithm" + r" & Ours & Published & $\Delta$" * len(budgets) + r" \\", r"\midrule",
-    ]
-    for algorithm in algorithms:
-        lines += algorithm_lines(algorithm, budgets, ours, best, published, letters)
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if letters:
-        lines += [r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize",
-                  " \\\\\n".join(source_notes(rows, letters)), r"\end{minipage}"]
-    lines += [r"\end{table*}", ""]
-    return "\n".join(lines)
+        published_text = f"none for {results.dataset} in {published_name}"
+    return (f"Reproduced and published test error rate (%) on {results.dataset}. Ours: "
+            f"{results.rule()} of the {results.model.upper()} model, mean ± std over "
+            f"{results.n_seeds} seeds; bold as in the main table. Published: {published_text}. "
+            f"Δ: ours − published (negative: a lower error than published); – where a number "
+            f"is missing.")
+
+
+def published_table(results: Results, published_rows: list[dict],
+                    published_name: str = "the published numbers") -> Table:
+    """Ours beside the published numbers of the same dataset, algorithms and label budgets, with
+    the checkpoint-selection rule of every column in the caption."""
+    rows = [r for r in published_rows if r["dataset"] == results.dataset
+            and r["algorithm"] in results.algorithms and r["n_labels"] in results.budgets]
+    letters = source_letters(rows)
+    published = {(source_of(r), r["algorithm"], r["n_labels"]): r for r in rows}
+    return Table(
+        label=f"tab:{results.study}-{results.dataset}-published",
+        caption=published_caption(results, letters, published_name),
+        header=[[Cell(""), *(Cell(f"{n} labels", span=3) for n in results.budgets)],
+                [Cell("Algorithm"), *[Cell(t) for _ in results.budgets
+                                      for t in ("Ours", "Published", "Δ")]]],
+        rows=[row for a in results.algorithms for row in algorithm_rows(results, a, published,
+                                                                         letters)],
+        notes=source_notes(rows, letters), wide=True)
+
+
+def render_published(summaries: list[dict], published_rows: list[dict], model: str,
+                     selection: str, published_name: str = "the published numbers") -> str:
+    return to_latex(published_table(Results(summaries, model, selection), published_rows,
+                                    published_name))
 
 
 def metrics_document(summaries: list[dict]) -> dict:
@@ -244,13 +295,21 @@ def metrics_document(summaries: list[dict]) -> dict:
     return document
 
 
+def write_table(table: Table, tex_path: Path) -> None:
+    """The LaTeX file and, beside it, the table model (.json) that the HTML pages render."""
+    write_text(tex_path, to_latex(table))
+    write_json(tex_path.with_suffix(".json"), table.to_json())
+
+
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--summaries", nargs="+", required=True, type=Path)
     parser.add_argument("--selection", default="best", choices=sorted(SELECTION_TEXT))
     parser.add_argument("--model", default="ema", choices=["ema", "raw"])
-    parser.add_argument("--table", required=True, type=Path)
+    parser.add_argument("--table", required=True, type=Path,
+                        help="the main table (.tex; its model goes beside it as .json)")
     parser.add_argument("--metrics", required=True, type=Path)
     parser.add_argument("--published", type=Path,
                         help="CSV of published numbers (reference/README.md) to compare with")
@@ -260,13 +319,13 @@ def main(argv: list[str] | None = None) -> None:
     if (args.published is None) != (args.published_table is None):
         parser.error("--published and --published-table go together")
     summaries = [read_json(path, "summary") for path in args.summaries]
-    write_text(args.table, render(summaries, args.model, args.selection))
+    results = Results(summaries, args.model, args.selection)
+    write_table(main_table(results), args.table)
     write_json(args.metrics, metrics_document(summaries))
     print(f"wrote {args.table} and {args.metrics}")
     if args.published is not None:
-        published = read_published(args.published)
-        write_text(args.published_table, render_published(summaries, published, args.model,
-                                                          args.selection, args.published.name))
+        table = published_table(results, read_published(args.published), args.published.name)
+        write_table(table, args.published_table)
         print(f"wrote {args.published_table} beside the published numbers of {args.published}")
 
 

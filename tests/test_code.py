@@ -156,7 +156,7 @@ def test_editing_the_tables_module_reruns_the_tables_only(project):
     tables = project / "pipeline/tables.py"
     saved = tables.read_text()
     try:
-        edit(tables, "Best per column in bold.", "Best per column in bold face.")
+        edit(tables, "model. Bold: best per ", "model. Bold: the best per ")
         assert planned_jobs(project) == ["all", "report_pages", "tables"]
     finally:
         tables.write_text(saved)

@@ -11,7 +11,7 @@ import pytest
 from pipeline import figures
 from pipeline.config import default_params
 from pipeline.errors import UserError
-from pipeline.report_pages import latex_table_to_html, run_times_rows
+from pipeline.report_pages import run_times_rows
 
 DASH = {**default_params()["algorithms"]["dash"], "variant": "official", "steps_per_epoch": 3,
         "warmup_epochs": 2, "gamma": 1.27, "rho_min": 0.05}
@@ -123,21 +123,6 @@ def test_dash_rho_without_dash_runs_is_a_clear_error(results, tmp_path):
     with pytest.raises(UserError, match=r"no train_stats\.csv of a dash run"):
         figures.main.__wrapped__(["--evaluations", *map(str, results["evaluations"]),
                                   "--figures", "dash_rho", "--out", str(tmp_path)])
-
-
-def test_latex_tables_render_as_html_tables():
-    tex = "\n".join([
-        r"\caption{Test error (\%), mean $\pm$ std; $^{a}$ published.}",
-        r"\begin{tabular}{l@{}cc}", r"\toprule",
-        r" & \multicolumn{2}{c}{40 labels} \\", r"\cmidrule(lr){2-3}",
-        r"Algorithm & Ours & $\Delta$ \\", r"\midrule",
-        r"Dash & \textbf{4.08 $\pm$ 0.10} & $-0.20$ \\",
-        r"R\&D & -- & 5.00$^{a}$ \\", r"\bottomrule", r"\end{tabular}"])
-    html = latex_table_to_html(tex)
-    assert "<caption>Test error (%), mean ± std; <sup>a</sup> published.</caption>" in html
-    assert '<th colspan="2">40 labels</th>' in html and "<th> Δ</th>" in html
-    assert '<tr class="midrule"><td>Dash </td><td> <b>4.08 ± 0.10</b> </td>' in html
-    assert "<td>R&amp;D </td><td> – </td><td> 5.00<sup>a</sup></td>" in html
 
 
 def test_run_times_refuse_a_benchmark_file_of_another_job(tmp_path):

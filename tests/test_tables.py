@@ -5,8 +5,9 @@ import json
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.tables import (difference, latex_escape, main, read_published, render,
-                             render_published, selection_text)
+from pipeline.table_model import latex_escape
+from pipeline.tables import (difference, main, read_published, render, render_published,
+                             selection_text)
 
 PUBLISHED_CSV = """\
 source,reference,selection,networks,algorithm,dataset,n_labels,error_mean,error_std
@@ -25,7 +26,8 @@ def summary(algorithm: str, n_labels: int, best: float, std: float = 0.5,
     """As pipeline/evaluate.py writes it (3 seeds)."""
     def stats(mean):
         return {"mean": mean, "std": std, "n": 3, "values": [mean - std, mean, mean + std]}
-    return {"dataset": dataset, "n_labels": n_labels, "algorithm": algorithm, "model": "wrn_28_2",
+    return {"study": "paper", "dataset": dataset, "n_labels": n_labels, "algorithm": algorithm,
+            "model": "wrn_28_2", "last_k": 20,
             "metrics": {"ema/best_error": stats(best), "ema/median20_error": stats(best + 1),
                         "raw/best_error": stats(best + 2)},
             "seeds": [{"seed": s, "mlflow_run_id": f"{algorithm}{n_labels}-{s}",
@@ -65,8 +67,9 @@ def test_main_table_bolds_the_best_mean_per_budget():
 
 def test_published_table_puts_ours_published_and_difference_per_budget(table):
     cells = line_of(table, "FixMatch")
-    assert cells[1:4] == [r"\textbf{5.00 $\pm$ 0.50}", "7.47 $\\pm$ 0.28$^{a}$", "$-2.47$"]
-    assert cells[4:7] == ["4.90 $\\pm$ 0.50", "4.86 $\\pm$ 0.05$^{a}$", "$+0.04$"]
+    assert cells[1:4] == [r"\textbf{5.00 $\pm$ 0.50}", "7.47 $\\pm$ 0.28$^{a}$", "$-$2.47"]
+    # 4.90 +- 0.50 is not significantly worse than Dash's 4.80 +- 0.10 over the same 3 seeds
+    assert cells[4:7] == [r"\textbf{4.90 $\pm$ 0.50}", "4.86 $\\pm$ 0.05$^{a}$", "+0.04"]
 
 
 def test_best_of_ours_is_bold_per_budget(table):
@@ -84,7 +87,7 @@ def test_a_second_source_gets_its_own_line_without_repeating_ours(table):
     lines = table.splitlines()
     second = lines[lines.index(next(line for line in lines if line.startswith("FixMatch"))) + 1]
     cells = [cell.strip() for cell in second.removesuffix(r"\\").split("&")]
-    assert cells[:4] == ["", "", "13.81 $\\pm$ 3.37$^{b}$", "$-8.81$"]
+    assert cells[:4] == ["", "", "13.81 $\\pm$ 3.37$^{b}$", "$-$8.81"]
     assert cells[4:] == ["", "--", "--"]
 
 
@@ -97,8 +100,8 @@ def test_caption_states_each_columns_checkpoint_selection(table):
     caption = next(line for line in table.splitlines() if line.startswith(r"\caption"))
     assert "Ours: the best test error over training of the EMA model" in caption
     assert "over 3 seeds" in caption
-    assert "$^{a}$ the best test error over training;" in caption
-    assert "$^{b}$ the median test error over the last 20 evaluations" in caption
+    assert "(a) the best test error over training;" in caption
+    assert "(b) the median test error over the last 20 evaluations" in caption
     assert r"$\Delta$: ours $-$ published" in caption
 
 
@@ -107,12 +110,12 @@ def test_sources_with_the_same_selection_rule_share_it_in_the_caption(tmp_path):
     sheet_b = "Sheet_B,b/repo results/Classic_CV.xls @123,median of last 20"
     path.write_text(PUBLISHED_CSV.replace(sheet_b, "Sheet_B,b/repo,best"))
     table = render_published(SUMMARIES, read_published(path), "ema", "best")
-    assert "$^{a,b}$ the best test error over training." in table
+    assert "(a,b) the best test error over training." in table
 
 
 def test_notes_name_each_source_its_reference_and_networks_escaped(table):
-    assert r"$^{a}$ Paper A (a/repo README.md); networks: WRN-28-2." in table
-    assert r"$^{b}$ Sheet\_B (b/repo results/Classic\_CV.xls @123)" in table
+    assert r"(a) Paper A (a/repo README.md); networks: WRN-28-2." in table
+    assert r"(b) Sheet\_B (b/repo results/Classic\_CV.xls @123)" in table
 
 
 def test_a_dataset_without_published_numbers_says_so(published):
@@ -124,16 +127,16 @@ def test_a_dataset_without_published_numbers_says_so(published):
 
 
 def test_difference_is_ours_minus_published_rounded():
-    assert difference(5.0, 7.47) == "$-2.47$"
-    assert difference(4.9, 4.86) == "$+0.04$"
-    assert difference(4.861, 4.86) == "$0.00$"
+    assert difference(5.0, 7.47) == "−2.47"
+    assert difference(4.9, 4.86) == "+0.04"
+    assert difference(4.861, 4.86) == "0.00"
 
 
 def test_selection_rules_read_like_our_captions():
     assert selection_text("best") == "the best test error over training"
     assert (selection_text("median of last 20")
             == "the median test error over the last 20 evaluations")
-    assert selection_text("top_1") == r"top\_1"
+    assert selection_text("top_1") == "top_1"   # plain text: each renderer escapes it
 
 
 def test_latex_special_characters_are_escaped():
@@ -172,7 +175,7 @@ def test_command_line_writes_both_tables_and_the_metrics(tmp_path):
           "--published", str(tmp_path / "published.csv"),
           "--published-table", str(tmp_path / "published.tex")])
     assert r"\textbf{5.00 $\pm$ 0.50}" in (tmp_path / "main.tex").read_text()
-    assert "$-2.47$" in (tmp_path / "published.tex").read_text()
+    assert "$-$2.47" in (tmp_path / "published.tex").read_text()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["cifar10-40"]["fixmatch"]["ema/best_error"] == 5.0
     # each seed's identity, the same wherever the study is rerun: no run ids, commits or times
