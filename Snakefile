@@ -10,7 +10,7 @@ from pipeline.code import code_digest
 from pipeline.config import command_line_overrides, deep_merge, load_study
 from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.figures import figures_for, stats_algorithms
-from pipeline.workflow import set_job_environment
+from pipeline.workflow import set_job_environment, source_fingerprint
 
 
 configfile: Path(workflow.basedir) / "params.yaml"
@@ -52,6 +52,7 @@ wildcard_constraints:
     n_labels=r"\d+",
     algorithm="[a-z0-9_]+",
     seed=r"\d+",
+    data_key="[0-9a-f]{12}",
 
 
 # On a cluster these run on the submitting (login) node: downloads need the internet that compute
@@ -99,13 +100,18 @@ rule all:
         REPORT_PAGES,
 
 
+# data/raw/<dataset>/<data key>/: the data key names the dataset options (Study.data_key), so
+# studies with other options (e.g. another image folder) never share raw data or splits.
 rule download:
     output:
-        manifest="data/raw/{dataset}/manifest.json",
+        manifest="data/raw/{dataset}/{data_key}/manifest.json",
     log:
-        "logs/download/{dataset}.log",
+        "logs/download/{dataset}-{data_key}.log",
     params:
         options=lambda w: json.dumps(STUDY.dataset_options(w.dataset), sort_keys=True),
+        # a local folder's file names, sizes and times: adding, replacing or deleting a file
+        # reruns the download and everything made from it
+        source=lambda w: source_fingerprint(STUDY.dataset_options(w.dataset)),
         code=lambda w: code_digest("pipeline.download", dataset=w.dataset),
     shell:
         "python -m pipeline.download --dataset {wildcards.dataset} --options {params.options:q}"
@@ -114,11 +120,11 @@ rule download:
 
 rule split:
     input:
-        manifest="data/raw/{dataset}/manifest.json",
+        manifest="data/raw/{dataset}/{data_key}/manifest.json",
     output:
-        split="data/splits/{dataset}/{n_labels}/seed{seed}.json",
+        split="data/splits/{dataset}/{data_key}/{n_labels}/seed{seed}.json",
     log:
-        "logs/split/{dataset}-{n_labels}-seed{seed}.log",
+        "logs/split/{dataset}-{data_key}-{n_labels}-seed{seed}.log",
     params:
         code=lambda w: code_digest("pipeline.split", dataset=w.dataset),
     shell:
@@ -128,8 +134,8 @@ rule split:
 
 rule train:
     input:
-        manifest="data/raw/{dataset}/manifest.json",
-        split="data/splits/{dataset}/{n_labels}/seed{seed}.json",
+        manifest=lambda w: STUDY.manifest_path(w.dataset),
+        split=lambda w: STUDY.split_path(w.dataset, w.n_labels, w.seed),
     output:
         metrics=f"{RUN}/metrics.json",
         run=f"{RUN}/run.json",
@@ -180,7 +186,14 @@ SUMMARIES = expand(
 # to the project folder, like params.yaml); without it there is no such table.
 PUBLISHED = STUDY.config["reports"].get("published")
 PUBLISHED_CSV = str(Path(workflow.basedir, PUBLISHED)) if PUBLISHED else None
-PUBLISHED_TABLE = {"published": f"{REPORTS}/tables/published.tex"} if PUBLISHED else {}
+PUBLISHED_TABLE = (
+    {
+        "published": f"{REPORTS}/tables/published.tex",
+        "published_model": f"{REPORTS}/tables/published.json",
+    }
+    if PUBLISHED
+    else {}
+)
 
 
 rule tables:
@@ -190,6 +203,8 @@ rule tables:
     output:
         **PUBLISHED_TABLE,
         table=f"{REPORTS}/tables/main.tex",
+        # each table's model beside it: the HTML page renders it (pipeline/table_model.py)
+        table_model=f"{REPORTS}/tables/main.json",
         metrics=f"{REPORTS}/metrics.json",
     log:
         f"logs/{STUDY.name}/tables.log",
@@ -258,7 +273,8 @@ TRAIN_RUNS = dict(dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS, seed
 
 rule report_pages:
     input:
-        tables=[path for path in rules.tables.output if path.endswith(".tex")],
+        tables=[rules.tables.output.table_model]
+        + ([rules.tables.output.published_model] if PUBLISHED else []),
         runs=expand(rules.train.output.run, **TRAIN_RUNS),
         benchmarks=expand(rules.train.benchmark, **TRAIN_RUNS),
     output:

@@ -248,6 +248,17 @@ class Study:
     def dataset_options(self, dataset: str) -> dict:
         return self.config["datasets"][dataset]
 
+    def data_key(self, dataset: str) -> str:
+        """Names the raw data and splits made with this study's options of `dataset`: two
+        studies with other options (another image folder, another test size) never share them."""
+        return canonical_hash(self.dataset_options(dataset))[:12]
+
+    def manifest_path(self, dataset: str) -> str:
+        return f"data/raw/{dataset}/{self.data_key(dataset)}/manifest.json"
+
+    def split_path(self, dataset: str, n_labels: int | str, seed: int | str) -> str:
+        return f"data/splits/{dataset}/{self.data_key(dataset)}/{n_labels}/seed{seed}.json"
+
     def run_config(self, dataset: str, n_labels: int, algorithm: str, seed: int) -> dict:
         """Everything that determines one run's numbers, every default filled in (the
         resolved configuration): what is hashed, logged to MLflow and written to metrics.json.

@@ -28,8 +28,9 @@ STUDY = {
               # training runs in this process, where torch is imported already
               "portable_numerics": False},
 }
-MANIFEST = Path("data/raw/digits/manifest.json")
-SPLIT = Path("data/splits/digits/10/seed0.json")
+DEFAULT = load_study(load_params(ROOT / "params.yaml"))   # digits' options: this study's
+MANIFEST = Path(DEFAULT.manifest_path("digits"))
+SPLIT = Path(DEFAULT.split_path("digits", 10, 0))
 RUN_DIR = Path("results/bad/digits-10/fixmatch/seed0")
 CHECKPOINTS = Path("checkpoints/bad/run")
 UNREACHABLE = "http://127.0.0.1:9"   # the discard port: nothing listens there
@@ -184,7 +185,7 @@ def test_n_labels_larger_than_the_training_set(finished, tmp_path, capsys):
 
 
 def test_missing_manifest(finished, tmp_path, capsys):
-    manifest = tmp_path / "data/raw/digits/manifest.json"
+    manifest = tmp_path / MANIFEST
     code, stderr = call(split.main, ["--manifest", str(manifest), "--n-labels", "10",
                                      "--seed", "0", "--out", str(tmp_path / "split.json")], capsys)
     check_user_error(code, stderr, finished, f"the dataset manifest {manifest} is missing",
@@ -192,7 +193,7 @@ def test_missing_manifest(finished, tmp_path, capsys):
 
 
 def test_corrupt_raw_data_file_fails_its_checksum(finished, data_copy, capsys):
-    raw = data_copy / "data/raw/digits/digits.npz"
+    raw = data_copy / MANIFEST.with_name("digits.npz")
     corrupt = bytearray(raw.read_bytes())
     corrupt[len(corrupt) // 2] ^= 0xFF   # one flipped byte
     raw.write_bytes(bytes(corrupt))
@@ -202,7 +203,7 @@ def test_corrupt_raw_data_file_fails_its_checksum(finished, data_copy, capsys):
 
 
 def test_missing_raw_data_file(finished, data_copy, capsys):
-    raw = data_copy / "data/raw/digits/digits.npz"
+    raw = data_copy / MANIFEST.with_name("digits.npz")
     raw.unlink()
     code, stderr = call(train.main, train_argv(finished[0], data=data_copy), capsys)
     check_user_error(code, stderr, finished, f"the raw data file {raw}", "is missing",

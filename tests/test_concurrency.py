@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline import download, split
-from pipeline.config import ROOT
+from pipeline.config import ROOT, load_params, load_study
 
 SEEDS = list(range(8))
 STUDY = {
@@ -31,12 +31,13 @@ def parallel_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]
     (workdir / "study.yaml").write_text(yaml.safe_dump(STUDY))
     # The data and splits first, in this process, so that Snakemake starts exactly the eight
     # training jobs together (and the test spends no time on nine more process start-ups).
-    manifest = workdir / "data/raw/digits/manifest.json"
+    study = load_study(load_params(ROOT / "params.yaml"))
+    manifest = workdir / study.manifest_path("digits")
     download.main(["--dataset", "digits", "--options", json.dumps({"test_size": 497,
                    "partition_seed": 0}), "--manifest", str(manifest)])
     for seed in SEEDS:
         split.main(["--manifest", str(manifest), "--n-labels", "10", "--seed", str(seed),
-                    "--out", str(workdir / f"data/splits/digits/10/seed{seed}.json")])
+                    "--out", str(workdir / study.split_path("digits", 10, seed))])
     targets = [f"{RUN_DIR.format(seed=seed)}/metrics.json" for seed in SEEDS]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}   # the default
     result = subprocess.run(

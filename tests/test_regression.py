@@ -80,12 +80,12 @@ def train_ci_run(workdir, out, env_extra: dict) -> dict:
     """One run of the ci study (FixMatch, seed 0) by the train rule's command, in a fresh process
     with `env_extra` in its environment."""
     config = yaml.safe_load((ROOT / "configs/ci.yaml").read_text())
-    run = load_study(deep_merge(load_params(ROOT / "params.yaml"), config)).run_config(
-        "digits", 10, "fixmatch", 0)
+    study = load_study(deep_merge(load_params(ROOT / "params.yaml"), config))
+    run = study.run_config("digits", 10, "fixmatch", 0)
     env = {**os.environ, **env_extra, "MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db"}
     command = [sys.executable, "-m", "pipeline.train", "--run-config", json.dumps(run),
-               "--manifest", str(workdir / "data/raw/digits/manifest.json"),
-               "--split", str(workdir / "data/splits/digits/10/seed0.json"),
+               "--manifest", str(workdir / study.manifest_path("digits")),
+               "--split", str(workdir / study.split_path("digits", 10, 0)),
                "--out", str(out / "run"), "--checkpoint-dir", str(out / "checkpoints")]
     # cwd: MLflow puts the run's artifacts in ./mlruns
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=out)

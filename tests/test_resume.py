@@ -252,7 +252,9 @@ STUDY = {
 }
 RUN_DIR = Path("results/resume/digits-10/fixmatch/seed0")
 TARGET = str(RUN_DIR / "metrics.json")
-MANIFEST, SPLIT = Path("data/raw/digits/manifest.json"), Path("data/splits/digits/10/seed0.json")
+DEFAULT = load_study(load_params(ROOT / "params.yaml"))   # digits' options: this study's
+MANIFEST = Path(DEFAULT.manifest_path("digits"))
+SPLIT = Path(DEFAULT.split_path("digits", 10, 0))
 
 
 def workflow_env() -> dict[str, str]:

@@ -109,3 +109,53 @@ def test_a_bad_command_line_value_is_blamed_on_the_command_line(tmp_path):
     assert result.returncode != 0
     assert "the command line (--config): train.steps = 0 is not allowed" in result.stderr
     assert "params.yaml: train.steps" not in result.stderr
+
+
+def image_folder(root: Path, colours: dict[str, tuple[int, int, int]]) -> Path:
+    from PIL import Image
+
+    for name, colour in colours.items():
+        (root / name).mkdir(parents=True)
+        for index in range(5):
+            Image.new("RGB", (8, 8), tuple(c + index for c in colour)).save(root / name / f"{index}.png")
+    return root
+
+
+def image_study(workdir: Path, folder: Path, name: str) -> str:
+    config = {"study": {"name": name, "dataset": "image_folder", "n_labels": [2],
+                        "algorithms": ["supervised"]},
+              "datasets": {"image_folder": {"path": str(folder)}}}
+    (workdir / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    return f"{name}.yaml"
+
+
+def test_an_image_folder_study_has_its_own_data_and_reruns_when_the_images_change(tmp_path):
+    """Two studies on two folders get two data keys; changing an image reruns its download."""
+    from pipeline.config import deep_merge, load_params, load_study
+
+    folders = [image_folder(tmp_path / f"images{i}", {"red": (200, 0, 0), "blue": (0, 0, 200)})
+               for i in (1, 2)]
+    studies = [load_study(deep_merge(load_params(ROOT / "params.yaml"),
+                                     yaml.safe_load((tmp_path / image_study(tmp_path, f, f"s{i}"))
+                                                    .read_text())))
+               for i, f in enumerate(folders)]
+    manifests = [study.manifest_path("image_folder") for study in studies]
+    assert manifests[0] != manifests[1]
+    # the target before --configfile, which takes every word after it as a config file
+    made = snakemake(tmp_path, manifests[0], "--cores", "1", "--configfile", "s0.yaml")
+    assert made.returncode == 0, made.stderr[-3000:]
+    unchanged = snakemake(tmp_path, manifests[0], "-n", "--cores", "1", "--configfile", "s0.yaml")
+    assert "Nothing to be done" in unchanged.stdout + unchanged.stderr
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(folders[0] / "red" / "0.png")
+    changed = snakemake(tmp_path, manifests[0], "-n", "--cores", "1", "--configfile", "s0.yaml")
+    assert "rule download" in changed.stdout and "params have changed" in changed.stdout
+
+
+def test_the_documented_offline_download_command_plans_the_download_only(tmp_path):
+    """profiles/README.md: `snakemake --cores 1 --until download --configfile <paper study>`."""
+    result = snakemake(tmp_path, "--cores", "1", "--until", "download", "--dry-run",
+                       "--configfile", str(ROOT / "configs/dash-cifar10.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "download" in result.stdout and "rule train" not in result.stdout

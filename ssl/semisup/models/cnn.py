@@ -1,4 +1,10 @@
-"""A small CNN for the 8x8 digits: three conv blocks (BatchNorm, LeakyReLU 0.1), global pooling."""
+"""Small CNNs for small images: three conv blocks (BatchNorm, LeakyReLU 0.1) each.
+
+  small_cnn  for the 8x8 digits: strided blocks, then global average pooling
+  cnn32      for 32x32 images (e.g. an image_folder of your own): each block followed by 2x2 max
+             pooling (32 -> 4 px), then a linear layer on the flattened 4x4 maps; it keeps where
+             things are, which global pooling after two strides loses on 32x32 images
+"""
 from __future__ import annotations
 
 from torch import nn
@@ -28,4 +34,17 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(images))
 
 
-MODELS = {"small_cnn": SmallCNN}
+class CNN32(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, *, width: int, bn_momentum: float):
+        super().__init__()
+        widths = [in_channels, width, 2 * width, 4 * width]
+        blocks = [nn.Sequential(conv_block(widths[i], widths[i + 1], 1, bn_momentum),
+                                nn.MaxPool2d(2)) for i in range(3)]
+        self.features = nn.Sequential(*blocks, nn.Flatten())
+        self.classifier = nn.Linear(4 * width * 4 * 4, num_classes)
+
+    def forward(self, images):
+        return self.classifier(self.features(images))
+
+
+MODELS = {"small_cnn": SmallCNN, "cnn32": CNN32}
