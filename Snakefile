@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.code import code_digest
-from pipeline.config import command_line_overrides, deep_merge, load_study
+from pipeline.config import command_line_overrides, deep_merge, load_study, setting_source
 from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.figures import figures_for, stats_algorithms
 from pipeline.workflow import set_job_environment, source_fingerprint
@@ -35,6 +35,10 @@ except USER_ERRORS as error:
 # `python` in the rules is this environment's; they import this workflow's own code.
 set_job_environment(workflow.basedir)
 EXECUTION = STUDY.execution()
+# named in a job's error when the device it asks for is not there
+DEVICE_SOURCE = setting_source(
+    ("train", "device"), workflow.overwrite_configfiles or [], COMMAND_LINE, Path(workflow.basedir)
+)
 RESULTS = STUDY.results_dir
 REPORTS = STUDY.reports_dir
 DATASET = STUDY.dataset
@@ -157,10 +161,12 @@ rule train:
         checkpoints=lambda w: f"checkpoints/{STUDY.name}/{w.dataset}-{w.n_labels}/"
         f"{w.algorithm}/seed{w.seed}/{run_config(w)['config_hash'][:16]}-{train_code(w)[:12]}",
         device=EXECUTION["device"],
+        device_source=shlex.quote(DEVICE_SOURCE),
     shell:
         "python -m pipeline.train --run-config {params.run_config:q} --manifest {input.manifest}"
         " --split {input.split} --out $(dirname {output.metrics})"
         " --checkpoint-dir {params.checkpoints} --device {params.device} --threads {threads}"
+        " --device-source {params.device_source}"
         " --code-digest {params.code} > {log} 2>&1"
 
 
@@ -240,6 +246,14 @@ rule figures:
             algorithm=stats_algorithms(ALGORITHMS),
             seed=SEEDS,
         ),
+        # the dash runs' resolved hyperparameters, for the dash_rho figure
+        dash_runs=expand(
+            rules.train.output.metrics,
+            dataset=DATASET,
+            n_labels=N_LABELS,
+            algorithm=[name for name in ALGORITHMS if name == "dash"],
+            seed=SEEDS,
+        ),
     output:
         pdf=expand(f"{REPORTS}/figures/{{name}}.pdf", name=FIGURES),
         # The PNGs go into the HTML report (`snakemake --report`), each with its caption.
@@ -258,13 +272,12 @@ rule figures:
         f"logs/{STUDY.name}/benchmarks/figures.tsv"
     params:
         figures=" ".join(FIGURES),
-        dash=json.dumps(STUDY.config["algorithms"].get("dash", {}), sort_keys=True),
         model=STUDY.config["reports"]["model"],
         out=lambda wildcards, output: Path(output.pdf[0]).parent,
         code=code_digest("pipeline.figures"),
     shell:
         "python -m pipeline.figures --evaluations {input.evaluations} --train-stats {input.stats}"
-        " --figures {params.figures} --dash-params {params.dash:q} --model {params.model}"
+        " --figures {params.figures} --dash-runs {input.dash_runs} --model {params.model}"
         " --out {params.out} > {log} 2>&1"
 
 

@@ -113,6 +113,22 @@ def _allowed(schema: dict) -> str:
 COMMAND_LINE = "the command line (--config)"
 
 
+def setting_source(key_path: tuple[str, ...], configfiles: list[str | Path],
+                   command_line: dict | None, root: Path = ROOT) -> str:
+    """Where the value at key_path came from: the command line, else the last config file that
+    sets it (relative to the project folder), else params.yaml."""
+    if set_on_command_line(command_line, key_path):
+        return COMMAND_LINE
+    for path in reversed([Path(f) for f in configfiles]):
+        node = yaml.safe_load(path.read_text()) or {}
+        for part in key_path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            resolved = path.resolve()
+            return str(resolved.relative_to(root) if resolved.is_relative_to(root) else path)
+    return "params.yaml"
+
+
 def set_on_command_line(command_line: dict | None, key_path) -> bool:
     """Whether `snakemake --config` set the value at key_path (or a mapping around it)."""
     node = command_line

@@ -3,8 +3,9 @@
   error_curves   test error over training per algorithm (mean over seeds, band = min..max),
                  one panel per label budget; always made.
   dash_rho       Dash's threshold rho over training: the values the runs used (train/rho in
-                 train_stats.csv) and the schedule for several gamma from the runs' own rho_hat;
-                 made when the study includes dash.
+                 train_stats.csv) and the schedule for several gamma from the runs' logged
+                 rho_hat and their resolved settings (metrics.json); made when the study
+                 includes dash.
   pseudo_labels  correct and wrong pseudo-labels selected per step, and the mask rate, FixMatch
                  versus Dash; made when the study includes either.
 
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
 from .errors import UserError, cli
-from .files import atomic_path
+from .files import atomic_path, read_json
 from .names import DISPLAY_NAMES
 
 PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": "ssl-repro"}
@@ -66,9 +66,10 @@ def run_key(path: Path) -> tuple[str, int, str]:
 
 
 def group_runs(paths: list[Path]) -> dict[tuple[str, int, str], list[list[dict[str, float]]]]:
-    """Rows of each run's CSV, grouped over seeds by (dataset, n_labels, algorithm)."""
+    """Rows of each run's CSV, grouped over seeds by (dataset, n_labels, algorithm), in the order
+    given (the Snakefile gives the study's order: the tables' row order)."""
     groups: dict = defaultdict(list)
-    for path in sorted(paths):
+    for path in paths:
         groups[run_key(path)].append(read_csv(path))
     return dict(groups)
 
@@ -108,21 +109,27 @@ def schedule_steps(settings: dict, total_steps: int) -> list[int]:
     return sorted(step for step in starts if 0 <= step < total_steps)
 
 
-def recover_rho_hat(rows: list[dict[str, float]], settings: dict) -> float:
-    """rho_hat of one run from its logged rho (averages over log windows): the first window in
-    which the schedule is constant and above rho_min gives rho_hat = rho / schedule(rho_hat=1)."""
-    start = 0
-    for row in rows:
-        end = int(row["step"])   # the row averages the 0-based steps start .. end-1
-        rho = row.get("train/rho", math.nan)
-        unit = [dash_rho(settings, step, 1.0, settings["gamma"], 0.0) for step in (start, end - 1)]
-        if math.isfinite(rho) and rho > settings["rho_min"] and unit[0] == unit[1] \
-                and math.isfinite(unit[0]):
-            return rho / unit[0]
-        start = end
-    raise UserError("dash_rho figure: no logged window of a dash run has a constant rho above "
-                    "rho_min, so rho_hat cannot be read from train_stats.csv; log more often "
-                    "(train.log_every) or train longer than the warm-up")
+def logged_rho_hat(rows: list[dict[str, float]]) -> float:
+    """rho_hat of one run as it logged it (train/rho_hat: NaN until defined, then constant)."""
+    values = [row.get("train/rho_hat", math.nan) for row in rows]
+    finite = [value for value in values if math.isfinite(value)]
+    if not finite:
+        raise UserError("dash_rho figure: a dash run's train_stats.csv has no train/rho_hat after "
+                        "its warm-up; train longer than the warm-up, or rerun it with this code "
+                        "(older runs did not log rho_hat)")
+    return finite[-1]
+
+
+def dash_settings(metrics_paths: list[Path]) -> dict:
+    """The resolved Dash hyperparameters the study's dash runs used (their metrics.json)."""
+    settings = [read_json(path, "run metrics file")["run"]["algorithm_params"]
+                for path in metrics_paths]
+    if not settings:
+        raise UserError("dash_rho figure: no metrics.json of a dash run was given")
+    if any(other != settings[0] for other in settings[1:]):
+        raise UserError("dash_rho figure: the dash runs used different hyperparameters; draw "
+                        "one study at a time")
+    return settings[0]
 
 
 # ---- plotting -----------------------------------------------------------------------------------
@@ -139,7 +146,8 @@ def save(figure, out_dir: Path, stem: str) -> list[Path]:
     """Lay out, write <stem>.pdf and <stem>.png atomically with fixed metadata, close."""
     import matplotlib.pyplot as plt
 
-    figure.tight_layout()
+    if figure.get_layout_engine() is None:   # constrained figures (outside legends) lay out themselves
+        figure.tight_layout()
     written = []
     for suffix, metadata in ((".pdf", PDF_METADATA), (".png", PNG_METADATA)):
         path = out_dir / f"{stem}{suffix}"
@@ -166,38 +174,59 @@ def plot_mean_and_band(ax, steps, values, **style):
                     color=line.get_color(), linewidth=0)
 
 
+def line_styles(algorithms: list[str]) -> dict[str, dict]:
+    """One colour and dash pattern per algorithm, the same in every panel: 20 colours, then the
+    patterns tell the rest apart."""
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab10" if len(algorithms) <= 10 else "tab20"].colors
+    patterns = ["-", "--", "-.", ":"]
+    return {a: {"color": colours[i % len(colours)], "linestyle": patterns[i // len(colours) % 4]}
+            for i, a in enumerate(algorithms)}
+
+
 def plot_error_curves(groups, model: str, out_dir: Path) -> list[Path]:
+    """One panel per label budget, one line per algorithm (mean over seeds, band = min..max),
+    and one legend for all panels, in the tables' row order."""
     plt = pyplot()
     budgets = budgets_of(groups)
-    figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.4), squeeze=False)
+    algorithms = list(dict.fromkeys(algorithm for _, _, algorithm in groups))
+    styles = line_styles(algorithms)
+    figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.6), squeeze=False,
+                                sharey=True, layout="constrained")
     for ax, n_labels in zip(axes[0], budgets, strict=True):
         cells = {key: runs for key, runs in groups.items() if key[1] == n_labels}
         for (_, _, algorithm), runs in cells.items():
             steps, errors = seed_curves(runs, f"{model}/error")
-            plot_mean_and_band(ax, steps, errors, label=label(algorithm))
+            plot_mean_and_band(ax, steps, errors, label=label(algorithm), linewidth=1.2,
+                               **styles[algorithm])
         ax.set_title(f"{', '.join(sorted({dataset for dataset, _, _ in cells}))}, {n_labels} labels")
         ax.set_xlabel("training step")
-        ax.set_ylabel(f"test error (%), {model.upper()} model")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper right")
+    axes[0][0].set_ylabel(f"test error (%), {model.upper()} model")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize=7,
+                  ncols=1 if len(algorithms) <= 12 else 2)
     return save(figure, out_dir, "error_curves")
 
 
-def plot_dash_rho(groups, settings: dict, gammas: tuple[float, ...], out_dir: Path) -> list[Path]:
+def plot_dash_rho(groups, dash_runs: list[Path], gammas: tuple[float, ...],
+                  out_dir: Path) -> list[Path]:
     """Per label budget: each seed's logged rho (markers) and the schedule for several gamma,
-    started from the seeds' mean rho_hat (lines); rho_min dashed."""
+    started from the seeds' mean logged rho_hat (lines); rho_min dashed."""
     import numpy as np
 
     plt = pyplot()
     dash_groups = {key: runs for key, runs in groups.items() if key[2] == "dash"}
     if not dash_groups:
         raise UserError("dash_rho figure: no train_stats.csv of a dash run was given")
+    settings = dash_settings(dash_runs)
     budgets = budgets_of(dash_groups)
     figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.4), squeeze=False)
     all_gammas = sorted(set(gammas) | {settings["gamma"]})
     for ax, n_labels in zip(axes[0], budgets, strict=True):
         (dataset, _, _), runs = next((k, r) for k, r in dash_groups.items() if k[1] == n_labels)
-        rho_hat = float(np.mean([recover_rho_hat(run, settings) for run in runs]))
+        rho_hat = float(np.mean([logged_rho_hat(run) for run in runs]))
         steps = np.array(schedule_steps(settings, int(max(run[-1]["step"] for run in runs))))
         for gamma in all_gammas:
             schedule = [dash_rho(settings, int(s), rho_hat, gamma, settings["rho_min"])
@@ -226,9 +255,10 @@ def plot_dash_rho(groups, settings: dict, gammas: tuple[float, ...], out_dir: Pa
     return save(figure, out_dir, "dash_rho")
 
 
-PSEUDO_LABEL_PANELS = (("train/n_selected_correct", "correct pseudo-labels selected per step"),
-                       ("train/n_selected_wrong", "wrong pseudo-labels selected per step"),
-                       ("train/mask_rate", "mask rate (fraction selected)"))
+PSEUDO_LABEL_PANELS = (  # column, panel title, y-axis label
+    ("train/n_selected_correct", "correct pseudo-labels selected", "pseudo-labels per step"),
+    ("train/n_selected_wrong", "wrong pseudo-labels selected", "pseudo-labels per step"),
+    ("train/mask_rate", "mask rate", "fraction of unlabeled selected"))
 
 
 def plot_pseudo_labels(groups, out_dir: Path) -> list[Path]:
@@ -242,18 +272,20 @@ def plot_pseudo_labels(groups, out_dir: Path) -> list[Path]:
     budgets = budgets_of(chosen)
     figure, axes = plt.subplots(len(budgets), len(PSEUDO_LABEL_PANELS),
                                 figsize=(4.0 * len(PSEUDO_LABEL_PANELS), 3.2 * len(budgets)),
-                                squeeze=False)
+                                squeeze=False, layout="constrained")
     for row_axes, n_labels in zip(axes, budgets, strict=True):
-        for ax, (column, title) in zip(row_axes, PSEUDO_LABEL_PANELS, strict=True):
+        for ax, (column, title, ylabel) in zip(row_axes, PSEUDO_LABEL_PANELS, strict=True):
             for algorithm in PSEUDO_LABEL_ALGORITHMS:
                 key = next((k for k in chosen if k[1] == n_labels and k[2] == algorithm), None)
                 if key is not None:
                     steps, values = seed_curves(chosen[key], column)
                     plot_mean_and_band(ax, steps, values, label=label(algorithm))
-            ax.set_title(f"{key[0] if key else ''}, {n_labels} labels: {title}", fontsize=9)
+            ax.set_title(f"{title}, {n_labels} labels", fontsize=9)
             ax.set_xlabel("training step")
+            ax.set_ylabel(ylabel, fontsize=8)
             ax.grid(alpha=0.3)
-        row_axes[0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize=8)
     return save(figure, out_dir, "pseudo_labels")
 
 
@@ -267,8 +299,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="train_stats.csv of the fixmatch and dash runs")
     parser.add_argument("--figures", nargs="+", default=["error_curves"],
                         choices=["error_curves", "dash_rho", "pseudo_labels"])
-    parser.add_argument("--dash-params", default="{}", help="the study's dash hyperparameters "
-                        "(JSON, every one of them, as the study's config has them)")
+    parser.add_argument("--dash-runs", nargs="*", default=[], type=Path,
+                        help="metrics.json of the dash runs (their resolved hyperparameters)")
     parser.add_argument("--gammas", nargs="+", type=float, default=list(DASH_GAMMAS),
                         help="gamma values whose rho schedule dash_rho draws")
     parser.add_argument("--model", default="ema", choices=["ema", "raw"])
@@ -280,8 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     stats = group_runs(args.train_stats) if {"dash_rho", "pseudo_labels"} & set(args.figures) \
         else {}
     if "dash_rho" in args.figures:
-        settings = json.loads(args.dash_params)
-        written += plot_dash_rho(stats, settings, tuple(args.gammas), args.out)
+        written += plot_dash_rho(stats, args.dash_runs, tuple(args.gammas), args.out)
     if "pseudo_labels" in args.figures:
         written += plot_pseudo_labels(stats, args.out)
     print("wrote " + ", ".join(map(str, written)))

@@ -55,13 +55,14 @@ def pin_cpu_numerics() -> str | None:
     return None
 
 
-def choose_device(requested: str):
+def choose_device(requested: str, source: str = "params.yaml"):
     import torch
 
     if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA GPU is available here (torch sees "
-                        "none); set train.device to 'auto' or 'cpu' in params.yaml, or run on a "
-                        "machine with a GPU")
+        raise UserError(f"train.device is 'cuda' (set in {source}) but no CUDA GPU is available "
+                        f"here (torch sees none); run on a machine with a GPU, or set "
+                        f"train.device to 'auto' or 'cpu' in {source} (for one run: --config "
+                        f"train='{{\"device\": \"cpu\", \"portable_numerics\": false}}')")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
@@ -140,7 +141,7 @@ def train_config(run: dict):
     return TrainConfig(**{k: v for k, v in run["train"].items() if k != "portable_numerics"})
 
 
-def start_torch(run: dict, device_setting: str, threads: int):
+def start_torch(run: dict, device_setting: str, threads: int, device_source: str):
     """Import torch (after pinning portable numerics, which must come first), set its threads
     and choose the device: what this job really runs on."""
     if run["train"]["portable_numerics"]:
@@ -150,7 +151,7 @@ def start_torch(run: dict, device_setting: str, threads: int):
     import torch
 
     torch.set_num_threads(threads)
-    return choose_device(device_setting)
+    return choose_device(device_setting, device_source)
 
 
 def build_trainer(run: dict, data, channels: int, num_classes: int, device, logger, name: str,
@@ -244,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-dir", required=True, type=Path)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device-source", default="params.yaml",
+                        help="the config file (or the command line) that set train.device")
     parser.add_argument("--code-digest", help="the digest of the code this run depends on, as "
                         "the workflow computed it (pipeline/code.py); computed here when not given")
     args = parser.parse_args(argv)
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     run = json.loads(args.run_config)
     writable_dir(args.out)   # fail now, not after training
     writable_dir(args.checkpoint_dir)
-    device = start_torch(run, args.device, args.threads)
+    device = start_torch(run, args.device, args.threads, args.device_source)
     data, channels, num_classes, manifest, split = load_train_data(run, args.manifest, args.split,
                                                                    device)
     provenance = {"config_hash": run["config_hash"],

@@ -6,7 +6,8 @@ import inspect
 import pytest
 
 from pipeline.config import (EXECUTION_KEYS, ConfigError, ROOT, command_line_overrides,
-                             deep_merge, enum_of, load_params, load_schema, load_study, validate)
+                             deep_merge, enum_of, load_params, load_schema, load_study,
+                             setting_source, validate)
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +192,13 @@ def test_an_error_in_a_command_line_value_names_the_command_line(params):
     assert str(caught.value).startswith("the command line (--config): train.lr = 'fast'")
     with pytest.raises(ConfigError, match=r"^params.yaml: train.lr = 'fast'"):
         validate(deep_merge(params, overrides), "params.yaml", command_line={"study": {}})
+
+
+def test_the_source_of_a_setting_is_the_command_line_or_the_last_file_that_sets_it(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("train: {device: cuda}\n")
+    second.write_text("train: {steps: 5}\n")
+    assert setting_source(("train", "device"), [first, second], None, tmp_path) == "a.yaml"
+    assert setting_source(("train", "device"), [second], None, tmp_path) == "params.yaml"
+    assert (setting_source(("train", "device"), [first], {"train": {"device": "cpu"}}, tmp_path)
+            == "the command line (--config)")

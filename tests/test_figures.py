@@ -29,14 +29,15 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def logged_rho(settings: dict, rho_hat: float) -> list[dict]:
-    """What the trainer logs: per window of LOG_EVERY steps the mean rho, NaN while any step of
-    the window had no threshold (inf)."""
+    """What the trainer logs: per window of LOG_EVERY steps the mean rho and rho_hat, NaN while
+    any step of the window had no threshold (inf)."""
     rows = []
     for end in range(LOG_EVERY, STEPS + 1, LOG_EVERY):
         values = [figures.dash_rho(settings, step, rho_hat, settings["gamma"],
                                    settings["rho_min"]) for step in range(end - LOG_EVERY, end)]
-        rows.append({"step": end, "train/rho": math.nan if math.inf in values
-                     else sum(values) / len(values)})
+        warm_up = math.inf in values
+        rows.append({"step": end, "train/rho": math.nan if warm_up else sum(values) / len(values),
+                     "train/rho_hat": math.nan if warm_up else rho_hat})
     return rows
 
 
@@ -57,6 +58,8 @@ def results(tmp_path, settings) -> dict[str, list[Path]]:
                  "raw/error": 70 - step / 3} for step in range(10, STEPS + 1, 10)]))
             if algorithm == "supervised":
                 continue
+            if algorithm == "dash":   # its resolved settings, as pipeline.train writes them
+                (run / "metrics.json").write_text(json.dumps({"run": {"algorithm_params": settings}}))
             rows = logged_rho(settings, RHO_HAT + seed) if algorithm == "dash" else \
                 [{"step": step, "train/rho": math.nan} for step in range(5, STEPS + 1, 5)]
             for row in rows:
@@ -64,7 +67,9 @@ def results(tmp_path, settings) -> dict[str, list[Path]]:
                             "train/n_selected_wrong": 30 - row["step"] / 3,
                             "train/mask_rate": min(1.0, row["step"] / STEPS)})
             stats.append(write_csv(run / "train_stats.csv", rows))
-    return {"evaluations": evaluations, "stats": stats}
+    return {"evaluations": evaluations, "stats": stats,
+            "dash_runs": [tmp_path / f"results/t/digits-10/dash/seed{seed}/metrics.json"
+                          for seed in (0, 1)]}
 
 
 def test_a_study_gets_the_dash_figures_only_with_those_algorithms():
@@ -94,17 +99,22 @@ def test_usb_rho_starts_after_the_supervised_warm_up():
         1.0001 * RHO_HAT / 1.27)
 
 
-def test_rho_hat_is_read_back_from_the_logged_window_averages(settings):
-    assert figures.recover_rho_hat(logged_rho(settings, 1.7), settings) == pytest.approx(1.7)
-    with pytest.raises(UserError, match="rho_hat cannot be read"):
-        figures.recover_rho_hat([{"step": 5, "train/rho": math.nan}], settings)
+def test_rho_hat_and_the_settings_are_what_the_runs_logged(settings, results):
+    assert figures.logged_rho_hat(logged_rho(settings, 1.7)) == 1.7
+    with pytest.raises(UserError, match="no train/rho_hat after its warm-up"):
+        figures.logged_rho_hat([{"step": 5, "train/rho": math.nan, "train/rho_hat": math.nan}])
+    assert figures.dash_settings(results["dash_runs"]) == settings
+    other = results["dash_runs"][1]
+    other.write_text(json.dumps({"run": {"algorithm_params": {**settings, "gamma": 1.1}}}))
+    with pytest.raises(UserError, match="used different hyperparameters"):
+        figures.dash_settings(results["dash_runs"])
 
 
 def make_figures(results, out: Path) -> None:
     figures.main(["--evaluations", *map(str, results["evaluations"]),
                   "--train-stats", *map(str, results["stats"]),
                   "--figures", "error_curves", "dash_rho", "pseudo_labels",
-                  "--dash-params", json.dumps(DASH), "--out", str(out)])
+                  "--dash-runs", *map(str, results["dash_runs"]), "--out", str(out)])
 
 
 def test_figures_are_byte_identical_across_reruns(results, tmp_path):

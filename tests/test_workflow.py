@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pipeline.config import ROOT
+from pipeline.errors import UserError
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 
@@ -159,3 +160,20 @@ def test_the_documented_offline_download_command_plans_the_download_only(tmp_pat
                        "--configfile", str(ROOT / "configs/dash-cifar10.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "download" in result.stdout and "rule train" not in result.stdout
+
+
+def test_a_gpu_study_on_a_machine_without_one_names_its_config_file(tmp_path):
+    """The GPU smoke study's train.device comes from configs/gpu-smoke.yaml: the job that finds
+    no GPU says so, naming that file (not params.yaml) as the place to change."""
+    from pipeline.train import choose_device
+
+    result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--printshellcmds",
+                       "--configfile", str(ROOT / "configs/gpu-smoke.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--device cuda --threads" in result.stdout
+    assert "--device-source configs/gpu-smoke.yaml" in result.stdout
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"train.device is 'cuda' \(set in configs/gpu-smoke"):
+            choose_device("cuda", "configs/gpu-smoke.yaml")

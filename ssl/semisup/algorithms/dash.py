@@ -122,6 +122,13 @@ class Dash(Algorithm):
         return dash_rho_usb(step, self.rho_hat, self.gamma, self.C, self.rho_min,
                             self.warmup_steps, self.steps_per_epoch)
 
+    @staticmethod
+    def stat(value: Tensor | float | None, like: Tensor) -> Tensor:
+        """rho or rho_hat as a logged statistic: NaN while undefined (warm-up), no host sync."""
+        if isinstance(value, Tensor):
+            return value.detach().float()
+        return scalar(math.nan if value is None or not math.isfinite(value) else value, like)
+
     # ---- one step -------------------------------------------------------------------------------
     def training_step(self, model, batch: StepBatch, step: int, teacher=None) -> StepOutput:
         logits_lb, logits_w, logits_s = forward_views(
@@ -148,8 +155,7 @@ class Dash(Algorithm):
             mask = dash_mask_usb(logits_w, targets, rho)
             loss_unsup = (cross_entropy_per_sample(logits_s, targets) * mask).mean()
 
-        rho_stat = (rho.detach().float() if isinstance(rho, Tensor)
-                    else scalar(rho if math.isfinite(rho) else math.nan, loss_sup))
-        stats = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(), "rho": rho_stat}
+        stats = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(),
+                 "rho": self.stat(rho, loss_sup), "rho_hat": self.stat(self.rho_hat, loss_sup)}
         stats.update(selection_stats(mask, pseudo_labels, batch.unlabeled_labels))
         return StepOutput(loss_sup + self.lambda_u * loss_unsup, stats)
