@@ -10,7 +10,12 @@ from pipeline.code import code_digest
 from pipeline.config import command_line_overrides, deep_merge, load_study, setting_source
 from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.figures import figures_for, stats_algorithms
-from pipeline.workflow import set_job_environment, source_fingerprint
+from pipeline.workflow import (
+    cpu_training_warning,
+    gpu_visible,
+    set_job_environment,
+    source_fingerprint,
+)
 
 
 configfile: Path(workflow.basedir) / "params.yaml"
@@ -89,6 +94,14 @@ def train_code(wildcards):
 
 onstart:
     shell(f"python -m pipeline.tracking init --experiment {shlex.quote(STUDY.name)}")
+    warning = cpu_training_warning(
+        STUDY.config["train"],
+        len(N_LABELS) * len(ALGORITHMS) * len(SEEDS),
+        workflow.local_exec,
+        gpu_visible(),
+    )
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 # `snakemake --report reports/<study>/report.html` (after a run) bundles the outputs marked report(...)
@@ -212,6 +225,8 @@ rule tables:
         # each table's model beside it: the HTML page renders it (pipeline/table_model.py)
         table_model=f"{REPORTS}/tables/main.json",
         metrics=f"{REPORTS}/metrics.json",
+        # the main table's numbers only: what `dvc metrics show/diff` print (dvc.yaml)
+        table_metrics=f"{REPORTS}/table_metrics.json",
     log:
         f"logs/{STUDY.name}/tables.log",
     params:
@@ -227,6 +242,7 @@ rule tables:
     shell:
         "python -m pipeline.tables --summaries {input.summaries} --selection {params.selection}"
         " --model {params.model} --table {output.table} --metrics {output.metrics}"
+        " --table-metrics {output.table_metrics}"
         " {params.published} > {log} 2>&1"
 
 
@@ -256,6 +272,12 @@ rule figures:
         ),
     output:
         pdf=expand(f"{REPORTS}/figures/{{name}}.pdf", name=FIGURES),
+        # the error curves as CSV, what `dvc plots show` / `dvc plots diff` draw (dvc.yaml)
+        curves=expand(
+            f"{REPORTS}/plots/{{n_labels}}-labels/{{algorithm}}.csv",
+            n_labels=N_LABELS,
+            algorithm=ALGORITHMS,
+        ),
         # The PNGs go into the HTML report (`snakemake --report`), each with its caption.
         png=[
             report(
@@ -274,11 +296,12 @@ rule figures:
         figures=" ".join(FIGURES),
         model=STUDY.config["reports"]["model"],
         out=lambda wildcards, output: Path(output.pdf[0]).parent,
+        curves=lambda wildcards, output: Path(output.curves[0]).parent.parent,
         code=code_digest("pipeline.figures"),
     shell:
         "python -m pipeline.figures --evaluations {input.evaluations} --train-stats {input.stats}"
         " --figures {params.figures} --dash-runs {input.dash_runs} --model {params.model}"
-        " --out {params.out} > {log} 2>&1"
+        " --out {params.out} --curves {params.curves} > {log} 2>&1"
 
 
 TRAIN_RUNS = dict(dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS, seed=SEEDS)

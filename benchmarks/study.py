@@ -190,45 +190,52 @@ def report(jobs: list[dict], wall: float, cores: int, cpu: float) -> dict:
 
     split = [job for job in jobs if "train_s" in job]
     if split:
-        parts = {
-            "startup": [job["s"] - job["main_s"] for job in split],
-            "setup": [job["main_s"] - job["train_s"] for job in split],
-            "training": [job["train_s"] for job in split],
-        }
-        total = sum(job["s"] for job in split)
-        print(f"\nper train job (mean over {len(split)}; % of the job's wall seconds):")
-        print(f"  {'start-up (interpreter, imports incl. torch)':44s} "
-              f"{statistics.mean(parts['startup']):6.1f} s {100 * sum(parts['startup']) / total:5.1f}%")
-        print(f"  {'set-up (data, model, MLflow, outputs)':44s} "
-              f"{statistics.mean(parts['setup']):6.1f} s {100 * sum(parts['setup']) / total:5.1f}%")
-        print(f"  {'training (Trainer.fit)':44s} "
-              f"{statistics.mean(parts['training']):6.1f} s {100 * sum(parts['training']) / total:5.1f}%")
-        summary["per_job_mean_seconds"] = {k: round(statistics.mean(v), 2) for k, v in parts.items()}
-        summary["per_job_share"] = {k: round(sum(v) / total, 3) for k, v in parts.items()}
-
-        by_algorithm: dict[str, list[dict]] = {}
-        for job in split:
-            by_algorithm.setdefault(job["algorithm"], []).append(job)
-        print(f"\n{'algorithm':12s} {'jobs':>4s} {'job s':>8s} {'train s':>8s} {'steps/s':>8s} "
-              f"{'cpu s':>8s} {'max RSS MB':>10s}")
-        summary["by_algorithm"] = {}
-        for algorithm, group in sorted(by_algorithm.items()):
-            row = {"jobs": len(group),
-                   "job_seconds_mean": statistics.mean(job["s"] for job in group),
-                   "train_seconds_mean": statistics.mean(job["train_s"] for job in group),
-                   "steps_per_second_mean": statistics.mean(job["steps_per_second"]
-                                                            for job in group),
-                   "cpu_seconds_mean": statistics.mean(float(job.get("cpu_time", "nan"))
-                                                       for job in group),
-                   "max_rss_mb": max(float(job.get("max_rss", "nan")) for job in group)}
-            summary["by_algorithm"][algorithm] = {k: round(v, 2) for k, v in row.items()}
-            print(f"{algorithm:12s} {row['jobs']:4d} {seconds(row['job_seconds_mean'])} "
-                  f"{seconds(row['train_seconds_mean'])} {row['steps_per_second_mean']:8.1f} "
-                  f"{seconds(row['cpu_seconds_mean'])} {row['max_rss_mb']:10.0f}")
+        summary.update(report_job_parts(split))
+        summary["by_algorithm"] = report_algorithms(split)
     return summary
 
 
-def main() -> None:
+def report_job_parts(split: list[dict]) -> dict:
+    """Where a train job's wall time goes: start-up, set-up, training."""
+    parts = {
+        "startup": [job["s"] - job["main_s"] for job in split],
+        "setup": [job["main_s"] - job["train_s"] for job in split],
+        "training": [job["train_s"] for job in split],
+    }
+    total = sum(job["s"] for job in split)
+    titles = {"startup": "start-up (interpreter, imports incl. torch)",
+              "setup": "set-up (data, model, MLflow, outputs)", "training": "training (Trainer.fit)"}
+    print(f"\nper train job (mean over {len(split)}; % of the job's wall seconds):")
+    for part, values in parts.items():
+        print(f"  {titles[part]:44s} {statistics.mean(values):6.1f} s "
+              f"{100 * sum(values) / total:5.1f}%")
+    return {"per_job_mean_seconds": {k: round(statistics.mean(v), 2) for k, v in parts.items()},
+            "per_job_share": {k: round(sum(v) / total, 3) for k, v in parts.items()}}
+
+
+def report_algorithms(split: list[dict]) -> dict:
+    """Per algorithm: job and training seconds, steps/s, CPU seconds, peak memory."""
+    by_algorithm: dict[str, list[dict]] = {}
+    for job in split:
+        by_algorithm.setdefault(job["algorithm"], []).append(job)
+    print(f"\n{'algorithm':12s} {'jobs':>4s} {'job s':>8s} {'train s':>8s} {'steps/s':>8s} "
+          f"{'cpu s':>8s} {'max RSS MB':>10s}")
+    summary = {}
+    for algorithm, group in sorted(by_algorithm.items()):
+        mean = lambda key, group=group: statistics.mean(float(job.get(key, "nan"))
+                                                        for job in group)
+        row = {"jobs": len(group), "job_seconds_mean": mean("s"), "train_seconds_mean":
+               mean("train_s"), "steps_per_second_mean": mean("steps_per_second"),
+               "cpu_seconds_mean": mean("cpu_time"),
+               "max_rss_mb": max(float(job.get("max_rss", "nan")) for job in group)}
+        summary[algorithm] = {k: round(v, 2) for k, v in row.items()}
+        print(f"{algorithm:12s} {row['jobs']:4d} {seconds(row['job_seconds_mean'])} "
+              f"{seconds(row['train_seconds_mean'])} {row['steps_per_second_mean']:8.1f} "
+              f"{seconds(row['cpu_seconds_mean'])} {row['max_rss_mb']:10.0f}")
+    return summary
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
@@ -243,23 +250,31 @@ def main() -> None:
     parser.add_argument("--snakemake-args", nargs=argparse.REMAINDER, default=[],
                         help="everything after this goes to snakemake unchanged")
     args = parser.parse_args()
+    if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()):
+        parser.error(f"--workdir {args.workdir} is not empty: a study there would reuse its outputs")
+    if args.override is not None and not isinstance(yaml.safe_load(args.override), dict):
+        parser.error("--override must be a YAML/JSON mapping, e.g. '{train: {steps: 20}}'")
+    return args
 
-    if args.workdir:
-        workdir = args.workdir.resolve()
-        if workdir.exists() and any(workdir.iterdir()):
-            parser.error(f"--workdir {workdir} is not empty: a study there would reuse its outputs")
-        workdir.mkdir(parents=True, exist_ok=True)
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="ssl-repro-study-"))
+
+def snakemake_command(args: argparse.Namespace, workdir: Path) -> list[str]:
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
                "--cores", str(args.cores)]
     if args.override:
         override = yaml.safe_load(args.override)
-        if not isinstance(override, dict):
-            parser.error("--override must be a YAML/JSON mapping, e.g. '{train: {steps: 20}}'")
         (workdir / "override.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
         command += ["--configfile", "override.yaml"]
-    command += args.snakemake_args
+    return command + args.snakemake_args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.workdir:
+        workdir = args.workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="ssl-repro-study-"))
+    command = snakemake_command(args, workdir)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
     log_path = workdir / "snakemake.log"
     print(f"cwd {workdir}\n$ {' '.join(command)}")
@@ -270,7 +285,7 @@ def main() -> None:
     start = time.perf_counter()
     with open(log_path, "w") as log:
         result = subprocess.run(command, cwd=workdir, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, check=False)
     wall = time.perf_counter() - start
     cpu = children_cpu_seconds() - cpu_before
     print(f"after:  {uptime()}")
@@ -290,7 +305,6 @@ def main() -> None:
         print(f"\nworking folder: {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

@@ -306,21 +306,25 @@ def benchmark_device(device: torch.device, args) -> None:
         print(f"{name:17s} {description:58s} {rate:8.3f} {rate * images_per_step:9,.0f} "
               f"{1 / rate:7.3f}  {load}")
     print(f"ratio (b)/(a): {rows[1][2] / rows[0][2]:.2f}x   (load after: {load_average()})")
-
     if args.augment_repeats > 0:
-        batch = args.batch * args.uratio
-        cpu_images = images_nchw[:batch]
-        generator = torch.Generator(device=device).manual_seed(args.seed)
-        rng = random.Random(args.seed)
-        speeds = images_per_second({
-            "pil": (lambda images: run_pil(images, "fixmatch", rng), cpu_images),
-            "batched": (lambda images: strong_augment(images, generator, variant="fixmatch"),
-                        cpu_images.to(device)),
-        }, args.augment_repeats, batch)
-        print(f"augmentation alone (strong, fixmatch RandAugment, {batch} images per batch, "
-              f"median of {args.augment_repeats}): PIL per image in 1 process "
-              f"{speeds['pil']:,.0f} img/s, batched on {device.type} {speeds['batched']:,.0f} "
-              f"img/s, ratio {speeds['batched'] / speeds['pil']:.1f}x")
+        benchmark_augmentation(device, images_nchw, args)
+
+
+def benchmark_augmentation(device: torch.device, images_nchw: torch.Tensor, args) -> None:
+    """Strong augmentation alone: PIL per image in this process against the batched path."""
+    batch = args.batch * args.uratio
+    cpu_images = images_nchw[:batch]
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    speeds = images_per_second({
+        "pil": (lambda images: run_pil(images, "fixmatch", rng), cpu_images),
+        "batched": (lambda images: strong_augment(images, generator, variant="fixmatch"),
+                    cpu_images.to(device)),
+    }, args.augment_repeats, batch)
+    print(f"augmentation alone (strong, fixmatch RandAugment, {batch} images per batch, "
+          f"median of {args.augment_repeats}): PIL per image in 1 process "
+          f"{speeds['pil']:,.0f} img/s, batched on {device.type} {speeds['batched']:,.0f} "
+          f"img/s, ratio {speeds['batched'] / speeds['pil']:.1f}x")
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .errors import UserError, cli
-from .files import atomic_path, read_json
+from .files import atomic_path, read_json, write_text
 from .names import DISPLAY_NAMES
 
 PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": "ssl-repro"}
@@ -130,6 +130,23 @@ def dash_settings(metrics_paths: list[Path]) -> dict:
         raise UserError("dash_rho figure: the dash runs used different hyperparameters; draw "
                         "one study at a time")
     return settings[0]
+
+
+def write_curves(groups, model: str, out_dir: Path) -> list[Path]:
+    """Each (label budget, algorithm): the test error at every evaluation, mean over seeds, as
+    <n_labels>-labels/<algorithm>.csv with columns step, error (for `dvc plots show/diff`)."""
+    import numpy as np
+
+    written = []
+    for (_, n_labels, algorithm), runs in groups.items():
+        steps, errors = seed_curves(runs, f"{model}/error")
+        path = out_dir / f"{n_labels}-labels" / f"{algorithm}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [f"{int(step)},{error:.4f}" for step, error in zip(steps, np.nanmean(errors, 0),
+                                                                strict=True)]
+        write_text(path, "\n".join(["step,error", *rows, ""]))
+        written.append(path)
+    return written
 
 
 # ---- plotting -----------------------------------------------------------------------------------
@@ -305,10 +322,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="gamma values whose rho schedule dash_rho draws")
     parser.add_argument("--model", default="ema", choices=["ema", "raw"])
     parser.add_argument("--out", required=True, type=Path, help="figures folder")
+    parser.add_argument("--curves", type=Path, help="folder for the error curves as CSV, "
+                        "<n_labels>-labels/<algorithm>.csv (what `dvc plots` draws)")
     args = parser.parse_args(argv)
     written: list[Path] = []
+    evaluations = group_runs(args.evaluations)
     if "error_curves" in args.figures:
-        written += plot_error_curves(group_runs(args.evaluations), args.model, args.out)
+        written += plot_error_curves(evaluations, args.model, args.out)
+    if args.curves:
+        written += write_curves(evaluations, args.model, args.curves)
     stats = group_runs(args.train_stats) if {"dash_rho", "pseudo_labels"} & set(args.figures) \
         else {}
     if "dash_rho" in args.figures:

@@ -278,6 +278,15 @@ def render_published(summaries: list[dict], published_rows: list[dict], model: s
                                     published_name))
 
 
+def table_metrics(results: Results) -> dict:
+    """The main table's numbers, for `dvc metrics show/diff`: {"<n> labels": {algorithm:
+    {"error": mean, "std": std}}} (the full record, every metric and run identity, is
+    metrics.json)."""
+    return {f"{n} labels": {a: {"error": round(stats["mean"], 4), "std": round(stats["std"], 4)}
+                            for a, stats in results.columns[n].cells.items()}
+            for n in results.budgets}
+
+
 def metrics_document(summaries: list[dict]) -> dict:
     """Nested {dataset-n_labels: {algorithm: {metric: mean, metric_std: std}}} for dvc metrics,
     with each seed's run identity (config hash, code digest, split and data hashes: the MLflow
@@ -310,7 +319,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="ema", choices=["ema", "raw"])
     parser.add_argument("--table", required=True, type=Path,
                         help="the main table (.tex; its model goes beside it as .json)")
-    parser.add_argument("--metrics", required=True, type=Path)
+    parser.add_argument("--metrics", required=True, type=Path,
+                        help="every metric and each seed's run identity (JSON)")
+    parser.add_argument("--table-metrics", type=Path,
+                        help="the main table's numbers only, for dvc metrics (JSON)")
     parser.add_argument("--published", type=Path,
                         help="CSV of published numbers (reference/README.md) to compare with")
     parser.add_argument("--published-table", type=Path,
@@ -322,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     results = Results(summaries, args.model, args.selection)
     write_table(main_table(results), args.table)
     write_json(args.metrics, metrics_document(summaries))
+    if args.table_metrics:
+        write_json(args.table_metrics, table_metrics(results))
     print(f"wrote {args.table} and {args.metrics}")
     if args.published is not None:
         table = published_table(results, read_published(args.published), args.published.name)

@@ -28,7 +28,7 @@ EXPECTED_STATS = {
     "supervised": {"loss_sup"},
     "fixmatch": SSL | {"threshold"},
     "flexmatch": SSL | {"threshold_mean", "threshold_min"},
-    "dash": SSL | {"rho"},
+    "dash": SSL | {"rho", "rho_hat"},
     "freematch": SSL | {"tau_global", "threshold_mean", "threshold_min", "loss_fairness"},
     "softmatch": SSL | {"mu", "var"},
     "uda": SSL | {"threshold", "tsa_threshold"},
@@ -412,6 +412,23 @@ def test_softmatch_alignment_estimate_starts_at_the_first_batch_mean():
     algorithm.training_step(LogitsAreInputs(), logit_batch(torch.log(probs.flip(1))), 1)
     assert torch.allclose(algorithm.p_model, 0.999 * torch.tensor([0.4, 0.6])
                           + 0.001 * torch.tensor([0.6, 0.4]))
+
+
+def test_fixmatch_loss_by_hand():
+    # labeled: logits 0 -> CE = ln 3 = 1.098612. Unlabeled weak p = [0.96, 0.02, 0.02] (q >= 0.95:
+    # pseudo-label 0) and [0.5, 0.3, 0.2] (masked out); strong p of sample 0 = [0.5, 0.25, 0.25]:
+    # loss_unsup = (-ln 0.5 + 0) / 2 = 0.346574 (the mean over all mu*B, masked ones included);
+    # loss = 1.098612 + 1.0 * 0.346574 = 1.445186.
+    weak = torch.log(torch.tensor([[0.96, 0.02, 0.02], [0.5, 0.3, 0.2]]))
+    strong = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
+    batch = logit_batch(weak, strong, labeled=torch.zeros(1, 3), labels=torch.tensor([0]))
+    batch.unlabeled_labels = torch.tensor([0, 2])
+    output = make("fixmatch", num_classes=3).training_step(LogitsAreInputs(), batch, 0)
+    assert output.stats["loss_sup"].item() == pytest.approx(1.098612, abs=1e-6)
+    assert output.stats["loss_unsup"].item() == pytest.approx(0.346574, abs=1e-6)
+    assert output.loss.item() == pytest.approx(1.445186, abs=1e-6)
+    assert output.stats["mask_rate"].item() == 0.5
+    assert output.stats["n_selected_correct"].item() == 1.0
 
 
 @pytest.mark.parametrize("sharpen_targets", [True, False])

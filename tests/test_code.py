@@ -15,6 +15,9 @@ import yaml
 from pipeline import code
 from pipeline.config import ROOT
 
+# End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 TRAIN_USES = {"algorithm": "fixmatch", "model": "small_cnn", "dataset": "digits"}
 
 

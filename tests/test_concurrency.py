@@ -14,6 +14,9 @@ import yaml
 from pipeline import download, split
 from pipeline.config import ROOT, load_params, load_study
 
+# End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 SEEDS = list(range(8))
 STUDY = {
     "study": {"name": "parallel", "n_labels": [10], "seeds": SEEDS, "algorithms": ["fixmatch"]},

@@ -61,6 +61,16 @@ def cifar10_mirror(tmp_path):
     return mirror, {"cifar-10-python.tar.gz": md5}, batches
 
 
+
+def fetch_from_mirror(tmp_path, name: str, archive: str, staging, folder: str):
+    """Pack `staging` as the archive into a file:// mirror, download the dataset from it with
+    that md5, and load it."""
+    md5 = pack(tmp_path / "mirror", archive, staging, folder)
+    root = tmp_path / "raw" / name
+    spec = get_dataset(name)
+    spec.download(root, **options(name, mirror=(tmp_path / "mirror").as_uri(), md5={archive: md5}))
+    return spec.load(root, **options(name))
+
 def test_cifar10_downloads_verifies_and_parses_the_python_batches(tmp_path, cifar10_mirror):
     mirror, md5, batches = cifar10_mirror
     root = tmp_path / "data" / "raw" / "cifar10"
@@ -178,12 +188,8 @@ def test_cifar100_uses_the_fine_labels_and_their_names(tmp_path):
     write_pickle(staging / "cifar-100-python" / "meta", {
         "fine_label_names": [f"fine{i}" for i in range(100)],
         "coarse_label_names": [f"coarse{i}" for i in range(20)]})
-    md5 = pack(tmp_path / "mirror", "cifar-100-python.tar.gz", staging, "cifar-100-python")
-    root = tmp_path / "raw" / "cifar100"
-    spec = get_dataset("cifar100")
-    spec.download(root, **options(spec.name, mirror=(tmp_path / "mirror").as_uri(),
-                                  md5={"cifar-100-python.tar.gz": md5}))
-    data = spec.load(root, **options(spec.name))
+    data = fetch_from_mirror(tmp_path, "cifar100", "cifar-100-python.tar.gz", staging,
+                             "cifar-100-python")
     assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (10, 3, 32, 32)
     assert data.train_labels.tolist() == content["train"]["fine_labels"]
     assert data.num_classes == 100 and data.class_names[7] == "fine7"
@@ -249,12 +255,8 @@ def test_stl10_reads_column_major_binaries_and_shifts_labels(tmp_path):
         (staging / f"{split}_X.bin").write_bytes(content)
     (staging / "train_y.bin").write_bytes(bytes([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]))
     (staging / "test_y.bin").write_bytes(bytes([10, 9, 8, 7, 1]))
-    md5 = pack(tmp_path / "mirror", "stl10_binary.tar.gz", tmp_path / "staging", "stl10_binary")
-    root = tmp_path / "raw" / "stl10"
-    spec = get_dataset("stl10")
-    spec.download(root, **options(spec.name, mirror=(tmp_path / "mirror").as_uri(),
-                                  md5={"stl10_binary.tar.gz": md5}))
-    data = spec.load(root, **options(spec.name))
+    data = fetch_from_mirror(tmp_path, "stl10", "stl10_binary.tar.gz", tmp_path / "staging",
+                             "stl10_binary")
     assert data.train_images.shape == (10, 3, 96, 96) and data.test_images.shape == (5, 3, 96, 96)
     assert data.train_labels.tolist() == list(range(10)) and data.test_labels.tolist() == [9, 8, 7, 6, 0]
     assert data.class_names[0] == "airplane" and data.class_names[9] == "truck"

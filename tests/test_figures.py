@@ -139,3 +139,14 @@ def test_run_times_refuse_a_benchmark_file_of_another_job(tmp_path):
     run = tmp_path / "results/t/digits-10/dash/seed0/run.json"
     with pytest.raises(UserError, match=r"expected a file named digits-10-dash-seed0\.tsv"):
         run_times_rows([run], [tmp_path / "digits-10-dash-seed1.tsv"])
+
+
+def test_the_error_curves_are_written_as_csv_for_dvc_plots(results, tmp_path):
+    written = figures.write_curves(figures.group_runs(results["evaluations"]), "ema",
+                                   tmp_path / "plots")
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in written) == [
+        "plots/10-labels/dash.csv", "plots/10-labels/fixmatch.csv",
+        "plots/10-labels/supervised.csv"]
+    # supervised: seeds 0 and 1 at step 10 -> 80 - 5 - 0 and 80 - 5 - 1: mean 74.5
+    lines = (tmp_path / "plots/10-labels/supervised.csv").read_text().splitlines()
+    assert lines[:2] == ["step,error", "10,74.5000"]

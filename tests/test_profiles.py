@@ -26,6 +26,9 @@ RUNNER = r"""
 import contextlib, io, json, os, sys
 from snakemake.cli import main, parse_args
 
+# End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 calls, results = json.loads(sys.argv[1]), []
 for call in calls:
     os.environ.update(call["env"])
@@ -134,9 +137,3 @@ def test_default_profile_sets_no_gpu_limit_without_a_gpu(snakemake):
 
 def test_resources_on_the_command_line_override_the_gpu_count(snakemake):
     assert snakemake["gpu=3 given"]["gpu"] == 3
-
-
-def test_profiles_readme_documents_the_slurm_command():
-    readme = (ROOT / "profiles/README.md").read_text()
-    assert "snakemake --profile profiles/slurm --configfile configs/dash-cifar10.yaml" in readme
-    assert "MLFLOW_TRACKING_URI" in readme and "--resources gpu=" in readme

@@ -20,6 +20,9 @@ from pipeline.files import read_json
 from pipeline.regression import (GOLDEN, TOLERANCE, RegressionError, check, ci_metrics_path,
                                  differences, metrics_only, run_ci_study)
 
+# End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def ci_study(tmp_path_factory):

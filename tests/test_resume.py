@@ -26,6 +26,9 @@ from semisup.train import TrainConfig, TrainData, Trainer
 from pipeline.config import (ROOT, deep_merge, default_params, default_train_options,
                              load_params, load_study)
 
+# End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 CPU = torch.device("cpu")
 TINY_TRAIN = TrainConfig(**default_train_options(
     "digits", steps=12, batch_size=4, uratio=2, eval_every=3, log_every=2, checkpoint_every=3,

@@ -200,3 +200,15 @@ def test_the_dash_tables_show_the_dash_papers_own_numbers():
     assert r"13.22 $\pm$ 3.75" in table and r"4.08 $\pm$ 0.06" in table
     assert "Dash paper (RA)" in table and "unknown (FixMatch-TF codebase)" in table
     assert all(row["reference"] and row["selection"] for row in rows)
+
+
+def test_dvc_metrics_hold_the_main_tables_numbers_only():
+    from pipeline.tables import Results, table_metrics
+
+    metrics = table_metrics(Results(SUMMARIES, "ema", "best"))
+    assert metrics == {"40 labels": {"pseudolabel": {"error": 60.0, "std": 0.5},
+                                     "fixmatch": {"error": 5.0, "std": 0.5},
+                                     "dash": {"error": 8.0, "std": 0.5}},
+                       "250 labels": {"pseudolabel": {"error": 30.0, "std": 0.5},
+                                      "fixmatch": {"error": 4.9, "std": 0.5},
+                                      "dash": {"error": 4.8, "std": 0.1}}}

@@ -12,6 +12,9 @@ import yaml
 from pipeline.config import ROOT
 from pipeline.errors import UserError
 
+# End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 
 TINY = {
