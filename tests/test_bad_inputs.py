@@ -269,8 +269,9 @@ def test_gpu_asked_for_where_none_exists(finished, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     code, stderr = call(train.main, train_argv(finished[0], device="cuda"), capsys)
-    check_user_error(code, stderr, finished, "train.device is 'cuda' but no CUDA GPU is available",
-                     "set train.device to 'auto' or 'cpu'")
+    check_user_error(code, stderr, finished,
+                     "train.device is 'cuda' (set in params.yaml) but no CUDA GPU is available",
+                     "set train.device to 'auto' or 'cpu' in params.yaml")
 
 
 def test_unreachable_mlflow_server_stops_the_training_job_and_keeps_results(

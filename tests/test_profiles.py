@@ -14,6 +14,9 @@ import pytest
 
 from pipeline.config import ROOT
 
+# End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 SNAKEFILE = ["--snakefile", str(ROOT / "Snakefile")]
 SLURM = [*SNAKEFILE, "--profile", str(ROOT / "profiles/slurm"), "--dry-run"]
 DASH_CIFAR10 = ["--configfile", str(ROOT / "configs/dash-cifar10.yaml")]
@@ -25,9 +28,6 @@ CLUSTER_ENV = {"SBATCH_ACCOUNT": "ssl-test", "SBATCH_PARTITION": "cpu-queue",
 RUNNER = r"""
 import contextlib, io, json, os, sys
 from snakemake.cli import main, parse_args
-
-# End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
-pytestmark = pytest.mark.slow
 
 calls, results = json.loads(sys.argv[1]), []
 for call in calls:
