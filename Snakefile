@@ -11,6 +11,7 @@ from pipeline.config import command_line_overrides, deep_merge, load_study, sett
 from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.figures import figures_for, stats_algorithms
 from pipeline.workflow import (
+    checked_split,
     cpu_training_warning,
     gpu_visible,
     set_job_environment,
@@ -144,7 +145,10 @@ rule split:
 rule train:
     input:
         manifest=lambda w: STUDY.manifest_path(w.dataset),
-        split=lambda w: STUDY.split_path(w.dataset, w.n_labels, w.seed),
+        # checked before Snakemake removes this job's outputs (pipeline/workflow.py)
+        split=lambda w: checked_split(
+            STUDY.split_path(w.dataset, w.n_labels, w.seed), STUDY.manifest_path(w.dataset)
+        ),
     output:
         metrics=f"{RUN}/metrics.json",
         run=f"{RUN}/run.json",

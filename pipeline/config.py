@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 
 from semisup.catalog import DATASETS
 
@@ -38,6 +38,17 @@ FOREIGN_KEYS = {
 
 class ConfigError(UserError):
     pass
+
+
+def _integer(checker, instance) -> bool:
+    """An integer is an int: JSON Schema would also take 16.0, which torch then refuses."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# The schema's validator, with integers that are ints.
+Validator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer))
 
 
 def load_schema() -> dict:
@@ -92,15 +103,20 @@ def _key_path(error) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
+TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string",
+              "boolean": "true or false", "array": "a list", "object": "a mapping", "null": "null"}
+
+
 def _allowed(schema: dict) -> str:
+    if "x-allowed" in schema:   # the schema's own words for a pattern
+        return schema["x-allowed"]
     if "enum" in schema:
         return "one of " + ", ".join(repr(v) for v in schema["enum"])
     parts = []
-    kind = schema.get("type")
-    if kind:
-        parts.append({"integer": "an integer", "number": "a number", "string": "a string",
-                      "boolean": "true or false", "array": "a list", "object": "a mapping"}
-                     .get(kind, kind))
+    kinds = schema.get("type")
+    if kinds:
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        parts.append(" or ".join(TYPE_WORDS.get(kind, kind) for kind in kinds))
     for word, bound in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
                         ("exclusiveMaximum", "<")):
         if word in schema:
@@ -174,7 +190,7 @@ def describe(error, source: str, command_line: dict | None = None) -> str:
 def validate(config: dict, source: str = "params.yaml", command_line: dict | None = None) -> None:
     """Raise ConfigError listing every problem, each with key, bad value, what is allowed and
     where it was set (`command_line`: the `--config` overrides merged into config last)."""
-    validator = Draft202012Validator(load_schema())
+    validator = Validator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     problems = [describe(error, source, command_line) for error in errors]
     if command_line:

@@ -24,6 +24,28 @@ def writable_dir(folder: str | Path) -> Path:
     return folder
 
 
+def remove_stale_temporaries(folder: Path, prefix: str, suffix: str) -> list[Path]:
+    """Delete `<prefix><pid><suffix>` files of processes that no longer run: what a write killed
+    between creating its temporary file and renaming it left behind."""
+    removed = []
+    for leftover in folder.glob(f"{prefix}*{suffix}"):
+        pid = leftover.name[len(prefix):len(leftover.name) - len(suffix)]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_runs(int(pid)):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # it runs, as another user
+        return True
+    return True
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
@@ -35,6 +57,7 @@ def atomic_path(path: str | Path):
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         tmp.replace(path)
+        remove_stale_temporaries(path.parent, f".{path.stem}.", f".tmp{path.suffix}")
     except OSError as error:   # no permission, disk full, read-only file system, ...
         raise UserError(f"cannot write {path} ({error.strerror}); make {path.parent} writable "
                         f"and rerun — finished results are kept") from error

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .code import code_digest
 from .errors import UserError, cli
-from .files import atomic_path, read_json, writable_dir, write_json
+from .files import atomic_path, read_json, remove_stale_temporaries, writable_dir, write_json
 from .tracking import RunLogger, git_commit, git_diff, tracking_uri
 
 # This module imports torch only inside functions: pin_cpu_numerics must run before the import.
@@ -116,12 +116,12 @@ def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
     manifest = read_json(manifest_path, "dataset manifest")
     verify_files(manifest, manifest_path.parent)
     split = read_json(split_path, "split file")
-    indices = verify_split(split, str(split_path))
     if split.get("dataset_digest") != manifest["digest"]:
         raise UserError(f"{split_path} was made from other raw data than {manifest_path} "
                         f"describes; delete the split and rerun snakemake to recreate it")
     spec = get_dataset(run["dataset"])
     data = spec.load(manifest_path.parent, **manifest["options"])
+    indices = verify_split(split, str(split_path), num_train=len(data.train_labels))
     on = lambda tensor: None if tensor is None else tensor.to(device)
     train_data = TrainData(
         train_images=on(data.train_images), train_labels=on(data.train_labels),
@@ -230,6 +230,8 @@ def remove_checkpoint(checkpoint_dir: Path) -> None:
     run) and the run-id file go, so that rerunning after deleting the outputs starts afresh."""
     for leftover in ("checkpoint.pt", "mlflow_run_id.txt"):
         (checkpoint_dir / leftover).unlink(missing_ok=True)
+    # a checkpoint write killed before its rename (semisup.train.save_atomically)
+    remove_stale_temporaries(checkpoint_dir, ".checkpoint.pt.", ".tmp")
     with contextlib.suppress(OSError):   # something else lives there: leave it
         checkpoint_dir.rmdir()
 

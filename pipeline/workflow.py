@@ -37,6 +37,29 @@ def source_fingerprint(options: dict) -> str:
     return digest.hexdigest()
 
 
+def checked_split(split_path: str, manifest_path: str) -> str:
+    """The train rule's split input, checked when it exists (a hand-edited split: indices,
+    duplicates, its sha256) while Snakemake builds the DAG, before it removes any output of the
+    jobs that read it. Returns split_path."""
+    import json
+
+    from semisup.data.splits import verify_split
+
+    from .errors import UserError
+
+    split, manifest = Path(split_path), Path(manifest_path)
+    if not (split.exists() and manifest.exists()):
+        return split_path   # made by this run
+    try:
+        num_train = json.loads(manifest.read_text())["shapes"]["train_images"][0]
+        content = json.loads(split.read_text())
+    except (ValueError, KeyError, TypeError, IndexError) as error:   # not JSON, keys missing
+        raise UserError(f"{split_path} or {manifest_path} cannot be read ({error}); delete it "
+                        f"and rerun snakemake to recreate it") from error
+    verify_split(content, split_path, num_train)
+    return split_path
+
+
 LONG_CPU_RUN_STEPS = 100_000   # a paper study's runs (2^20 steps) take days each on a CPU
 
 

@@ -282,3 +282,17 @@ def test_unreachable_mlflow_server_stops_the_training_job_and_keeps_results(
     check_user_error(code, stderr, finished, "cannot reach the MLflow tracking server",
                      "fix MLFLOW_TRACKING_URI")
 
+
+
+def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path):
+    from pipeline.files import write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    leftover = tmp_path / f".main.{dead}.tmp.tex"   # as atomic_path names it
+    leftover.write_text("half a table")
+    running = tmp_path / ".main.1.tmp.tex"   # pid 1 runs: a write in progress elsewhere
+    running.write_text("being written")
+    write_text(tmp_path / "main.tex", "a table")
+    assert (tmp_path / "main.tex").read_text() == "a table"
+    assert not leftover.exists() and running.exists()

@@ -2,6 +2,7 @@
 the bad value and what is allowed."""
 import copy
 import inspect
+import re
 
 import pytest
 
@@ -202,3 +203,16 @@ def test_the_source_of_a_setting_is_the_command_line_or_the_last_file_that_sets_
     assert setting_source(("train", "device"), [second], None, tmp_path) == "params.yaml"
     assert (setting_source(("train", "device"), [first], {"train": {"device": "cpu"}}, tmp_path)
             == "the command line (--config)")
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"train": {"batch_size": 16.0}}, "train.batch_size = 16.0 is not allowed; it must be an integer"),
+    ({"study": {"name": ".."}}, "study.name = '..' is not allowed"),
+    ({"reports": {"dir": ""}}, "reports.dir = '' is not allowed"),
+    ({"reports": {"dir": "/tmp/x"}}, "reports.dir = '/tmp/x' is not allowed"),
+    ({"reports": {"dir": "reports/../.."}}, "without '..'"),
+])
+def test_values_that_would_break_a_job_or_write_outside_the_project_are_refused(params, edit,
+                                                                                  message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(deep_merge(params, edit))

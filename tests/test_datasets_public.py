@@ -350,7 +350,41 @@ def test_image_folder_with_a_missing_path_says_what_to_set(tmp_path):
 def test_image_folder_needs_two_class_folders_with_images(tmp_path):
     (tmp_path / "one" / "only").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(tmp_path / "one" / "only" / "a.png")
-    (tmp_path / "one" / "empty").mkdir()
     with pytest.raises(DatasetError, match="1 class sub-folder"):
         get_dataset("image_folder").download(tmp_path / "raw",
                                              **options("image_folder", path=str(tmp_path / "one")))
+
+
+def two_classes(root: Path) -> Path:
+    for name, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
+        (root / name).mkdir(parents=True)
+        for index in range(3):
+            Image.new("RGB", (4, 4), colour).save(root / name / f"{index}.png")
+    return root
+
+
+def test_an_empty_class_folder_is_an_error_not_a_missing_class(tmp_path):
+    folder = two_classes(tmp_path / "images")
+    (folder / "green").mkdir()
+    with pytest.raises(DatasetError, match=r"class folder\(s\) green in .* hold no images"):
+        get_dataset("image_folder").download(tmp_path / "raw",
+                                             **options("image_folder", path=str(folder)))
+
+
+def test_a_16_bit_gray_png_is_scaled_not_clipped_to_white(tmp_path):
+    folder = two_classes(tmp_path / "images")
+    gray = np.full((4, 4), 32896, dtype=np.uint16)   # 32896 / 65535 * 255 = 128.0
+    Image.fromarray(gray).save(folder / "red" / "0.png")
+    assert Image.open(folder / "red" / "0.png").mode.startswith("I")
+    image = public.read_image(folder / "red" / "0.png",
+                              hashlib.sha256((folder / "red" / "0.png").read_bytes()).hexdigest(), 4)
+    assert image.shape == (4, 4, 3) and (image == 128).all()
+
+
+def test_a_file_that_is_not_an_image_is_named(tmp_path):
+    folder = two_classes(tmp_path / "images")
+    (folder / "red" / "broken.png").write_bytes(b"not a png")
+    spec, settings = get_dataset("image_folder"), options("image_folder", path=str(folder))
+    spec.download(tmp_path / "raw", **settings)   # lists and hashes; the download rule loads next
+    with pytest.raises(DatasetError, match=r"broken\.png is not an image PIL can read"):
+        spec.load(tmp_path / "raw", **settings)

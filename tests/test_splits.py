@@ -27,3 +27,34 @@ def test_budget_not_divisible_or_too_large():
         labeled_indices(LABELS, 7, 3, 0)
     with pytest.raises(SplitError, match="only 10"):
         labeled_indices(LABELS, 33, 3, 0)
+
+
+def resealed(split: dict, indices) -> dict:
+    """A split edited by hand and its sha256 recomputed: only the index checks can catch it."""
+    from semisup.data.splits import indices_sha256
+
+    return {**split, "labeled_indices": indices, "split_sha256": indices_sha256(indices)}
+
+
+@pytest.mark.parametrize("indices, message", [
+    ([3, 3, 5], "repeats an index"), ([-1, 2], r"holds \[-1\]"), ([0, 30], r"holds \[30\]"),
+    ([1.0, 2], r"holds \[1.0\]"), (["4"], r"holds \['4'\]"), ([], "non-empty list")])
+def test_a_resealed_split_with_bad_indices_is_refused(indices, message):
+    split = resealed(make_split(LABELS, 6, 3, 0, "toy"), indices)
+    with pytest.raises(SplitError, match=message):
+        verify_split(split, "seed0.json", num_train=len(LABELS))
+
+
+def test_the_workflow_checks_an_existing_split_before_it_plans_the_training(tmp_path):
+    """pipeline.workflow.checked_split, the train rule's input function: at DAG time."""
+    import json
+
+    from pipeline.workflow import checked_split
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"shapes": {"train_images": [30, 1, 8, 8]}}))
+    split = tmp_path / "seed0.json"
+    assert checked_split(str(split), str(manifest)) == str(split)   # not made yet: fine
+    split.write_text(json.dumps(resealed(make_split(LABELS, 6, 3, 0, "toy"), [0, 0, 1])))
+    with pytest.raises(SplitError, match="repeats an index"):
+        checked_split(str(split), str(manifest))

@@ -313,7 +313,11 @@ def class_folders(path: str | None) -> dict[str, list[str]]:
         raise DatasetError(f"image_folder: {folder} is not a folder; {FOLDER_HELP}")
     classes = {sub.name: sorted(f.name for f in sub.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
                for sub in sorted(folder.iterdir()) if sub.is_dir() and not sub.name.startswith(".")}
-    classes = {name: files for name, files in classes.items() if files}
+    empty = [name for name, files in classes.items() if not files]
+    if empty:   # a class without images would silently vanish from the label set
+        raise DatasetError(f"image_folder: the class folder(s) {', '.join(empty)} in {folder} "
+                           f"hold no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add images "
+                           f"or move the folder(s) out of {folder}")
     if len(classes) < 2:
         raise DatasetError(f"image_folder: {folder} has {len(classes)} class sub-folder(s) with "
                            f"images ({', '.join(sorted(IMAGE_SUFFIXES))}), at least 2 are needed; "
@@ -346,8 +350,17 @@ def read_image(path: Path, sha256: str, image_size: int) -> np.ndarray:
     if hashlib.sha256(data).hexdigest() != sha256:
         raise DatasetError(f"image_folder: {path} changed since the download rule listed it; "
                            f"rerun the download (delete {INDEX_NAME} and manifest.json)")
-    with Image.open(io.BytesIO(data)) as image:
-        resized = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode in ("I", "I;16", "I;16B", "I;16L"):   # 16-bit gray: scale, not clip
+                values = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+                image = Image.fromarray(np.round(values).clip(0, 255).astype(np.uint8), "L")
+            resized = image.convert("RGB").resize((image_size, image_size),
+                                                  Image.Resampling.BILINEAR)
+    except (OSError, ValueError, SyntaxError) as error:   # PIL's errors for unreadable files
+        raise DatasetError(f"image_folder: {path} is not an image PIL can read ({error}); "
+                           f"replace or remove it and rerun the download") from error
     return np.asarray(resized, dtype=np.uint8)
 
 

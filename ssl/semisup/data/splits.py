@@ -38,14 +38,27 @@ def make_split(labels: np.ndarray, n_labels: int, num_classes: int, seed: int,
             "labeled_indices": indices, "split_sha256": indices_sha256(indices)}
 
 
-def verify_split(split: dict, source: str = "split") -> list[int]:
-    """Return the labeled indices after checking them against the stored split_sha256."""
+def verify_split(split: dict, source: str = "split", num_train: int | None = None) -> list[int]:
+    """Return the labeled indices after checking them against the stored split_sha256 and that
+    they are distinct integers of the training set (0 .. num_train - 1): a duplicate would
+    train on fewer labels than the split claims, and -1 would label the last image."""
     try:
         indices, stored = split["labeled_indices"], split["split_sha256"]
     except (KeyError, TypeError) as missing:
         raise SplitError(f"{source} lacks the key {missing}; delete it and rerun to recreate it")
+    fix = "Delete it and rerun snakemake to recreate it, or restore it with `dvc checkout`"
     if indices_sha256(indices) != stored:
         raise SplitError(f"{source}: the labeled indices do not match their sha256 (was the file "
-                         f"edited by hand?). Delete it and rerun snakemake to recreate it, or "
-                         f"restore it with `dvc checkout`")
+                         f"edited by hand?). {fix}")
+    if not isinstance(indices, list) or not indices:
+        raise SplitError(f"{source}: labeled_indices must be a non-empty list. {fix}")
+    bad = [i for i in indices if not isinstance(i, int) or isinstance(i, bool) or i < 0
+           or (num_train is not None and i >= num_train)]
+    if bad:
+        size = f" 0..{num_train - 1}" if num_train is not None else ""
+        raise SplitError(f"{source}: labeled_indices holds {bad[:5]}, not indices of the "
+                         f"training set{size}. {fix}")
+    if len(set(indices)) != len(indices):
+        raise SplitError(f"{source}: labeled_indices repeats an index, so it labels fewer images "
+                         f"than it claims. {fix}")
     return indices
