@@ -58,11 +58,16 @@ def read_csv(path: Path) -> list[dict[str, float]]:
                         f"it") from error
 
 
+def run_identity(path: Path) -> dict:
+    """The run that wrote `path`: the resolved config in the metrics.json beside it (the train
+    job writes both), not a guess from the folder names."""
+    return read_json(path.with_name("metrics.json"), "run metrics file")["run"]
+
+
 def run_key(path: Path) -> tuple[str, int, str]:
-    """results/<study>/<dataset>-<n_labels>/<algorithm>/seed<k>/<file> -> (dataset, n, algorithm)."""
-    algorithm = path.parent.parent.name
-    dataset, n_labels = path.parent.parent.parent.name.rsplit("-", 1)
-    return dataset, int(n_labels), algorithm
+    """(dataset, n_labels, algorithm) of the run that wrote `path`."""
+    run = run_identity(path)
+    return run["dataset"], int(run["n_labels"]), run["algorithm"]
 
 
 def group_runs(paths: list[Path]) -> dict[tuple[str, int, str], list[list[dict[str, float]]]]:

@@ -67,9 +67,9 @@ def run_times_rows(runs: list[Path], benchmarks: list[Path]) -> list[dict]:
         raise UserError(f"{len(runs)} run.json files but {len(benchmarks)} benchmark files")
     rows = []
     for run_path, benchmark_path in zip(runs, benchmarks, strict=True):
-        seed_dir = run_path.parent
-        dataset, n_labels = seed_dir.parent.parent.name.rsplit("-", 1)
-        algorithm, seed = seed_dir.parent.name, seed_dir.name.removeprefix("seed")
+        identity = read_json(run_path.with_name("metrics.json"), "run metrics file")["run"]
+        dataset, n_labels = identity["dataset"], identity["n_labels"]
+        algorithm, seed = identity["algorithm"], identity["seed"]
         expected = f"{dataset}-{n_labels}-{algorithm}-seed{seed}.tsv"
         if benchmark_path.name != expected:
             raise UserError(f"{benchmark_path} does not belong to {run_path} (expected a file "

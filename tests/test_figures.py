@@ -56,10 +56,12 @@ def results(tmp_path, settings) -> dict[str, list[Path]]:
             evaluations.append(write_csv(run / "evaluations.csv", [
                 {"step": step, "ema/error": 80 - step / 2 - 5 * algorithm_index - seed,
                  "raw/error": 70 - step / 3} for step in range(10, STEPS + 1, 10)]))
+            # the run's resolved config, as pipeline.train writes it beside the CSVs
+            (run / "metrics.json").write_text(json.dumps({"run": {
+                "dataset": "digits", "n_labels": 10, "algorithm": algorithm, "seed": seed,
+                "algorithm_params": settings if algorithm == "dash" else {}}}))
             if algorithm == "supervised":
                 continue
-            if algorithm == "dash":   # its resolved settings, as pipeline.train writes them
-                (run / "metrics.json").write_text(json.dumps({"run": {"algorithm_params": settings}}))
             rows = logged_rho(settings, RHO_HAT + seed) if algorithm == "dash" else \
                 [{"step": step, "train/rho": math.nan} for step in range(5, STEPS + 1, 5)]
             for row in rows:
@@ -105,7 +107,8 @@ def test_rho_hat_and_the_settings_are_what_the_runs_logged(settings, results):
         figures.logged_rho_hat([{"step": 5, "train/rho": math.nan, "train/rho_hat": math.nan}])
     assert figures.dash_settings(results["dash_runs"]) == settings
     other = results["dash_runs"][1]
-    other.write_text(json.dumps({"run": {"algorithm_params": {**settings, "gamma": 1.1}}}))
+    run = json.loads(other.read_text())["run"]
+    other.write_text(json.dumps({"run": {**run, "algorithm_params": {**settings, "gamma": 1.1}}}))
     with pytest.raises(UserError, match="used different hyperparameters"):
         figures.dash_settings(results["dash_runs"])
 
@@ -137,6 +140,9 @@ def test_dash_rho_without_dash_runs_is_a_clear_error(results, tmp_path):
 
 def test_run_times_refuse_a_benchmark_file_of_another_job(tmp_path):
     run = tmp_path / "results/t/digits-10/dash/seed0/run.json"
+    run.parent.mkdir(parents=True)
+    run.with_name("metrics.json").write_text(json.dumps({"run": {
+        "dataset": "digits", "n_labels": 10, "algorithm": "dash", "seed": 0}}))
     with pytest.raises(UserError, match=r"expected a file named digits-10-dash-seed0\.tsv"):
         run_times_rows([run], [tmp_path / "digits-10-dash-seed1.tsv"])
 
