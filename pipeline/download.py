@@ -2,7 +2,6 @@
 (array shapes, file sha256s) — the dataset digest every run records."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 from semisup.data import get_dataset
 from semisup.data.registry import sha256_file
 
-from .errors import UserError, cli
+from .errors import UserError, argument_parser, cli
 from .files import write_json
 
 
@@ -40,7 +39,7 @@ def verify_files(manifest: dict, root: Path) -> None:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argument_parser(__doc__)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--options", default="{}", help="dataset options as JSON")
     parser.add_argument("--manifest", required=True, type=Path)

@@ -1,6 +1,7 @@
 """User-facing errors: one paragraph naming the problem and the fix, a non-zero exit, no traceback."""
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 import textwrap
@@ -24,6 +25,12 @@ def report(error: BaseException, stream=None) -> None:
     # Never break inside a word: paths and keys in the message must stay whole to be copied.
     print(textwrap.fill(f"ssl-repro error: {message}", width=100, break_long_words=False,
                         break_on_hyphens=False), file=stream)
+
+
+def argument_parser(description: str | None) -> argparse.ArgumentParser:
+    """The argument parser of a module's CLI: its docstring as the help, line breaks kept."""
+    return argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def cli(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | None], None]:

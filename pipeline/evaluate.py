@@ -2,11 +2,10 @@
 every metric, with each seed's provenance (MLflow run id, hashes, git commit)."""
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
-from .errors import cli
+from .errors import argument_parser, cli
 from .files import read_json, write_json
 
 # What identifies the run that made a number, the same on every machine that reproduces it (the
@@ -27,7 +26,7 @@ def aggregate(per_seed: list[dict]) -> dict:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argument_parser(__doc__)
     parser.add_argument("--metrics", nargs="+", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)

@@ -14,13 +14,12 @@ user's matplotlibrc), no creation dates or software versions in the files.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from collections import defaultdict
 from pathlib import Path
 
-from .errors import UserError, cli
+from .errors import UserError, argument_parser, cli
 from .files import atomic_path, read_json, write_text
 from .names import DISPLAY_NAMES
 
@@ -313,8 +312,7 @@ def plot_pseudo_labels(groups, out_dir: Path) -> list[Path]:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--evaluations", nargs="+", required=True, type=Path,
                         help="every run's evaluations.csv")
     parser.add_argument("--train-stats", nargs="*", default=[], type=Path,

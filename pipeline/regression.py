@@ -15,7 +15,6 @@ rounding of metrics.json.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import subprocess
@@ -24,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from .config import ROOT
-from .errors import UserError, cli
+from .errors import UserError, argument_parser, cli
 from .files import read_json, write_json
 
 GOLDEN = ROOT / "tests/golden/ci_metrics.json"
@@ -118,8 +117,7 @@ def fresh_metrics(cores: int) -> dict:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("action", choices=["check", "accept"])
     parser.add_argument("--metrics", type=Path,
                         help="an existing metrics.json of the ci study (default: run the study "

@@ -9,12 +9,11 @@ Plain HTML with inline CSS, so the pages stay readable inside the self-contained
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import html
 from pathlib import Path
 
-from .errors import UserError, cli
+from .errors import UserError, argument_parser, cli
 from .files import read_json, write_text
 from .names import DISPLAY_NAMES
 from .table_model import Table, to_html, to_latex
@@ -132,8 +131,7 @@ def cell_costs(rows: list[dict]) -> list[str]:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--tables", nargs="+", required=True, type=Path,
                         help="table models (.json) written by the rule tables")
     parser.add_argument("--runs", nargs="+", required=True, type=Path, help="every run.json")

@@ -2,20 +2,19 @@
 their sha256. Shared by every algorithm; the unlabeled set is the whole training set."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from semisup.data import get_dataset
 from semisup.data.splits import make_split
 
 from .download import verify_files
-from .errors import cli
+from .errors import argument_parser, cli
 from .files import read_json, write_json
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argument_parser(__doc__)
     parser.add_argument("--manifest", required=True, type=Path)
     parser.add_argument("--n-labels", required=True, type=int)
     parser.add_argument("--seed", required=True, type=int)

@@ -8,13 +8,12 @@ the rule `report_pages` renders as HTML), and reports/<study>/metrics.json (for 
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import re
 from pathlib import Path
 
-from .errors import UserError, cli
+from .errors import UserError, argument_parser, cli
 from .evaluate import PROVENANCE
 from .files import read_json, write_json, write_text
 from .names import DISPLAY_NAMES
@@ -312,8 +311,7 @@ def write_table(table: Table, tex_path: Path) -> None:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--summaries", nargs="+", required=True, type=Path)
     parser.add_argument("--selection", default="best", choices=sorted(SELECTION_TEXT))
     parser.add_argument("--model", default="ema", choices=["ema", "raw"])

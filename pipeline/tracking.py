@@ -9,7 +9,6 @@ reported within seconds.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 from collections.abc import Callable
 
-from .errors import UserError, cli
+from .errors import UserError, argument_parser, cli
 from .files import write_text
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -237,7 +236,7 @@ class RunLogger:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="MLflow helpers")
+    parser = argument_parser("MLflow helpers")
     parser.add_argument("command", choices=["init"])
     parser.add_argument("--experiment", required=True)
     args = parser.parse_args(argv)

@@ -10,7 +10,6 @@ Outputs (in --out):
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 from .code import code_digest
-from .errors import UserError, cli
+from .errors import UserError, argument_parser, cli
 from .files import atomic_path, read_json, remove_stale_temporaries, writable_dir, write_json
 from .tracking import RunLogger, git_commit, git_diff, tracking_uri
 
@@ -238,8 +237,7 @@ def remove_checkpoint(checkpoint_dir: Path) -> None:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--run-config", required=True, help="the run's resolved config as JSON")
     parser.add_argument("--manifest", required=True, type=Path)
     parser.add_argument("--split", required=True, type=Path)
