@@ -1,4 +1,6 @@
-"""What the Snakefile needs besides the validated config: the environment its jobs run in.
+"""What the Snakefile computes besides the validated config, while it builds the DAG: the
+environment its jobs run in, a local dataset folder's fingerprint (a download param), the check of
+an existing split before Snakemake removes any output, and the warning before long CPU runs.
 
 Jobs run `python -m pipeline.<step>`: the Python that runs Snakemake (the project's locked
 environment) comes first on PATH, and PYTHONPATH points at this workflow's own `pipeline` and
