@@ -126,8 +126,7 @@ def logged_rho_hat(rows: list[dict[str, float]]) -> float:
 
 def dash_settings(metrics_paths: list[Path]) -> dict:
     """The resolved Dash hyperparameters the study's dash runs used (their metrics.json)."""
-    settings = [read_json(path, "run metrics file")["run"]["algorithm_params"]
-                for path in metrics_paths]
+    settings = [run_identity(path)["algorithm_params"] for path in metrics_paths]
     if not settings:
         raise UserError("dash_rho figure: no metrics.json of a dash run was given")
     if any(other != settings[0] for other in settings[1:]):
