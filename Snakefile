@@ -6,6 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from pipeline.checkpoints import checkpoint_dir
 from pipeline.code import code_digest
 from pipeline.config import command_line_overrides, deep_merge, load_study, setting_source
 from pipeline.errors import USER_ERRORS, report as report_error
@@ -93,6 +94,23 @@ def train_code(wildcards):
     )
 
 
+def checkpoints(wildcards, seed=None):
+    """A train job's checkpoint folder (pipeline/checkpoints.py); `seed` for the rule evaluate."""
+    seed = wildcards.seed if seed is None else seed
+    config_hash = STUDY.run_config(
+        wildcards.dataset, int(wildcards.n_labels), wildcards.algorithm, int(seed)
+    )["config_hash"]
+    return checkpoint_dir(
+        STUDY.name,
+        wildcards.dataset,
+        wildcards.n_labels,
+        wildcards.algorithm,
+        seed,
+        config_hash,
+        train_code(wildcards),
+    )
+
+
 onstart:
     shell(f"python -m pipeline.tracking init --experiment {shlex.quote(STUDY.name)}")
     warning = cpu_training_warning(
@@ -164,11 +182,8 @@ rule train:
     params:
         run_config=lambda w: json.dumps(run_config(w), sort_keys=True),
         code=train_code,
-        # Checkpoints live outside the declared outputs, so a killed job keeps them; the config
-        # hash and code digest in the path make a changed config or code start afresh instead
-        # of resuming a stale run.
-        checkpoints=lambda w: f"checkpoints/{STUDY.name}/{w.dataset}-{w.n_labels}/"
-        f"{w.algorithm}/seed{w.seed}/{run_config(w)['config_hash'][:16]}-{train_code(w)[:12]}",
+        # outside the declared outputs, so that a killed job keeps them; removed by `evaluate`
+        checkpoints=checkpoints,
         device=EXECUTION["device"],
         device_source=shlex.quote(DEVICE_SOURCE),
     shell:
@@ -189,8 +204,11 @@ rule evaluate:
         f"logs/{STUDY.name}/evaluate/{{dataset}}-{{n_labels}}-{{algorithm}}.log",
     params:
         code=code_digest("pipeline.evaluate"),
+        # Snakemake has accepted these runs' outputs: their checkpoints can go
+        accepted=lambda w: [checkpoints(w, seed) for seed in SEEDS],
     shell:
-        "python -m pipeline.evaluate --metrics {input.metrics} --out {output.summary} > {log} 2>&1"
+        "python -m pipeline.evaluate --metrics {input.metrics} --out {output.summary}"
+        " --accepted-checkpoints {params.accepted:q} > {log} 2>&1"
 
 
 SUMMARIES = expand(

@@ -1,10 +1,14 @@
 """Rule `evaluate`: aggregate one (dataset, n_labels, algorithm) over seeds: mean, std, n of
-every metric, with each seed's provenance (MLflow run id, hashes, git commit)."""
+every metric, with each seed's provenance (MLflow run id, hashes, git commit).
+
+Snakemake starts this rule only once it has recorded the seeds' train jobs as complete, so it is
+also where their checkpoint folders go (--accepted-checkpoints; pipeline/checkpoints.py)."""
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
 
+from . import checkpoints
 from .errors import argument_parser, cli
 from .files import read_json, write_json
 
@@ -29,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--metrics", nargs="+", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--accepted-checkpoints", nargs="*", default=[], type=Path,
+                        help="the checkpoint folders of the train jobs Snakemake has accepted")
     args = parser.parse_args(argv)
     per_seed = [read_json(path, "run metrics file") for path in args.metrics]
     runs = [read_json(path.with_name("run.json"), "run provenance file") for path in args.metrics]
@@ -45,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     write_json(args.out, summary)
     print(f"wrote {args.out} over {len(per_seed)} seeds")
+    for folder in args.accepted_checkpoints:
+        if checkpoints.remove(folder):
+            print(f"removed the finished run's checkpoint folder {folder}")
 
 
 if __name__ == "__main__":

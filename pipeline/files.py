@@ -25,11 +25,12 @@ def writable_dir(folder: str | Path) -> Path:
 
 
 def remove_stale_temporaries(folder: Path, prefix: str, suffix: str) -> list[Path]:
-    """Delete `<prefix><pid><suffix>` files of processes that no longer run: what a write killed
-    between creating its temporary file and renaming it left behind."""
+    """Delete `<prefix><pid><suffix>` (or `<prefix><pid>-<anything><suffix>`) files of processes
+    that no longer run: what a write killed between creating its temporary file and renaming it
+    left behind."""
     removed = []
     for leftover in folder.glob(f"{prefix}*{suffix}"):
-        pid = leftover.name[len(prefix):len(leftover.name) - len(suffix)]
+        pid = leftover.name[len(prefix):len(leftover.name) - len(suffix)].partition("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not process_runs(int(pid)):
             leftover.unlink(missing_ok=True)
             removed.append(leftover)

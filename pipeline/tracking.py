@@ -1,106 +1,48 @@
-"""MLflow tracking: one MLflow run per training job, resumed under the same run id.
+"""MLflow tracking: one MLflow run per training job, resumed under the same run id, that holds
+every step once whatever stops the job (pipeline/tracking_store.py opens the store).
 
-The tracking URI is `sqlite:///mlflow.db` in the working directory unless MLFLOW_TRACKING_URI
-is set (e.g. an `mlflow server` on a cluster). The schema is created once, before jobs fan out
-(`python -m pipeline.tracking init`, called from the Snakefile's onstart), and jobs started
-otherwise take turns opening a SQLite store (a file lock), so that they never race to migrate
-it. Writes retry with backoff when SQLite is busy. An HTTP server that does not answer is
-reported within seconds.
+A job's run record (`mlflow_run.json` in its checkpoint folder) names its store and run. Creating
+the run is one idempotent step: the record first gets a fresh attempt id, then the run is created
+with that id and all its tags in one call, then the record gets the run id; a job killed between
+the two finds its run again by the attempt id. Params and tags are logged again on every start.
+
+A tracking store that stops answering mid-run does not stop training: metric values wait in
+memory and go out when it answers again. Before a job writes its outputs, `sync` logs what MLflow
+still lacks (values it could not take, and the steps a resumed job did before its checkpoint,
+from the checkpoint's history), waiting up to SSL_REPRO_TRACKING_WAIT seconds (default 300) for
+the store; failing that, the job stops with its last checkpoint kept, and a rerun completes it.
 """
 from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
+import uuid
 from pathlib import Path
-from typing import TypeVar
-from collections.abc import Callable
 
 from .errors import UserError, argument_parser, cli
-from .files import write_text
+from .files import read_json, write_json
+from .tracking_store import (DEFAULT_URI, client, retry, store_error, store_identity,
+                             tracking_uri)
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+__all__ = ["DEFAULT_URI", "RunLogger", "client", "experiment_id", "git_commit", "git_diff",
+           "tracking_uri"]
+
 # MLflow 3 opens an experiment without this tag on its (empty) GenAI traces page; with it, on
 # the runs table.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # The tags that name a table cell's run: a newer finished run of the same cell supersedes older ones.
 CELL_TAGS = ("study", "dataset", "n_labels", "algorithm", "seed")
-T = TypeVar("T")
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
-
-
-def retry(action: Callable[[], T], what: str, attempts: int = 8) -> T:
-    """Run `action`, retrying on transient store errors (SQLite 'database is locked')."""
-    for attempt in range(attempts):
-        try:
-            return action()
-        except Exception as error:  # filtered below, re-raised when not transient
-            transient = "locked" in str(error) or "busy" in str(error).lower()
-            if not transient or attempt == attempts - 1:
-                raise
-            time.sleep(min(0.1 * 2 ** attempt, 3.0) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
-
-
-def check_server_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail within seconds when an HTTP tracking server does not answer: MLflow's own client
-    retries a refused connection for minutes before giving up."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return   # it answered (e.g. 401 behind authentication): reachable
-    except (OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        raise UserError(
-            f"cannot reach the MLflow tracking server {uri!r} (MLFLOW_TRACKING_URI): {reason}. "
-            f"Start the server or fix MLFLOW_TRACKING_URI; unset it to use the default "
-            f"{DEFAULT_URI} in the working directory") from error
-
-
-@contextmanager
-def sqlite_schema_lock(uri: str):
-    """One process at a time opens a SQLite store: the first one creates the schema, and MLflow's
-    migrations fail ('table ... already exists') when several processes run them at once."""
-    path = uri.removeprefix("sqlite:///").split("?")[0]
-    if not uri.startswith("sqlite:///") or not path or sys.platform == "win32":
-        yield
-        return
-    import fcntl
-
-    lock = Path(path).with_name(Path(path).name + "-schema.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)   # released when the file closes
-        yield
-
-
-def client():
-    """An MlflowClient on the tracking URI; an unreachable store is a user error."""
-    uri = tracking_uri()
-    check_server_reachable(uri)   # before importing mlflow: seconds, not minutes
-    from mlflow.tracking import MlflowClient
-
-    try:
-        with sqlite_schema_lock(uri):   # opening the store creates or migrates its schema
-            tracking = MlflowClient(uri)
-            retry(lambda: tracking.search_experiments(max_results=1), "reach the tracking store")
-    except Exception as error:  # any failure to reach the store is reported
-        raise UserError(
-            f"cannot reach the MLflow tracking store {uri!r} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}). Start the server or fix MLFLOW_TRACKING_URI; "
-            f"unset it to use the default {DEFAULT_URI} in the working directory") from error
-    return tracking
+ATTEMPT_TAG = "ssl_repro_attempt"
+# A training job's HTTP requests: a few quick retries instead of MLflow's minutes (7 retries,
+# 120 s timeouts), since a failed metric write is kept and sent again later.
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+RETRY_EVERY = 10.0   # seconds between attempts to reach a store that stopped answering
+BATCH = 1000         # MLflow's limit of metric values per log_batch
+DEFAULT_WAIT = 300.0
 
 
 def experiment_id(tracking, name: str) -> str:
@@ -143,26 +85,40 @@ def git_diff(cwd: Path | None = None) -> str:
 
 
 class RunLogger:
-    """The MLflow run of one training job. `run_id_file` (kept beside the checkpoint) makes a
-    restarted job continue the same run instead of opening a duplicate."""
+    """The MLflow run of one training job. `record` (mlflow_run.json, kept beside the checkpoint)
+    makes a restarted job continue the same run instead of opening a duplicate."""
 
-    def __init__(self, experiment: str, run_name: str, run_id_file: Path, tags: dict[str, str],
+    def __init__(self, experiment: str, run_name: str, record: Path, tags: dict[str, str],
                  params: dict[str, object]):
+        for key, value in HTTP_SETTINGS.items():
+            os.environ.setdefault(key, value)
+        self.uri, self.record = tracking_uri(), record
+        self.tracking = client()
+        self._logged: dict[str, set[int]] = {}
+        self._pending: list = []          # metric values the store has not taken yet
+        self._failure: tuple[int, str] | None = None   # (step, error) since the store failed
+        self._next_attempt = 0.0
+        self.failed_writes = False        # some write failed: `sync` checks the whole history
+        self.step = 0
+        try:
+            self._open(experiment, run_name, tags, params)
+        except UserError:
+            raise
+        except Exception as error:  # any other failure of the store at the start
+            raise store_error(self.uri, error, "start this job's run in") from error
+
+    def _open(self, experiment: str, run_name: str, tags: dict[str, str],
+              params: dict[str, object]) -> None:
         from mlflow.entities import Param, RunTag
 
-        self.tracking = client()
         self.experiment_id = experiment_id(self.tracking, experiment)
-        self.run_id = self._existing_run(run_id_file)
+        saved = self._read_record()
+        self.run_id = self._existing_run(saved)
         # A resumed run repeats the steps between its checkpoint and the kill; what MLflow
         # already holds of them is not logged twice (per key: the kill may fall between keys).
         self.resumed = self.run_id is not None
-        self._logged_up_to: dict[str, int] = {}
         if self.run_id is None:
-            run = retry(lambda: self.tracking.create_run(
-                self.experiment_id, run_name=run_name,
-                tags={"mlflow.runName": run_name}), "create run")
-            self.run_id = run.info.run_id
-            write_text(run_id_file, self.run_id + "\n")   # atomic: never an empty id file
+            self.run_id = self._create_run(saved, run_name, tags)
         else:
             retry(lambda: self.tracking.update_run(self.run_id, status="RUNNING"), "reopen run")
             tags = {**tags, "resumed": "true"}
@@ -172,33 +128,157 @@ class RunLogger:
             self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
             tags=[RunTag(k, str(v)) for k, v in tags.items()]), "log params")
 
-    def _existing_run(self, run_id_file: Path) -> str | None:
-        if not run_id_file.exists():
+    # ---- the run record -------------------------------------------------------------------
+    def _read_record(self) -> dict:
+        saved = read_json(self.record, "MLflow run record") if self.record.exists() else {}
+        if saved and saved.get("tracking_uri") != store_identity(self.uri):
+            raise UserError(
+                f"this job's checkpoint belongs to MLflow run {saved.get('run_id')} in the store "
+                f"{saved.get('tracking_uri')!r} ({self.record}), but MLFLOW_TRACKING_URI now "
+                f"names {store_identity(self.uri)!r}. Point MLFLOW_TRACKING_URI at the first "
+                f"store again to continue that run; or, to record this job as a new run in the "
+                f"new store, delete {self.record}: it then resumes from its checkpoint and logs "
+                f"the steps done so far again from the checkpoint's history")
+        return saved
+
+    def _write_record(self, **fields) -> None:
+        write_json(self.record, {"tracking_uri": store_identity(self.uri), **fields})
+
+    def _existing_run(self, saved: dict) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        run_id = saved.get("run_id")
+        if not run_id:
             return None
-        run_id = run_id_file.read_text().strip()
         try:
             retry(lambda: self.tracking.get_run(run_id), "read run")
-        except Exception:  # noqa: BLE001 - the store was reset: start a new run, say so
-            print(f"MLflow run {run_id} from {run_id_file} is not in {tracking_uri()}; "
-                  f"opening a new run", file=sys.stderr)
-            return None
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise UserError(
+                f"this job's checkpoint belongs to MLflow run {run_id} ({self.record}), which "
+                f"the store {self.uri!r} does not hold: was the store deleted or replaced? Put "
+                f"the store that holds it back; or, to record this job as a new run, delete "
+                f"{self.record}: it then resumes from its checkpoint and logs the steps done so "
+                f"far again from the checkpoint's history") from error
         return run_id
 
+    def _create_run(self, saved: dict, run_name: str, tags: dict[str, str]) -> str:
+        attempt = saved.get("attempt")
+        if attempt:   # killed after creating its run, before recording the run id?
+            found = retry(lambda: self.tracking.search_runs(
+                [self.experiment_id], filter_string=f"tags.{ATTEMPT_TAG} = '{attempt}'",
+                max_results=1), "search runs")
+            if found:
+                self._write_record(attempt=attempt, run_id=found[0].info.run_id)
+                return found[0].info.run_id
+        else:
+            attempt = uuid.uuid4().hex
+            self._write_record(attempt=attempt)   # atomic: never an empty record
+        run = retry(lambda: self.tracking.create_run(
+            self.experiment_id, run_name=run_name,
+            tags={"mlflow.runName": run_name, ATTEMPT_TAG: attempt,
+                  **{k: str(v) for k, v in tags.items()}}), "create run")
+        self._write_record(attempt=attempt, run_id=run.info.run_id)
+        return run.info.run_id
+
+    # ---- metrics ----------------------------------------------------------------------------
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Log `metrics` at `step`; a store that fails does not stop the job (see `sync`)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()
-                 if not self.resumed or step > self._last_logged_step(key)]
-        if batch:
-            retry(lambda: self.tracking.log_batch(self.run_id, metrics=batch), "log metrics")
+        self.step = step
+        self._pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        if self._failure and time.monotonic() < self._next_attempt:
+            return   # the store failed a moment ago: keep training, try again later
+        try:
+            self._flush()
+        except Exception as error:  # noqa: BLE001 - any store failure: keep training
+            if self._failure is None:
+                print(f"warning: the MLflow tracking store {self.uri!r} failed at step {step} "
+                      f"({type(error).__name__}: {' '.join(str(error).split())[:300]}); "
+                      f"training goes on and its metric values are logged once the store "
+                      f"answers again", file=sys.stderr, flush=True)
+                self._failure = (step, f"{type(error).__name__}: {' '.join(str(error).split())}")
+            self.failed_writes = True
+            self._next_attempt = time.monotonic() + RETRY_EVERY
+            return
+        if self._failure:
+            print(f"the MLflow tracking store answers again (step {step}): the values kept "
+                  f"since step {self._failure[0]} are logged", file=sys.stderr, flush=True)
+            self._failure = None
 
-    def _last_logged_step(self, key: str) -> int:
-        if key not in self._logged_up_to:
+    def _flush(self) -> None:
+        """Send the kept values; a resumed run's only where the store lacks them."""
+        while self._pending:
+            batch = self._pending[:BATCH]
+            if self.resumed:
+                batch = [m for m in batch if m.step not in self._logged_steps(m.key)]
+            if batch:
+                retry(lambda batch=batch: self.tracking.log_batch(self.run_id, metrics=batch),
+                      "log metrics")
+                for metric in batch if self.resumed else ():
+                    self._logged[metric.key].add(metric.step)
+            del self._pending[:BATCH]
+
+    def _logged_steps(self, key: str) -> set[int]:
+        if key not in self._logged:
             history = retry(lambda: self.tracking.get_metric_history(self.run_id, key),
                             "read metric history")
-            self._logged_up_to[key] = max((m.step for m in history), default=-1)
-        return self._logged_up_to[key]
+            self._logged[key] = {m.step for m in history}
+        return self._logged[key]
+
+    def sync(self, history: list[dict[str, float]], resumed_from: int,
+             checkpoint: Path | None = None) -> None:
+        """Before the outputs: log what the store lacks of `history` (rows with a `step`: what
+        the trainer logged). Checked value by value when the job resumed from a checkpoint or a
+        write failed; waits for a store that does not answer, then stops the job."""
+        wait = float(os.environ.get("SSL_REPRO_TRACKING_WAIT", DEFAULT_WAIT))
+        deadline, told = time.monotonic() + wait, False
+        while True:
+            try:
+                self._flush()
+                if resumed_from or self.failed_writes:
+                    self._log_missing(history)
+                break
+            except Exception as error:   # waited for below, then reported
+                self._failure = self._failure or (
+                    self.step, f"{type(error).__name__}: {' '.join(str(error).split())}")
+                if time.monotonic() >= deadline:
+                    raise self._stopped(checkpoint, wait) from error
+                if not told:
+                    print(f"waiting up to {wait:.0f} s (SSL_REPRO_TRACKING_WAIT) for the MLflow "
+                          f"tracking store {self.uri!r} to answer again", file=sys.stderr,
+                          flush=True)
+                    told = True
+                time.sleep(min(RETRY_EVERY, max(deadline - time.monotonic(), 0.1)))
+        if self._failure:
+            print("the MLflow tracking store answers again: every value is logged",
+                  file=sys.stderr, flush=True)
+            self._failure = None
+
+    def _log_missing(self, history: list[dict[str, float]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._logged = {}   # read again: what the store holds now
+        keys = sorted({key for row in history for key in row if key != "step"})
+        self._pending = [Metric(key, float(row[key]), now, int(row["step"])) for key in keys
+                         for row in history
+                         if key in row and int(row["step"]) not in self._logged_steps(key)]
+        self._flush()
+
+    def _stopped(self, checkpoint: Path | None, wait: float) -> UserError:
+        step, error = self._failure
+        kept = (f"its checkpoint {checkpoint} is kept, with every value" if checkpoint else
+                "the values are lost with this process")
+        return UserError(
+            f"the MLflow tracking store {self.uri!r} has not answered since step {step} ({error}), "
+            f"and waiting {wait:.0f} s (SSL_REPRO_TRACKING_WAIT) for it at the end of training "
+            f"did not help. This job stops before writing its outputs; {kept}. Start the store "
+            f"again (or free its disk) and rerun snakemake: the job resumes from that checkpoint, "
+            f"logs what MLflow run {self.run_id} lacks and writes its outputs")
 
     def log_input(self, name: str, digest: str, source: str) -> None:
         """The split as an MLflow input dataset, with its sha256 as digest."""
@@ -210,13 +290,25 @@ class RunLogger:
         retry(lambda: self.tracking.log_inputs(self.run_id, datasets=[entity]), "log input")
 
     def log_artifact(self, path: Path) -> None:
-        retry(lambda: self.tracking.log_artifact(self.run_id, str(path)), "log artifact")
+        try:
+            retry(lambda: self.tracking.log_artifact(self.run_id, str(path)), "log artifact")
+        except Exception as error:  # the store's disk is full, the server went away, ...
+            raise store_error(self.uri, error, f"log {path.name} as an artifact to") from error
 
     def log_text(self, text: str, artifact_file: str) -> None:
         retry(lambda: self.tracking.log_text(self.run_id, text, artifact_file), "log artifact")
 
     def finish(self, status: str = "FINISHED") -> None:
         retry(lambda: self.tracking.set_terminated(self.run_id, status=status), "end run")
+
+    def fail(self) -> None:
+        """Mark the run FAILED if the store can take it (the job is stopping for another reason,
+        which is what it reports)."""
+        try:
+            self.finish("FAILED")
+        except Exception as error:  # noqa: BLE001 - the job's own error is the one to report
+            print(f"(the MLflow run {self.run_id} could not be marked FAILED: "
+                  f"{type(error).__name__}: {str(error)[:200]})", file=sys.stderr)
 
     def supersede_earlier_runs(self, cell: dict[str, object]) -> list[str]:
         """Tag the earlier finished runs of this table cell (same CELL_TAGS values; made with
@@ -241,7 +333,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiment", required=True)
     args = parser.parse_args(argv)
     tracking = client()   # creates the SQLite schema on first use
-    experiment_id(tracking, args.experiment)
+    try:
+        experiment_id(tracking, args.experiment)
+    except Exception as error:  # reported as one paragraph
+        raise store_error(tracking_uri(), error, "create the experiment in") from error
     print(f"MLflow tracking store {tracking_uri()} ready (experiment {args.experiment!r})")
 
 

@@ -10,7 +10,6 @@ Outputs (in --out):
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -18,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from .checkpoints import CHECKPOINT, RUN_RECORD
 from .code import code_digest
 from .errors import UserError, argument_parser, cli
-from .files import atomic_path, read_json, remove_stale_temporaries, writable_dir, write_json
+from .files import atomic_path, read_json, writable_dir, write_json
 from .tracking import RunLogger, git_commit, git_diff, tracking_uri
 
 # This module imports torch only inside functions: pin_cpu_numerics must run before the import.
@@ -167,7 +167,7 @@ def build_trainer(run: dict, data, channels: int, num_classes: int, device, logg
                                 num_unlabeled=len(data.unlabeled()[0]),
                                 num_labeled=len(data.labeled_indices), total_steps=config.steps)
     return Trainer(model, algorithm, data, config, run["seed"], device, log=logger.log_metrics,
-                   checkpoint_path=checkpoint_dir / "checkpoint.pt",
+                   checkpoint_path=checkpoint_dir / CHECKPOINT,
                    progress=lambda line: print(f"{name}: {line}", flush=True))
 
 
@@ -197,7 +197,7 @@ def mlflow_tags(run: dict, provenance: dict, device) -> dict:
 
 def open_run(run: dict, provenance: dict, device, checkpoint_dir: Path, split_path: Path,
              name: str) -> RunLogger:
-    logger = RunLogger(run["study"], name, checkpoint_dir / "mlflow_run_id.txt",
+    logger = RunLogger(run["study"], name, checkpoint_dir / RUN_RECORD,
                        mlflow_tags(run, provenance, device), mlflow_params(run))
     logger.log_input(f"{run['dataset']}-{run['n_labels']}-split{run['seed']}",
                      provenance["split_sha256"], str(split_path.resolve()))
@@ -219,20 +219,16 @@ def write_outputs(out: Path, run: dict, provenance: dict, result, logger: RunLog
                                   "steps_per_second": round(result.steps_per_second, 2),
                                   "resumed_from_step": result.resumed_from, "device": str(device),
                                   "threads": torch.get_num_threads(), **provenance})
-    logger.log_metrics(run["train"]["steps"], {f"final/{k}": v for k, v in result.metrics.items()})
     for artifact in ("metrics.json", "evaluations.csv", "train_stats.csv"):
         logger.log_artifact(out / artifact)
 
 
-def remove_checkpoint(checkpoint_dir: Path) -> None:
-    """The outputs and the MLflow run are complete: the checkpoint (WRN-28-8: about 0.3 GB per
-    run) and the run-id file go, so that rerunning after deleting the outputs starts afresh."""
-    for leftover in ("checkpoint.pt", "mlflow_run_id.txt"):
-        (checkpoint_dir / leftover).unlink(missing_ok=True)
-    # a checkpoint write killed before its rename (semisup.train.save_atomically)
-    remove_stale_temporaries(checkpoint_dir, ".checkpoint.pt.", ".tmp")
-    with contextlib.suppress(OSError):   # something else lives there: leave it
-        checkpoint_dir.rmdir()
+def complete_run(logger: RunLogger, run: dict, result, checkpoint: Path) -> None:
+    """Everything the trainer logged, in MLflow before the outputs are written: the final
+    metrics, values a failing store did not take, and the steps a resumed job did before its
+    checkpoint (the checkpoint's history holds each logged value)."""
+    logger.log_metrics(run["train"]["steps"], {f"final/{k}": v for k, v in result.metrics.items()})
+    logger.sync([*result.stat_history, *result.curve], result.resumed_from, checkpoint)
 
 
 @cli
@@ -271,13 +267,13 @@ def main(argv: list[str] | None = None) -> None:
           flush=True)
     try:
         result = trainer.fit()
-    except BaseException:
-        logger.finish("FAILED")
+        complete_run(logger, run, result, trainer.checkpoint_path)
+        write_outputs(args.out, run, provenance, result, logger, device, started)
+        logger.finish()
+    except BaseException:   # the checkpoint stays: a rerun resumes (after training: at its end)
+        logger.fail()
         raise
-    write_outputs(args.out, run, provenance, result, logger, device, started)
-    logger.finish()
     logger.supersede_earlier_runs(run)
-    remove_checkpoint(args.checkpoint_dir)
     print(f"{name}: done; " + ", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items()
                                          if k.startswith("ema/")), flush=True)
 

@@ -138,11 +138,15 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(digits, uninterrupte
     same_result(resumed, uninterrupted(case))
 
 
-def test_checkpoint_is_written_atomically_and_only_before_the_end(digits, tmp_path):
+def test_checkpoint_is_written_atomically_and_at_the_end(digits, uninterrupted, tmp_path):
     checkpoint = tmp_path / "run" / "checkpoint.pt"
     make_trainer(digits, "fixmatch", 0, checkpoint).fit()
-    assert torch.load(checkpoint, weights_only=False)["step"] == 9   # 3, 6, 9; none at 12
+    assert torch.load(checkpoint, weights_only=False)["step"] == 12   # 3, 6, 9 and the last
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["checkpoint.pt"]   # no temp
+    # Stopped after training (before its outputs were accepted): a rerun trains no step again.
+    again = make_trainer(digits, "fixmatch", 0, checkpoint).fit()
+    assert again.resumed_from == TINY_TRAIN.steps
+    same_result(again, uninterrupted("fixmatch"))
 
 
 @pytest.fixture(scope="module")
@@ -356,7 +360,7 @@ def test_run_killed_by_sigkill_resumes_on_rerun_to_identical_metrics_and_mlflow_
     [checkpoint] = checkpoints.rglob("checkpoint.pt")   # kept: it is not a declared output
     killed_after = torch.load(checkpoint, weights_only=False)["step"]
     assert 0 < killed_after < STUDY["train"]["steps"]
-    run_id = (checkpoint.parent / "mlflow_run_id.txt").read_text().strip()
+    run_id = json.loads((checkpoint.parent / "mlflow_run.json").read_text())["run_id"]
     [killed_run] = mlflow_runs(workdir)
     logged = max(m.step for m in client(workdir).get_metric_history(run_id, "train/loss"))
     print(f"kill landed after step {max(logged, killed_after)} (before step {logged + 1} was "
@@ -382,8 +386,14 @@ def test_run_killed_by_sigkill_resumes_on_rerun_to_identical_metrics_and_mlflow_
         reference = [(m.step, m.value) for m in client(uninterrupted_run).get_metric_history(
             reference_run.info.run_id, key)]
         assert sorted(history) == reference, key
-    # Finished: the checkpoint and the run-id file are gone (a later rerun starts afresh).
-    assert not checkpoint.exists() and not checkpoint.parent.exists()
+    # Finished, but kept until Snakemake has accepted the outputs: at the last step, so that a
+    # job stopped before that resumes without training.
+    assert torch.load(checkpoint, weights_only=False)["step"] == STUDY["train"]["steps"]
+    # The rule evaluate runs once Snakemake recorded the job: then the folder goes.
+    summary = subprocess.run([*SNAKEMAKE, str(RUN_DIR.parent / "summary.json")], cwd=workdir,
+                             env=workflow_env(), capture_output=True, text=True, timeout=600)
+    assert summary.returncode == 0, summary.stderr[-4000:]
+    assert not checkpoint.parent.exists()
 
 
 def test_unreadable_checkpoint_stops_the_cli_with_exit_2_and_names_the_file(

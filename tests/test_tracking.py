@@ -1,10 +1,20 @@
 """pipeline.tracking.RunLogger against the real MLflow SQLite store: a restarted job continues
 its run, and the steps it repeats after resuming from a checkpoint are logged once."""
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from pipeline.errors import UserError
 from pipeline.tracking import RunLogger
+from pipeline.tracking_store import client, store_error, store_identity
 
 
 @pytest.fixture
@@ -103,3 +113,189 @@ def test_the_split_is_the_runs_input_dataset_with_its_digest(store: Path):
     assert (dataset_input.dataset.name, dataset_input.dataset.digest) == ("digits-10-split0",
                                                                           ("ab" * 32)[:36])
     assert "/data/splits/seed0.json" in dataset_input.dataset.source
+
+
+# ---- run creation is one idempotent step (issue 19, #3) ------------------------------------------
+def runs_of(logger: RunLogger) -> list:
+    return logger.tracking.search_runs([logger.experiment_id])
+
+
+def test_a_job_killed_between_creating_its_run_and_recording_it_finds_that_run_again(
+        store: Path):
+    record = store / "mlflow_run.json"
+    first = RunLogger("exp", "run", record, {"seed": 0}, {"lr": 0.03})
+    # What a kill right after create_run leaves: the record holds the attempt, not the run id.
+    saved = json.loads(record.read_text())
+    record.write_text(json.dumps({k: v for k, v in saved.items() if k != "run_id"}))
+    second = RunLogger("exp", "run", record, {"seed": 0}, {"lr": 0.03})
+    assert second.run_id == first.run_id and [r.info.run_id for r in runs_of(second)] == [
+        first.run_id]   # no orphan RUNNING run beside a new one
+    assert json.loads(record.read_text())["run_id"] == first.run_id
+
+
+def test_a_run_created_without_its_params_gets_them_on_the_rerun(store: Path):
+    from mlflow.tracking import MlflowClient
+
+    record = store / "mlflow_run.json"
+    probe = RunLogger("exp", "probe", store / "probe.json", {}, {})
+    # killed after create_run (tags are part of it), before params were logged or the id recorded
+    tracking = MlflowClient(probe.uri)
+    orphan = tracking.create_run(probe.experiment_id, tags={"ssl_repro_attempt": "a1"})
+    record.write_text(json.dumps({"tracking_uri": store_identity(probe.uri), "attempt": "a1"}))
+    logger = RunLogger("exp", "run", record, {"seed": 0}, {"lr": 0.03})
+    assert logger.run_id == orphan.info.run_id
+    run = tracking.get_run(logger.run_id)
+    assert run.data.params == {"lr": "0.03"} and run.data.tags["seed"] == "0"
+
+
+def test_a_job_killed_before_creating_its_run_creates_one_run(store: Path):
+    record = store / "mlflow_run.json"
+    probe = RunLogger("exp", "probe", store / "probe.json", {}, {})
+    record.write_text(json.dumps({"tracking_uri": store_identity(probe.uri), "attempt": "a2"}))
+    logger = RunLogger("exp", "run", record, {}, {})
+    assert not logger.resumed and len(runs_of(logger)) == 2   # the probe's and this one
+
+
+def test_a_store_switched_between_a_kill_and_the_rerun_is_an_error_naming_both(
+        store: Path, monkeypatch, capsys):
+    record = store / "mlflow_run.json"
+    first = RunLogger("exp", "run", record, {}, {})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/other.db")
+    with pytest.raises(UserError) as error:
+        RunLogger("exp", "run", record, {}, {})
+    message = str(error.value)
+    assert first.run_id in message and f"{store}/mlflow.db" in message
+    assert f"{store}/other.db" in message and f"delete {record}" in message
+    record.unlink()   # the fix it names: a new run in the new store
+    assert RunLogger("exp", "run", record, {}, {}).uri.endswith("other.db")
+
+
+def test_a_store_that_lost_the_run_is_an_error_not_a_silent_new_run(store: Path):
+    record = store / "mlflow_run.json"
+    first = RunLogger("exp", "run", record, {}, {})
+    (store / "mlflow.db").unlink()   # reset: a new, empty store in its place
+    client()
+    reconnect(first)   # as the next job's fresh process does
+    with pytest.raises(UserError, match="does not hold"):
+        RunLogger("exp", "run", record, {}, {})
+
+
+# ---- a store that fails mid-run -----------------------------------------------------------------
+def test_values_a_failing_store_did_not_take_are_logged_by_sync_once(store: Path, monkeypatch):
+    """The store goes away (its file moved aside: every write fails) and comes back."""
+    record = store / "mlflow_run.json"
+    logger = RunLogger("exp", "run", record, {}, {})
+    monkeypatch.setattr("pipeline.tracking.RETRY_EVERY", 0.0)
+    rows = [{"step": float(s), "train/loss": float(s)} for s in range(1, 7)]
+    logger.log_metrics(1, {"train/loss": 1.0})
+    outage(store, logger)
+    for row in rows[1:4]:
+        logger.log_metrics(int(row["step"]), {"train/loss": row["train/loss"]})
+    assert logger.failed_writes and logger._failure[0] == 2
+    restore(store, logger)
+    for row in rows[4:]:
+        logger.log_metrics(int(row["step"]), {"train/loss": row["train/loss"]})
+    logger.sync(rows, resumed_from=0)
+    assert sorted(history(logger, "train/loss")) == [(s, float(s)) for s in range(1, 7)]
+
+
+def test_a_store_that_stays_away_stops_the_job_with_one_paragraph(store: Path, monkeypatch):
+    monkeypatch.setenv("SSL_REPRO_TRACKING_WAIT", "0")
+    logger = RunLogger("exp", "run", store / "mlflow_run.json", {}, {})
+    logger.log_metrics(1, {"train/loss": 1.0})
+    outage(store, logger)
+    logger.log_metrics(2, {"train/loss": 2.0})
+    with pytest.raises(UserError) as error:
+        logger.sync([], resumed_from=0, checkpoint=store / "checkpoint.pt")
+    message = str(error.value)
+    assert "since step 2" in message and f"checkpoint {store}/checkpoint.pt is kept" in message
+    assert logger.run_id in message and "rerun snakemake" in message
+
+
+def reconnect(logger: RunLogger) -> None:
+    """Close this process's pooled connections to the store (MLflow keeps one store object per
+    URI for the life of a process): the next request opens the file by its name again."""
+    logger.tracking._tracking_client.store.engine.dispose()
+
+
+def outage(store: Path, logger: RunLogger) -> None:
+    """The SQLite file goes away and a directory takes its place: the store cannot be opened."""
+    reconnect(logger)
+    (store / "mlflow.db").rename(store / "away.db")
+    (store / "mlflow.db").mkdir()
+
+
+def restore(store: Path, logger: RunLogger) -> None:
+    (store / "mlflow.db").rmdir()
+    (store / "away.db").rename(store / "mlflow.db")
+
+
+# ---- opening the store: atomic creation, what each failure says ---------------------------------
+def test_a_kill_while_the_store_is_created_leaves_no_store_and_the_rerun_builds_it(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
+    init = [sys.executable, "-m", "pipeline.tracking", "init", "--experiment", "x"]
+    process = subprocess.Popen(init, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".mlflow.db.*.tmp")) and time.monotonic() < deadline:
+        assert process.poll() is None, "init ended before the kill"
+        time.sleep(0.002)
+    time.sleep(0.1)   # into MLflow's migrations
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "mlflow.db").exists()   # a temporary file at most, never a store
+    rerun = subprocess.run(init, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    # the killed attempt's temporary file is gone too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlflow.db-schema.lock"]
+
+
+def test_a_half_built_store_says_so_and_what_to_do(store: Path):
+    RunLogger("exp", "run", store / "id.json", {}, {})
+    # What a migration cut short leaves (before this project built stores atomically, or another
+    # tool made it): some later tables missing, no schema version.
+    with contextlib.closing(sqlite3.connect(store / "mlflow.db")) as db:
+        db.execute("drop table webhooks")
+        db.execute("drop table alembic_version")
+        db.commit()
+    init = subprocess.run([sys.executable, "-m", "pipeline.tracking", "init", "--experiment", "x"],
+                          cwd=store, capture_output=True, text=True)
+    assert init.returncode == 2 and "Traceback" not in init.stderr
+    message = " ".join(init.stderr.split("ssl-repro error: ")[-1].split())
+    assert "is half-built" in message and "no schema version" in message
+    assert "holds 1 runs" in message and "mlflow db upgrade" in message
+    assert "start the server" not in message.lower()
+
+
+def test_a_file_that_is_no_database_is_named(store: Path):
+    (store / "mlflow.db").write_text("not sqlite\n" * 100)
+    with pytest.raises(UserError, match="is not a SQLite database"):
+        client()
+
+
+def test_a_file_store_error_is_whole_with_mlflows_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(UserError) as error:
+        client()
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in str(error.value)   # never cut off
+    assert "start the server" not in str(error.value).lower()
+
+
+def test_a_locked_store_is_called_locked(tmp_path):
+    path = tmp_path / "locked.db"
+    with contextlib.closing(sqlite3.connect(path)) as holder:
+        holder.execute("create table t (x)")
+        holder.execute("begin exclusive")
+        with contextlib.closing(sqlite3.connect(path, timeout=0)) as other, \
+                pytest.raises(sqlite3.OperationalError) as locked:
+            other.execute("select * from t")
+    message = str(store_error(f"sqlite:///{path}", locked.value, "open"))
+    assert "stayed locked by another process" in message and "Wait and rerun" in message
+    assert "start the server" not in message.lower()
+
+
+def test_a_full_disk_is_called_full():
+    error = sqlite3.OperationalError("database or disk is full")
+    message = str(store_error("sqlite:///mlflow.db", error, "write to"))
+    assert "its disk is full" in message and "Free space there" in message

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -177,7 +178,8 @@ def summarize(curve: list[dict[str, float]], last_k: int) -> dict[str, float]:
 
 
 def save_atomically(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`. A
+    write that fails (disk full) leaves the previous file whole and raises CheckpointError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -186,8 +188,18 @@ def save_atomically(obj, path: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)
+    except (OSError, RuntimeError) as error:   # torch reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        step = obj.get("step") if isinstance(obj, dict) else None
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise CheckpointError(
+            f"cannot write the checkpoint {path} at step {step} ({reason}; {free:,} bytes free "
+            f"on its file system). Training stopped; the previous checkpoint, if any, is kept "
+            f"whole. Free some space there (a WRN-28-8 checkpoint takes about 0.3 GB) and "
+            f"rerun snakemake to resume from it") from error
     finally:
-        tmp.unlink(missing_ok=True)   # after a failed write (disk full): no half file left
+        tmp.unlink(missing_ok=True)   # no half file left
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
@@ -388,7 +400,9 @@ class Trainer:
                               f"{point['ema/error']:.2f}% raw {point['raw/error']:.2f}% "
                               f"[{elapsed:.1f}s since last]")
                 window_start = time.perf_counter()
-            if step % config.checkpoint_every == 0 and step < config.steps:
+            # At the end too: a job stopped after training (its outputs or MLflow run not yet
+            # complete) resumes at the last step and trains no step again.
+            if step % config.checkpoint_every == 0 or step == config.steps:
                 self.save_checkpoint()
         run_seconds = time.perf_counter() - started
         steps_per_second = (config.steps - resumed_from) / max(run_seconds, 1e-9)
