@@ -230,6 +230,13 @@ def semantic_problems(config: dict, source: str) -> list[str]:
         if train[key] > train["steps"]:
             problems.append(f"{source}: train.{key} = {train[key]} is larger than train.steps = "
                             f"{train['steps']}; make it at most {train['steps']}.")
+    dash = config["algorithms"].get("dash", {})
+    if ("dash" in study["algorithms"] and dash.get("variant") == "usb"
+            and dash["warmup_steps"] < train["steps"] and train["eval_every"] > dash["warmup_steps"]):
+        problems.append(f"{source}: algorithms.dash.warmup_steps = {dash['warmup_steps']} is "
+                        f"smaller than train.eval_every = {train['eval_every']}: no evaluation "
+                        f"comes by the end of warm-up, which Dash (usb) takes rho_hat from; make "
+                        f"train.eval_every divide warmup_steps (or lengthen the warm-up).")
     if train["portable_numerics"] and train["precision"] != "fp32":
         problems.append(f"{source}: train.portable_numerics is true but train.precision is "
                         f"{train['precision']!r}; portable numerics need fp32, so set "

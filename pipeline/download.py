@@ -10,7 +10,7 @@ from semisup.data import get_dataset
 from semisup.data.registry import sha256_file
 
 from .errors import UserError, argument_parser, cli
-from .files import write_json
+from .files import read_json, write_json
 
 
 def manifest_for(dataset: str, root: Path, files: list[Path], options: dict) -> dict:
@@ -22,6 +22,30 @@ def manifest_for(dataset: str, root: Path, files: list[Path], options: dict) -> 
     return {"dataset": dataset, "options": options, "num_classes": data.num_classes,
             "class_names": data.class_names, "shapes": shapes, "files": checksums,
             "digest": hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()}
+
+
+MANIFEST_KEYS = ("dataset", "options", "num_classes", "shapes", "files", "digest")
+
+
+def read_manifest(path: Path) -> dict:
+    """A dataset manifest, checked whole: every key this module writes, train images' shape, and
+    the digest of its file checksums (a hand edit or another tool's file is named, not half-read)."""
+    manifest = read_json(path, "dataset manifest")
+    problems = [f"it lacks {key!r}" for key in MANIFEST_KEYS
+                if not isinstance(manifest, dict) or key not in manifest]
+    if not problems:
+        shape = manifest["shapes"].get("train_images") if isinstance(manifest["shapes"], dict) else None
+        if not (isinstance(shape, list) and shape and isinstance(shape[0], int)):
+            problems.append("shapes.train_images is not a list of sizes")
+        elif not isinstance(manifest["files"], dict) or manifest["digest"] != hashlib.sha256(
+                json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest():
+            problems.append("its digest does not match its file checksums")
+    if problems:
+        raise UserError(f"the dataset manifest {path} is not one that the download rule wrote "
+                        f"({'; '.join(problems)}): edited by hand, or written by another tool. "
+                        f"Delete it and rerun snakemake, which checks the data and describes it "
+                        f"again (runs made from other data then rerun)")
+    return manifest
 
 
 def verify_files(manifest: dict, root: Path) -> None:

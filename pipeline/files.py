@@ -1,12 +1,15 @@
 """Atomic file writes: a killed job leaves either the old file or the new one, never half a file."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)   # no space left, disk quota exceeded
 
 
 def writable_dir(folder: str | Path) -> Path:
@@ -60,8 +63,10 @@ def atomic_path(path: str | Path):
         tmp.replace(path)
         remove_stale_temporaries(path.parent, f".{path.stem}.", f".tmp{path.suffix}")
     except OSError as error:   # no permission, disk full, read-only file system, ...
-        raise UserError(f"cannot write {path} ({error.strerror}); make {path.parent} writable "
-                        f"and rerun — finished results are kept") from error
+        fix = (f"free space on the file system of {path.parent}" if error.errno in DISK_FULL
+               else f"make {path.parent} writable")
+        raise UserError(f"cannot write {path} ({error.strerror}); {fix} and rerun snakemake — "
+                        f"finished work is kept") from error
     finally:
         tmp.unlink(missing_ok=True)
 

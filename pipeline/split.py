@@ -7,9 +7,9 @@ from pathlib import Path
 from semisup.data import get_dataset
 from semisup.data.splits import make_split
 
-from .download import verify_files
+from .download import read_manifest, verify_files
 from .errors import argument_parser, cli
-from .files import read_json, write_json
+from .files import write_json
 
 
 @cli
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", required=True, type=int)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
-    manifest = read_json(args.manifest, "dataset manifest")
+    manifest = read_manifest(args.manifest)
     root = args.manifest.parent
     verify_files(manifest, root)
     data = get_dataset(manifest["dataset"]).load(root, **manifest["options"])

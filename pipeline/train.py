@@ -108,11 +108,11 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
     import torch
     from semisup.data import get_dataset
-    from .download import verify_files
+    from .download import read_manifest, verify_files
     from semisup.data.splits import verify_split
     from semisup.train import TrainData
 
-    manifest = read_json(manifest_path, "dataset manifest")
+    manifest = read_manifest(manifest_path)
     verify_files(manifest, manifest_path.parent)
     split = read_json(split_path, "split file")
     if split.get("dataset_digest") != manifest["digest"]:

@@ -47,17 +47,18 @@ def checked_split(split_path: str, manifest_path: str) -> str:
 
     from semisup.data.splits import verify_split
 
+    from .download import read_manifest
     from .errors import UserError
 
     split, manifest = Path(split_path), Path(manifest_path)
     if not (split.exists() and manifest.exists()):
         return split_path   # made by this run
+    num_train = read_manifest(manifest)["shapes"]["train_images"][0]
     try:
-        num_train = json.loads(manifest.read_text())["shapes"]["train_images"][0]
         content = json.loads(split.read_text())
-    except (ValueError, KeyError, TypeError, IndexError) as error:   # not JSON, keys missing
-        raise UserError(f"{split_path} or {manifest_path} cannot be read ({error}); delete it "
-                        f"and rerun snakemake to recreate it") from error
+    except ValueError as error:   # not JSON
+        raise UserError(f"the split file {split_path} is not valid JSON ({error}); delete it and "
+                        f"rerun snakemake to recreate it") from error
     verify_split(content, split_path, num_train)
     return split_path
 

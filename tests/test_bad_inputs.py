@@ -19,6 +19,7 @@ import yaml
 
 from pipeline import download, split, train
 from pipeline.config import ROOT, deep_merge, load_params, load_study
+from pipeline.errors import UserError
 
 STUDY = {
     "study": {"name": "bad", "n_labels": [10], "seeds": [0, 1], "algorithms": ["fixmatch"]},
@@ -296,3 +297,24 @@ def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path):
     write_text(tmp_path / "main.tex", "a table")
     assert (tmp_path / "main.tex").read_text() == "a table"
     assert not leftover.exists() and running.exists()
+
+
+@pytest.mark.parametrize("edit", ["drop digest", "drop shapes", "other files"])
+def test_a_manifest_that_the_download_rule_did_not_write(finished, data_copy, capsys, edit):
+    from pipeline.workflow import checked_split
+
+    manifest_file = data_copy / MANIFEST
+    manifest = json.loads(manifest_file.read_text())
+    if edit == "other files":
+        manifest["files"]["extra.npz"] = "0" * 64   # the digest no longer matches
+    else:
+        del manifest[edit.split()[1]]
+    manifest_file.write_text(json.dumps(manifest))
+    expected = [f"the dataset manifest {manifest_file} is not one that the download rule wrote",
+                "Delete it and rerun snakemake"]
+    code, stderr = call(train.main, train_argv(finished[0], data=data_copy), capsys)
+    check_user_error(code, stderr, finished, *expected)
+    # the same check while Snakemake builds the DAG, before it removes any output
+    with pytest.raises(UserError) as error:
+        checked_split(str(data_copy / SPLIT), str(manifest_file))
+    assert expected[0] in str(error.value)

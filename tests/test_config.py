@@ -211,6 +211,9 @@ def test_the_source_of_a_setting_is_the_command_line_or_the_last_file_that_sets_
     ({"reports": {"dir": ""}}, "reports.dir = '' is not allowed"),
     ({"reports": {"dir": "/tmp/x"}}, "reports.dir = '/tmp/x' is not allowed"),
     ({"reports": {"dir": "reports/../.."}}, "without '..'"),
+    ({"study": {"algorithms": ["dash"]}, "train": {"eval_every": 50},
+      "algorithms": {"dash": {"variant": "usb", "warmup_steps": 30}}},
+     "algorithms.dash.warmup_steps = 30 is smaller than train.eval_every = 50"),
 ])
 def test_values_that_would_break_a_job_or_write_outside_the_project_are_refused(params, edit,
                                                                                   message):

@@ -411,3 +411,233 @@ def test_unreadable_checkpoint_stops_the_cli_with_exit_2_and_names_the_file(
     assert str(checkpoint) in message and "cannot be read" in message
     assert "Traceback" not in message and not (tmp_path / "out" / "metrics.json").exists()
     assert checkpoint.read_bytes().startswith(b"PK\x03\x04 truncated")   # left for the user
+
+
+# ---- faults after training (issue 19): nothing retrains, one MLflow run, each step once ---------
+def assert_one_complete_run(tracking, experiment: str, reference_dir: Path, run_id: str) -> None:
+    """The job's MLflow run is the experiment's only run, FINISHED, with its params and every
+    logged value once: the same history as the uninterrupted run's."""
+    [run] = tracking.search_runs([tracking.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.params["train.steps"] == str(STUDY["train"]["steps"])
+    [reference] = mlflow_runs(reference_dir)
+    assert set(run.data.metrics) == set(reference.data.metrics)
+    for key in reference.data.metrics:
+        history = sorted((m.step, m.value) for m in tracking.get_metric_history(run_id, key))
+        expected = sorted((m.step, m.value) for m in client(reference_dir).get_metric_history(
+            reference.info.run_id, key))
+        assert history == expected, key
+
+
+def test_a_job_killed_after_its_last_step_before_snakemake_recorded_it_does_not_retrain(
+        uninterrupted_run, tmp_path):
+    """Killed during interpreter exit (after "done", before Snakemake recorded the job): the
+    rerun finds the outputs incomplete, and the job resumes at its last step."""
+    workdir = tmp_path
+    (workdir / "study.yaml").write_text(yaml.safe_dump(STUDY))
+    shutil.copytree(uninterrupted_run / "data", workdir / "data")
+    log = workdir / "logs/resume/train/digits-10-fixmatch-seed0.log"
+    snakemake = subprocess.Popen([*SNAKEMAKE, TARGET], cwd=workdir, env=workflow_env(),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (log.exists() and ": done; " in log.read_text()):
+        assert snakemake.poll() is None and time.monotonic() < deadline, "no 'done' line"
+        time.sleep(0.002)
+    os.killpg(snakemake.pid, signal.SIGKILL)   # the job is still exiting: nothing recorded it
+    snakemake.wait(timeout=60)
+    assert (workdir / TARGET).exists()   # every output written, not yet accepted
+    unlock = subprocess.run([*SNAKEMAKE[:-1], "--unlock"], cwd=workdir, env=workflow_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert unlock.returncode == 0, unlock.stderr[-4000:]
+    run_id = json.loads((workdir / RUN_DIR / "run.json").read_text())["mlflow_run_id"]
+
+    rerun = subprocess.run([*SNAKEMAKE, TARGET], cwd=workdir, env=workflow_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    steps = STUDY["train"]["steps"]   # (no rerun at all: Snakemake recorded it before the kill)
+    assert f"resumed from checkpoint at step {steps}/{steps}" in log.read_text()
+    assert without_commit(json.loads((workdir / TARGET).read_text())) == without_commit(
+        json.loads((uninterrupted_run / TARGET).read_text()))
+    assert json.loads((workdir / RUN_DIR / "run.json").read_text())["mlflow_run_id"] == run_id
+    assert_one_complete_run(client(workdir), STUDY["study"]["name"], uninterrupted_run, run_id)
+
+
+class TrackingServer:
+    """A real `mlflow server` on a free local port, over a SQLite file: stopped and started."""
+
+    def __init__(self, workdir: Path):
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.workdir, self.process = workdir, None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import urllib.request
+
+        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+                   f"sqlite:///{self.workdir}/server.db", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", "1"]
+        self.process = subprocess.Popen(command, cwd=self.workdir, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=1).close()
+                return
+            except OSError:
+                assert self.process.poll() is None and time.monotonic() < deadline, "no server"
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)   # as a crash: nothing gets to finish
+        self.process.wait(timeout=60)
+
+
+def test_a_tracking_server_that_dies_mid_run_costs_no_training_and_no_value(uninterrupted_run,
+                                                                          tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    server = TrackingServer(tmp_path)
+    server.start()
+    env = {**workflow_env(), "MLFLOW_TRACKING_URI": server.uri, "SSL_REPRO_TRACKING_WAIT": "2"}
+    command = [sys.executable, "-m", "pipeline.train",
+               *train_argv(uninterrupted_run, tmp_path / "out", tmp_path / "checkpoints")]
+    job = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in job.stdout:
+        output.append(line)
+        if "step 25/" in line:
+            server.stop()
+            stopped = time.monotonic()
+            break
+    output.append(job.communicate(timeout=300)[0])
+    text = "".join(output)
+    # Training went on to its end, then the job stopped within seconds with one paragraph.
+    assert job.returncode == 2, text[-4000:]
+    assert time.monotonic() - stopped < 60 and "Traceback" not in text
+    assert "training goes on" in text and "has not answered since step" in text
+    assert "checkpoints/checkpoint.pt is kept" in " ".join(text.split())
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    steps = STUDY["train"]["steps"]
+    assert torch.load(tmp_path / "checkpoints" / "checkpoint.pt", weights_only=False)[
+        "step"] == steps
+
+    server.start()
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    try:
+        assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+        assert f"resumed from checkpoint at step {steps}/{steps}" in rerun.stdout
+        assert without_commit(json.loads((tmp_path / "out" / "metrics.json").read_text())) == \
+            without_commit(json.loads((uninterrupted_run / TARGET).read_text()))
+        run_id = json.loads((tmp_path / "out" / "run.json").read_text())["mlflow_run_id"]
+        assert_one_complete_run(MlflowClient(server.uri), STUDY["study"]["name"],
+                                uninterrupted_run, run_id)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (needs the right to mount: root here; skipped elsewhere)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Fill `disk` but for about `leave` bytes; returns the filler file (delete it to free)."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:   # no space left
+            pass
+    if leave:
+        os.truncate(filler, max(filler.stat().st_size - leave, 0))
+    return filler
+
+
+def run_train(workdir: Path, out: Path, checkpoints: Path, capsys) -> tuple[int, str]:
+    from pipeline.train import main as train_main
+
+    try:
+        train_main(train_argv(workdir, out, checkpoints))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, " ".join((captured.out + captured.err).split())
+
+
+def the_run(store: Path):
+    [run] = mlflow_runs(store)
+    return run
+
+
+@pytest.mark.parametrize("full", ["outputs", "checkpoints"])
+def test_a_full_disk_stops_the_job_with_one_paragraph_and_the_rerun_completes(
+        uninterrupted_run, tmp_path, small_disk, monkeypatch, capsys, full):
+    monkeypatch.chdir(tmp_path)
+    # absolute: MLflow keeps a process's store per URI, and the fixture's is sqlite:///mlflow.db
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    out = small_disk / "out" if full == "outputs" else tmp_path / "out"
+    checkpoints = small_disk / "checkpoints" if full == "checkpoints" else tmp_path / "checkpoints"
+    # checkpoints: the run record fits, a checkpoint does not; outputs: train_stats.csv does not
+    fill(small_disk, leave=16384 if full == "checkpoints" else 8192)
+    code, message = run_train(uninterrupted_run, out, checkpoints, capsys)
+    assert code == 2 and "Traceback" not in message, message
+    assert "No space left" in message
+    if full == "checkpoints":
+        assert "cannot write the checkpoint" in message and "Free some space" in message
+    else:
+        assert "train_stats.csv" in message and "free space on the file system" in message
+    assert the_run(tmp_path).info.status == "FAILED"   # not left RUNNING
+    assert not list(small_disk.rglob(".*.tmp*"))       # no half file anywhere
+    assert not (out / "metrics.json").exists()
+    (small_disk / "filler").unlink()
+    code, message = run_train(uninterrupted_run, out, checkpoints, capsys)
+    assert code == 0, message
+    if full == "outputs":   # trained to the end before the disk stopped it: no step again
+        steps = STUDY["train"]["steps"]
+        assert f"resumed from checkpoint at step {steps}/{steps}" in message
+    assert without_commit(json.loads((out / "metrics.json").read_text())) == without_commit(
+        json.loads((uninterrupted_run / TARGET).read_text()))
+    assert_one_complete_run(client(tmp_path), STUDY["study"]["name"], uninterrupted_run,
+                            the_run(tmp_path).info.run_id)
+
+
+def test_a_full_disk_under_the_mlflow_store_costs_no_value(small_disk, tmp_path, monkeypatch):
+    from pipeline.errors import UserError
+    from pipeline.tracking import RunLogger
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{small_disk}/mlflow.db")
+    monkeypatch.setenv("SSL_REPRO_TRACKING_WAIT", "0")
+    monkeypatch.setattr("pipeline.tracking.RETRY_EVERY", 0.0)
+    logger = RunLogger("exp", "run", tmp_path / "mlflow_run.json", {}, {})
+    rows = [{"step": float(step), "train/loss": step / 7} for step in range(1, 301)]
+    logger.log_metrics(1, {"train/loss": rows[0]["train/loss"]})
+    filler = fill(small_disk)
+    for row in rows[1:]:   # training goes on
+        logger.log_metrics(int(row["step"]), {"train/loss": row["train/loss"]})
+    assert logger.failed_writes
+    with pytest.raises(UserError) as error:
+        logger.sync(rows, resumed_from=0, checkpoint=tmp_path / "checkpoint.pt")
+    message = " ".join(str(error.value).split())
+    assert "disk is full" in message and "(or free its disk)" in message
+    filler.unlink()   # the user frees space; the rerun's sync logs every value once
+    logger.sync(rows, resumed_from=0)
+    history = logger.tracking.get_metric_history(logger.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(int(r["step"]), r["train/loss"])
+                                                          for r in rows]

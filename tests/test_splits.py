@@ -47,12 +47,17 @@ def test_a_resealed_split_with_bad_indices_is_refused(indices, message):
 
 def test_the_workflow_checks_an_existing_split_before_it_plans_the_training(tmp_path):
     """pipeline.workflow.checked_split, the train rule's input function: at DAG time."""
+    import hashlib
     import json
 
     from pipeline.workflow import checked_split
 
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"shapes": {"train_images": [30, 1, 8, 8]}}))
+    files = {"toy.npz": "0" * 64}
+    manifest.write_text(json.dumps({
+        "dataset": "toy", "options": {}, "num_classes": 3, "files": files,
+        "shapes": {"train_images": [30, 1, 8, 8]},
+        "digest": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}))
     split = tmp_path / "seed0.json"
     assert checked_split(str(split), str(manifest)) == str(split)   # not made yet: fine
     split.write_text(json.dumps(resealed(make_split(LABELS, 6, 3, 0, "toy"), [0, 0, 1])))

@@ -89,6 +89,21 @@ def test_second_run_with_nothing_changed_does_nothing(tiny_study):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def test_the_accepted_runs_checkpoints_are_gone(tiny_study):
+    """Kept until Snakemake accepted each run's outputs; the rule evaluate then removed them."""
+    assert not list((tiny_study / "checkpoints").rglob("*.pt"))
+    assert not list((tiny_study / "checkpoints").rglob("mlflow_run.json"))
+
+
+def test_another_thread_count_reruns_nothing(tiny_study):
+    """train.threads (documented as not changing results) is not in the config hash, and the
+    thread count in the shell command is no rerun trigger."""
+    result = snakemake(tiny_study, "--cores", "2", "--configfile", "tiny.yaml", "--dry-run",
+                       "--config", 'train={"threads": 2}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
 def test_bad_config_stops_before_any_job(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"train": {"steps": -1}}))
     result = snakemake(tmp_path, "--cores", "1", "--configfile", "bad.yaml")
