@@ -186,12 +186,17 @@ rule train:
         checkpoints=checkpoints,
         device=EXECUTION["device"],
         device_source=shlex.quote(DEVICE_SOURCE),
+        # Snakemake deletes {log} before each attempt; this file (not a declared log) keeps
+        # every attempt of the run, each beginning with where and when it ran.
+        attempts=lambda w: f"logs/{STUDY.name}/train/attempts/"
+        f"{w.dataset}-{w.n_labels}-{w.algorithm}-seed{w.seed}.log",
     shell:
-        "python -m pipeline.train --run-config {params.run_config:q} --manifest {input.manifest}"
+        "mkdir -p $(dirname {params.attempts}) &&"
+        " python -m pipeline.train --run-config {params.run_config:q} --manifest {input.manifest}"
         " --split {input.split} --out $(dirname {output.metrics})"
         " --checkpoint-dir {params.checkpoints} --device {params.device} --threads {threads}"
         " --device-source {params.device_source}"
-        " --code-digest {params.code} > {log} 2>&1"
+        " --code-digest {params.code} 2>&1 | tee -a {params.attempts} > {log}"
 
 
 rule evaluate:

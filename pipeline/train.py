@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -183,6 +184,14 @@ def mlflow_params(run: dict) -> dict:
     return params
 
 
+def where_this_runs() -> dict:
+    """This attempt's machine and, under SLURM, its job: the tags and run.json keys that link an
+    MLflow run to the cluster's records (a resumed attempt records its own)."""
+    slurm = {f"slurm_{key.lower()}": os.environ[f"SLURM_{key}"]
+             for key in ("JOB_ID", "ARRAY_JOB_ID", "RESTART_COUNT") if os.environ.get(f"SLURM_{key}")}
+    return {"host": socket.gethostname(), **slurm}
+
+
 def mlflow_tags(run: dict, provenance: dict, device) -> dict:
     import torch
 
@@ -192,7 +201,8 @@ def mlflow_tags(run: dict, provenance: dict, device) -> dict:
             "mlflow.source.git.commit": commit.removesuffix("-dirty"),
             # where this attempt ran (tags, so that a resumed attempt records its own)
             "execution.device": str(device), "execution.threads": torch.get_num_threads(),
-            "execution.cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "execution.cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **{f"execution.{key}": value for key, value in where_this_runs().items()}}
 
 
 def open_run(run: dict, provenance: dict, device, checkpoint_dir: Path, split_path: Path,
@@ -218,7 +228,8 @@ def write_outputs(out: Path, run: dict, provenance: dict, result, logger: RunLog
                                   "wall_seconds": round(time.time() - started, 2),
                                   "steps_per_second": round(result.steps_per_second, 2),
                                   "resumed_from_step": result.resumed_from, "device": str(device),
-                                  "threads": torch.get_num_threads(), **provenance})
+                                  "threads": torch.get_num_threads(), **where_this_runs(),
+                                  **provenance})
     for artifact in ("metrics.json", "evaluations.csv", "train_stats.csv"):
         logger.log_artifact(out / artifact)
 
@@ -247,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
                         "the workflow computed it (pipeline/code.py); computed here when not given")
     args = parser.parse_args(argv)
     started = time.time()
+    # The log keeps every attempt (the rule appends): each begins with where and when it ran.
+    print(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')}: attempt on "
+          + ", ".join(f"{k} {v}" for k, v in where_this_runs().items()), flush=True)
     run = json.loads(args.run_config)
     writable_dir(args.out)   # fail now, not after training
     writable_dir(args.checkpoint_dir)

@@ -29,14 +29,22 @@ RUNNER = r"""
 import contextlib, io, json, os, sys
 from snakemake.cli import main, parse_args
 
-calls, results = json.loads(sys.argv[1]), []
+calls, results, base = json.loads(sys.argv[1]), [], dict(os.environ)
 for call in calls:
-    os.environ.update(call["env"])
+    os.environ.clear()   # each call its own environment: nothing leaks into the next one
+    os.environ.update({**base, **call["env"]})
     output = io.StringIO()
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
         if call["kind"] == "parse":
             _, args = parse_args(call["argv"])
             results.append({name: resource.value for name, resource in args.resources.items()})
+            continue
+        if call["kind"] == "settings":   # the SLURM executor's settings the profile chose
+            _, args = parse_args(call["argv"])
+            chosen = {key: getattr(args, key, None) for key in
+                      ("slurm_status_command", "slurm_no_account")}
+            results.append({key: value if isinstance(value, (str, bool)) else None
+                            for key, value in chosen.items()})   # unset: a dataclass MISSING
             continue
         try:
             main(call["argv"])
@@ -48,8 +56,21 @@ with open(sys.argv[2], "w") as handle:
     json.dump(results, handle)
 """
 
+# A small CPU-only cluster without accounting, as sinfo and scontrol describe it (tests/test_slurm.py
+# runs a real one): 2 CPUs and 3000 MB per node, a 60-minute partition.
+FAKE_CLUSTER = {
+    "sinfo": 'case "$*" in *%P*) echo "debug* 2 3000 (null)";; *) echo "1:00:00";; esac',
+    "scontrol": 'echo "AccountingStorageType   = accounting_storage/none"',
+}
+SMALL_CLUSTER_ENV = {"CUDA_VISIBLE_DEVICES": "", "PATH": "FAKE_CLUSTER"}
+
 CALLS = {
     "slurm": ("dry_run", SLURM, CLUSTER_ENV),
+    "small cluster": ("dry_run", [*SLURM, *DASH_CIFAR10], SMALL_CLUSTER_ENV),
+    "small cluster, 8 CPUs asked": ("dry_run", [*SLURM, *DASH_CIFAR10],
+                                    {**SMALL_CLUSTER_ENV, "SSL_REPRO_TRAIN_CPUS": "8"}),
+    "small cluster settings": ("settings", [*SLURM], SMALL_CLUSTER_ENV),
+    "accounting settings": ("settings", [*SLURM], {"PATH": "FAKE_ACCOUNTING"}),
     "slurm dash-cifar10": ("dry_run", [*SLURM, *DASH_CIFAR10], CLUSTER_ENV),
     "default": ("dry_run", [*SNAKEFILE, "--cores", "2", "--dry-run"], {}),
     "two gpus": ("parse", [*SNAKEFILE, "--cores", "2"], {"CUDA_VISIBLE_DEVICES": "0,1"}),
@@ -70,9 +91,20 @@ def snakemake(tmp_path_factory) -> dict:
         stub = stubs / command
         stub.write_text(f"#!/bin/sh\ntouch {workdir}/called-{command}\nexit 1\n")
         stub.chmod(0o755)
-    calls = [{"kind": kind, "argv": argv, "env": env} for kind, argv, env in CALLS.values()]
     env = {**os.environ, "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
+    paths = {"FAKE_ACCOUNTING": {**FAKE_CLUSTER, "scontrol": 'echo "AccountingStorageType = '
+                                 'accounting_storage/slurmdbd"'}, "FAKE_CLUSTER": FAKE_CLUSTER}
+    for name, commands in paths.items():
+        folder = workdir / name.lower()
+        folder.mkdir()
+        for command, script in commands.items():
+            (folder / command).write_text(f"#!/bin/sh\n{script}\n")
+            (folder / command).chmod(0o755)
+        paths[name] = f"{folder}{os.pathsep}{env['PATH']}"
+    calls = [{"kind": kind, "argv": argv,
+              "env": {**env_, **({"PATH": paths[env_["PATH"]]} if "PATH" in env_ else {})}}
+             for kind, argv, env_ in CALLS.values()]
     results_path = workdir / "results.json"
     subprocess.run([sys.executable, "-c", RUNNER, json.dumps(calls), str(results_path)],
                    cwd=workdir, env=env, check=True, timeout=300)
@@ -104,13 +136,41 @@ def test_slurm_dry_run_plans_the_study_without_slurm_or_data(snakemake, name):
 
 
 def test_slurm_training_jobs_ask_for_a_gpu_in_the_gpu_partition(snakemake):
-    train = jobs(snakemake["slurm dash-cifar10"]["output"], "train")
+    output = snakemake["slurm dash-cifar10"]["output"]
+    train = jobs(output, "train")
     assert len(train) == 3 * 7 * 3
+    assert threads(output, "train") == {4}   # the study's train.threads: its CPUs on SLURM
     for resources in train:
-        assert resources["gpu"] == "1" and resources["cpus_per_task"] == "4"
+        assert resources["gpu"] == "1" and "cpus_per_task" not in resources
         assert resources["slurm_partition"] == "gpu-queue"
         assert resources["slurm_account"] == "ssl-test"
         assert int(resources["runtime"]) >= 24 * 60 and int(resources["mem_mb"]) >= 16000
+
+
+def threads(output: str, rule: str) -> set[int]:
+    """The thread counts of the planned jobs of `rule` (the --cpus-per-task SLURM gets)."""
+    return {int(match.group(1)) for match in re.finditer(
+        rf"^(?:local)?rule {rule}:\n(?:[ \t]+.*\n)*?[ \t]+threads: (\d+)", output, re.M)}
+
+
+def test_on_a_small_cpu_only_cluster_training_jobs_fit_its_limits_and_ask_no_gpu(snakemake):
+    result = snakemake["small cluster"]
+    assert result["returncode"] == 0, result["output"][-3000:]
+    for resources in jobs(result["output"], "train"):
+        assert resources["gpu"] == "0"   # device auto: trains on the CPU it gets
+        assert resources["runtime"] == "60" and resources["mem_mb"] == "3000"   # capped
+    assert "training jobs ask 60 minutes (the cluster's limit), not 2880" in result["output"]
+    assert threads(result["output"], "train") == {2}   # the study's 4, capped at the node's 2
+
+
+def test_cpus_asked_for_are_the_jobs_threads_capped_at_the_largest_node(snakemake):
+    assert threads(snakemake["small cluster, 8 CPUs asked"]["output"], "train") == {2}
+
+
+def test_without_accounting_job_states_come_from_squeue_and_no_account_is_asked(snakemake):
+    assert snakemake["small cluster settings"] == {"slurm_status_command": "squeue",
+                                                   "slurm_no_account": True}
+    assert snakemake["accounting settings"]["slurm_status_command"] != "squeue"
 
 
 def test_slurm_small_jobs_run_in_the_default_partition_for_minutes(snakemake):

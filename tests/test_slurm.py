@@ -1,0 +1,98 @@
+"""The CI study on a real SLURM cluster through profiles/slurm (snakemake-executor-plugin-slurm):
+every training job is a SLURM job, the metrics equal the golden file, and a training job
+cancelled (`scancel`) mid-run is resubmitted and resumes from its checkpoint into the same MLflow
+run, its log keeping both attempts.
+
+Needs a cluster that answers: `sudo tools/slurm_cluster.sh start` makes a one-node one on this
+machine (.ci/run does), with its config in /var/tmp/ssl-repro-slurm/slurm.conf (or SLURM_CONF).
+Skipped when `sinfo` gets no answer."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ROOT
+from pipeline.regression import GOLDEN, check, ci_metrics_path
+from pipeline.files import read_json
+
+CLUSTER_CONF = Path("/var/tmp/ssl-repro-slurm/slurm.conf")
+
+
+def cluster_env() -> dict[str, str] | None:
+    env = dict(os.environ)
+    if "SLURM_CONF" not in env and CLUSTER_CONF.exists():
+        env["SLURM_CONF"] = str(CLUSTER_CONF)
+    try:
+        answer = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
+                                text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return env if answer.returncode == 0 and answer.stdout.strip() else None
+
+
+ENV = cluster_env()
+pytestmark = [pytest.mark.slurm, pytest.mark.slow,
+              pytest.mark.skipif(ENV is None, reason="no SLURM cluster answers (sinfo); start one "
+                                 "with `sudo tools/slurm_cluster.sh start`")]
+
+
+def cancel_a_training_job_mid_run(workdir: Path, snakemake: subprocess.Popen) -> tuple[str, str]:
+    """scancel the first training job whose first checkpoint appears; returns its run's
+    algorithm-seed (as in its checkpoint path) and MLflow run id."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert snakemake.poll() is None, "snakemake ended before a training job checkpointed"
+        for checkpoint in (workdir / "checkpoints").rglob("checkpoint.pt"):
+            algorithm, seed = checkpoint.parts[-4], checkpoint.parts[-3]
+            # the plugin's job comment: rule_train_wildcards_<dataset>_<n_labels>_<alg>_<seed>
+            comment = f"_{algorithm}_{seed.removeprefix('seed')}"
+            queue = subprocess.run(["squeue", "-h", "-o", "%i %k"], env=ENV, capture_output=True,
+                                   text=True, check=True).stdout
+            job_ids = [line.split()[0] for line in queue.splitlines()
+                       if line.startswith(tuple("0123456789")) and line.endswith(comment)]
+            if job_ids:
+                subprocess.run(["scancel", *job_ids], env=ENV, check=True)
+                record = json.loads((checkpoint.parent / "mlflow_run.json").read_text())
+                return f"{algorithm}-{seed}", record["run_id"]
+        time.sleep(0.01)
+    raise AssertionError("no training job checkpointed within 5 minutes")
+
+
+def test_the_ci_study_on_slurm_matches_the_golden_metrics_and_a_cancelled_job_resumes(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    env = {**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "SSL_REPRO_TRAIN_MEM_MB": "2000", "SSL_REPRO_TRAIN_RUNTIME": "10"}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+               "--profile", str(ROOT / "profiles/slurm"), "--configfile",
+               str(ROOT / "configs/ci.yaml"), "--slurm-init-seconds-before-status-checks", "1",
+               "--seconds-between-status-checks", "1", "--latency-wait", "5"]
+    snakemake = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+    cancelled, run_id = cancel_a_training_job_mid_run(tmp_path, snakemake)
+    output = snakemake.communicate(timeout=600)[0]
+    assert snakemake.returncode == 0, output[-5000:]
+
+    check(read_json(GOLDEN), read_json(ci_metrics_path(tmp_path)), source="the ci study on SLURM")
+    tracking = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = tracking.search_runs([tracking.get_experiment_by_name("ci").experiment_id])
+    assert len(runs) == 6 and all(run.info.status == "FINISHED" for run in runs)   # one per job
+    for run_json in (tmp_path / "results/ci").rglob("run.json"):
+        info = json.loads(run_json.read_text())
+        [run] = [run for run in runs if run.info.run_id == info["mlflow_run_id"]]
+        # a SLURM job, linked both ways: the MLflow tags name the job and its node
+        assert info["slurm_job_id"] == run.data.tags["execution.slurm_job_id"]
+        assert run.data.tags["execution.host"] == info["host"]
+        algorithm, seed = run_json.parts[-3], run_json.parts[-2]
+        if f"{algorithm}-{seed}" != cancelled:
+            continue
+        assert info["mlflow_run_id"] == run_id and info["resumed_from_step"] > 0
+        log = tmp_path / f"logs/ci/train/attempts/digits-10-{algorithm}-{seed}.log"
+        attempts = re.findall(r"^==== .*attempt on .*slurm_job_id (\d+)", log.read_text(), re.M)
+        assert len(set(attempts)) == 2, log.read_text()[-3000:]   # both attempts, own job ids
+        assert f"resumed from checkpoint at step {info['resumed_from_step']}/" in log.read_text()
