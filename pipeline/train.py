@@ -1,10 +1,12 @@
 """Rule `train`: one run = (dataset, n_labels, algorithm, seed). Reads the raw data and the split,
-trains with `semisup`, logs to MLflow, checkpoints outside the rule's outputs and resumes.
+trains with `semisup`, logs to MLflow, checkpoints outside the rule's outputs (kept until
+Snakemake has accepted them: pipeline/checkpoints.py) and resumes.
 
 Outputs (in --out):
   metrics.json         best/last/median/mean errors (EMA and raw) + config, split and data hashes
                        and the git commit: identical for identical inputs, resumed or not
-  run.json             this execution: MLflow run id, wall time, steps/s, resumed-from step
+  run.json             this execution: MLflow run id, wall time, steps/s, resumed-from step,
+                       host and SLURM job (also MLflow tags)
   evaluations.csv      the test error curve (every eval_every steps)
   train_stats.csv      per-step statistics averaged over log_every steps
 """

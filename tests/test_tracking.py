@@ -28,7 +28,7 @@ def history(logger: RunLogger, key: str) -> list[tuple[int, float]]:
 
 
 def test_resumed_run_logs_each_step_once_per_key(store: Path):
-    id_file = store / "checkpoints" / "mlflow_run_id.txt"
+    id_file = store / "checkpoints" / "mlflow_run.json"
     first = RunLogger("exp", "run", id_file, {"seed": 0}, {"lr": 0.03})
     for step in range(1, 11):
         first.log_metrics(step, {"train/loss": float(step)})
