@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from semisup.models import build_model
+from semisup.catalog import DATASETS
+from semisup.models import build_network
 
 # (our network, the reference's class in wrn.py / wrn_var.py, its constructor arguments)
 NETWORKS = [("wrn_28_2", 0, dict(first_stride=1, depth=28, widen_factor=2), 10, 32),
@@ -67,7 +68,7 @@ def compare(variant: str, files: list[Path], seed: int = 0) -> list[str]:
         torch.manual_seed(seed)
         reference = reference_class(module)(num_classes=num_classes, **arguments)
         torch.manual_seed(seed)
-        ours = build_model(ours_name, num_classes, 3, variant=variant)
+        ours = build_network(ours_name, num_classes, DATASETS["cifar10"].inputs, variant=variant)
         theirs_state, our_state = reference.state_dict(), ours.state_dict()
         count = lambda model: sum(p.numel() for p in model.parameters())
         same_shapes = [a.shape for a in theirs_state.values()] == [b.shape for b in our_state.values()]
@@ -77,9 +78,9 @@ def compare(variant: str, files: list[Path], seed: int = 0) -> list[str]:
         reference.train(), ours.train()
         with torch.no_grad():
             for _ in range(3):   # train mode: batch statistics; also moves the running statistics
-                same_train = torch.equal(logits_of(reference(images)), ours(images))
+                same_train = torch.equal(logits_of(reference(images)), ours(images).logits)
             reference.eval(), ours.eval()
-            same_eval = torch.equal(logits_of(reference(images)), ours(images))
+            same_eval = torch.equal(logits_of(reference(images)), ours(images).logits)
         lines.append(f"{variant:15s} {ours_name}: parameters {count(reference):,} (reference) / "
                      f"{count(ours):,} (ours); same shapes {same_shapes}, same initial values "
                      f"{same_init}, same logits in train mode {same_train}, in eval mode {same_eval}")

@@ -45,34 +45,45 @@ from torchvision.transforms import functional as TF
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from augment import images_per_second, pil_strong_augment, pil_weak_augment, run_pil
 
-from semisup.algorithms import StepBatch, build_algorithm
-from semisup.data.augment import strong_augment
-from semisup.models import build_model
-from semisup.train import TrainConfig, TrainData, Trainer, cosine_7_16, update_ema
+from semisup.algorithms import Side, StepBatch, StepContext, build_algorithm
 from semisup.catalog import DATASETS
+from semisup.data.augment import strong_augment
+from semisup.data.image import image_train_data
+from semisup.data.modality import DataFacts
+from semisup.data.registry import ImageData
+from semisup.models import build_network
+from semisup.optim import lr_factor
+from semisup.train import TrainConfig, Trainer, update_ema
 
 from pipeline.config import EXECUTION_KEYS, ROOT, load_params
+from pipeline.train import image_augment, train_config
 
-MEAN, STD = DATASETS["cifar10"].mean, DATASETS["cifar10"].std
+INPUTS = DATASETS["cifar10"].inputs
+MEAN, STD = INPUTS.mean, INPUTS.std
 NUM_CLASSES = 10
 # The Dash paper's CIFAR-10 study: its training settings, network variant and FixMatch's
 # hyperparameters (params.yaml with configs/dash-cifar10.yaml on top).
 PAPER = load_params(ROOT / "params.yaml", ROOT / "configs/dash-cifar10.yaml")
 
 
-def paper_train_config(**overrides) -> TrainConfig:
+def paper_train(**overrides) -> dict:
     train = {k: v for k, v in PAPER["train"].items()
              if k not in (*EXECUTION_KEYS, "portable_numerics")}
-    return TrainConfig(**{**train, "horizontal_flip": True, **overrides})
+    return {**train, "horizontal_flip": True, **overrides}
+
+
+def paper_train_config(**overrides) -> TrainConfig:
+    return train_config(paper_train(**overrides))
 
 
 def paper_model(name: str):
-    return build_model(name, NUM_CLASSES, 3, **PAPER["models"][name])
+    return build_network(name, NUM_CLASSES, INPUTS, **PAPER["models"][name])
 
 
 def paper_fixmatch(num_unlabeled: int, num_labeled: int, total_steps: int):
-    return build_algorithm("fixmatch", PAPER["algorithms"]["fixmatch"], num_classes=NUM_CLASSES,
-                           num_unlabeled=num_unlabeled, num_labeled=num_labeled,
+    facts = DataFacts(num_classes=NUM_CLASSES, num_labeled=num_labeled, num_unlabeled=num_unlabeled,
+                      labeled_class_counts=(num_labeled // NUM_CLASSES,) * NUM_CLASSES)
+    return build_algorithm("fixmatch", PAPER["algorithms"]["fixmatch"], facts=facts,
                            total_steps=total_steps)
 DEFAULTS = {"cpu": {"steps": 5, "warmup": 1, "dataset_size": 10_000},
             "cuda": {"steps": 200, "warmup": 20, "dataset_size": 50_000}}
@@ -145,16 +156,18 @@ class ConventionalStep:
         self.ema_model.load_state_dict(self.model.state_dict())
         self.ema_model.requires_grad_(False)
         config = paper_train_config(steps=total_steps, batch_size=args.batch, uratio=args.uratio)
-        self.ema_decay = config.ema_decay
+        self.ema_decay, optimizer = config.ema_decay, config.optimizer
         # The references' optimizer: torch.optim.SGD, no weight decay on BatchNorm and biases.
         groups = [{"params": [p for p in self.model.parameters() if p.dim() > 1],
-                   "weight_decay": config.weight_decay},
+                   "weight_decay": optimizer.weight_decay},
                   {"params": [p for p in self.model.parameters() if p.dim() <= 1],
                    "weight_decay": 0.0}]
-        self.optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                                         nesterov=config.nesterov)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_7_16(total_steps))
+        self.optimizer = torch.optim.SGD(groups, lr=optimizer.lr, momentum=optimizer.momentum,
+                                         nesterov=optimizer.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor("cosine", step, total_steps, 0))
         self.algorithm = paper_fixmatch(len(images_hwc), n_labels, total_steps).to(device)
+        self.generator = torch.Generator(device=device)
         labeled = LabeledDataset(images_hwc[:n_labels], labels[:n_labels], args.seed)
         unlabeled = UnlabeledDataset(images_hwc, labels, args.seed + 1)
         self.labeled = infinite(loader(labeled, args.batch, args.workers, device, args.seed))
@@ -166,10 +179,12 @@ class ConventionalStep:
         to = lambda tensor: tensor.to(self.device, non_blocking=True)
         labeled_images, labels = next(self.labeled)
         weak_images, strong_images, unlabeled_labels = next(self.unlabeled)
-        batch = StepBatch(labeled_images=to(labeled_images), labels=to(labels),
-                          weak_images=to(weak_images), strong_images=to(strong_images),
-                          unlabeled_labels=to(unlabeled_labels))
-        output = self.algorithm.training_step(self.model, batch, self.step)
+        no_indices = torch.zeros(0, dtype=torch.long, device=self.device)   # FixMatch reads none
+        batch = StepBatch(labeled=Side([to(labeled_images)], to(labels), no_indices),
+                          unlabeled=Side([to(weak_images), to(strong_images)],
+                                         to(unlabeled_labels), no_indices))
+        ctx = StepContext(network=self.model, step=self.step, generator=self.generator)
+        output = self.algorithm.training_step(ctx, batch)
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         self.optimizer.step()
@@ -189,19 +204,20 @@ class SslReproStep:
     def __init__(self, images_nchw: torch.Tensor, labels: torch.Tensor, n_labels: int, args,
                  device: torch.device, total_steps: int):
         cuda = device.type == "cuda"
-        data = TrainData(
-            train_images=images_nchw.to(device), train_labels=labels.to(device),
-            labeled_indices=torch.arange(n_labels, device=device),
-            test_images=images_nchw[:16].to(device), test_labels=labels[:16].to(device),
-            mean=MEAN, std=STD)
-        config = paper_train_config(steps=total_steps, batch_size=args.batch, uratio=args.uratio,
-                                    precision="bf16" if cuda else "fp32", channels_last=cuda,
-                                    compile=args.compile)
+        train = paper_train(steps=total_steps, batch_size=args.batch, uratio=args.uratio,
+                            precision="bf16" if cuda else "fp32", channels_last=cuda,
+                            compile=args.compile)
+        images = ImageData(train_images=images_nchw, train_labels=labels,
+                           test_images=images_nchw[:16], test_labels=labels[:16],
+                           class_names=[str(c) for c in range(NUM_CLASSES)])
+        data = image_train_data(images, torch.arange(n_labels), INPUTS, image_augment(train),
+                                cuda, device)
+        config = train_config(train)
         torch.manual_seed(args.seed)
         model = paper_model(args.model)
         algorithm = paper_fixmatch(len(images_nchw), n_labels, total_steps)
         self.trainer = Trainer(model, algorithm, data, config, args.seed, device)
-        self.trainer.model.train()
+        self.trainer.network.train()
         self.config = config
 
     def __call__(self) -> None:

@@ -1,12 +1,15 @@
 """The digest of the code a rule's output depends on, for code-aware reruns and provenance.
 
 A rule's code is its `pipeline` module and every project module it imports, statically and
-transitively (imports inside functions included), from `pipeline` and `semisup`. The registry
-packages are narrowed to what a job uses: a module of `semisup.algorithms`, `semisup.models` or
-`semisup.data` that registers named components (an algorithm, a network, a dataset) counts only
-for a job that uses one of them; the packages' shared modules count for every job. So editing
-FixMatch's loss changes the digest of the fixmatch training runs only, editing pipeline/tables.py
-that of the tables rule only.
+transitively (imports inside functions included), from `pipeline` and `semisup`, plus, for a
+job that uses registered components (an algorithm, a network, a dataset), the module that
+registers each and everything that module imports. A registry package (`semisup.algorithms`,
+`semisup.models`, `semisup.data`) imports every module that registers a component (the
+algorithms' package does so at run time); those edges alone are not followed for components
+the job does not use, while every other import is: an algorithm that subclasses FixMatch
+depends on fixmatch.py through its own import. So editing FixMatch's loss changes the digest of
+the fixmatch runs and of the runs of its subclasses, editing pipeline/tables.py that of the
+tables rule only.
 
 Each module counts by its syntax tree without docstrings (ast.unparse): a comment, a docstring or
 the layout of the code changes nothing. The Snakefile gives each rule its digest as a parameter,
@@ -21,6 +24,8 @@ from functools import cache
 from pathlib import Path
 
 import yaml
+
+from semisup.catalog import algorithm_cards
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_ROOTS = {"pipeline": ROOT / "pipeline", "semisup": ROOT / "ssl" / "semisup"}
@@ -82,39 +87,62 @@ def imports(name: str) -> frozenset[str]:
 
 @cache
 def registered_names() -> dict[str, frozenset[str]]:
-    """kind -> the registered names the schema allows (study.algorithms/model/dataset)."""
+    """kind -> the registered names: the algorithms' cards (semisup.catalog), the networks and
+    datasets the schema allows (study.model/dataset)."""
     study = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["study"]["properties"]
-    return {"algorithm": frozenset(study["algorithms"]["items"]["enum"]),
+    return {"algorithm": frozenset(algorithm_cards()),
             "model": frozenset(study["model"]["enum"]), "dataset": frozenset(study["dataset"]["enum"])}
 
 
 @cache
 def provides(name: str) -> frozenset[str]:
-    """The components a module of a registry package registers: the registered names that appear
-    in its code as string constants (tests check this against the registries themselves)."""
+    """The components a module of a registry package registers: for algorithms, the cards it
+    gives (semisup.catalog); for networks and datasets, the registered names that appear in its
+    code as string constants (tests check both against the registries themselves)."""
     package = name.rpartition(".")[0]
     if package not in REGISTRIES:
         return frozenset()
+    if REGISTRIES[package] == "algorithm":
+        return frozenset(card.name for card in algorithm_cards().values() if card.module == name)
     names = registered_names()[REGISTRIES[package]]
     constants = {node.value for node in ast.walk(ast.parse(normalized_source(name)))
                  if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     return frozenset(names & constants)
 
 
+def providers(uses: dict[str, str]) -> list[str]:
+    """The modules that register the components a job uses (kind -> name)."""
+    found = []
+    for package, kind in REGISTRIES.items():
+        if kind in uses:
+            folder = module_path(package).parent
+            found += [f"{package}.{path.stem}" for path in sorted(folder.glob("*.py"))
+                      if uses[kind] in provides(f"{package}.{path.stem}")]
+    return found
+
+
 def closure(root: str, uses: dict[str, str]) -> list[str]:
     """The modules a rule's module depends on, for a job that uses the components `uses`
-    (kind -> name, e.g. {"algorithm": "fixmatch"}); other components' modules are left out."""
-    seen, todo = set(), [root]
+    (kind -> name, e.g. {"algorithm": "fixmatch"}): what it imports, the modules that register
+    those components and what they import. A registry package's own imports of the modules of
+    other components are not followed; any other import of them is."""
+    seen, todo = set(), [(root, None), *((module, None) for module in providers(uses))]
     while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        kind = REGISTRIES.get(name.rpartition(".")[0])
-        if kind is not None and provides(name) and uses.get(kind) not in provides(name):
+        name, importer = todo.pop()
+        if name in seen or (importer is not None and registered_elsewhere(name, importer, uses)):
             continue
         seen.add(name)
-        todo.extend(imports(name))
+        todo.extend((imported, name) for imported in imports(name))
     return sorted(seen)
+
+
+def registered_elsewhere(name: str, importer: str, uses: dict[str, str]) -> bool:
+    """Whether `importer` is the registry package of `name`, which registers only components
+    this job does not use."""
+    package = name.rpartition(".")[0]
+    kind = REGISTRIES.get(package)
+    return (kind is not None and importer == package and bool(provides(name))
+            and uses.get(kind) not in provides(name))
 
 
 def code_digest(root: str, **uses: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from semisup.catalog import DATASETS
+from semisup.catalog import DATASETS, algorithm_cards
 
 from .errors import UserError
 
@@ -26,14 +26,13 @@ SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 # leaves them out, the job gets them once on its command line, and MLflow records what it used.
 EXECUTION_KEYS = ("device", "threads")
 
-# Keys the references use that mean something else here: the schema rejects them, with this why.
-FOREIGN_KEYS = {
-    ("algorithms", "fixmatch", "T"): (
-        "semilearn's FixMatch `T` (0.5 in its configs) sharpens soft pseudo-labels only and is "
-        "unused with the hard labels FixMatch uses, so it is not a parameter here; dividing the "
-        "logits by T before the threshold would change FixMatch's mask (another method). "
-        "Remove algorithms.fixmatch.T"),
-}
+
+
+def foreign_keys() -> dict[tuple[str, ...], str]:
+    """Keys the references use that mean something else here (each algorithm's card names
+    them): the schema rejects them, with this why."""
+    return {("algorithms", name, key): why for name, card in algorithm_cards().items()
+            for key, why in card.foreign_keys.items()}
 
 
 class ConfigError(UserError):
@@ -52,7 +51,15 @@ Validator = validators.extend(
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """params.schema.yaml, with the algorithms' names and hyperparameter blocks from their cards."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    cards = algorithm_cards()
+    schema["properties"]["study"]["properties"]["algorithms"]["items"] = {"enum": list(cards)}
+    schema["properties"]["algorithms"]["properties"] = {
+        name: {"description": card.description, "type": "object", "additionalProperties": False,
+               "required": list(card.hyperparameters), "properties": card.hyperparameters}
+        for name, card in cards.items()}
+    return schema
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -166,8 +173,9 @@ def describe(error, source: str, command_line: dict | None = None) -> str:
         unknown = sorted(set(error.instance) - set(known))
         if any(set_on_command_line(command_line, (*error.absolute_path, key)) for key in unknown):
             source = COMMAND_LINE
-        explained = [FOREIGN_KEYS[(*map(str, error.absolute_path), key)] for key in unknown
-                     if (*map(str, error.absolute_path), key) in FOREIGN_KEYS]
+        foreign = foreign_keys()
+        explained = [foreign[(*map(str, error.absolute_path), key)] for key in unknown
+                     if (*map(str, error.absolute_path), key) in foreign]
         if explained:
             return f"{source}: " + "; ".join(explained) + "."
         hints = []
@@ -183,7 +191,10 @@ def describe(error, source: str, command_line: dict | None = None) -> str:
         return f"{source}: {where} lacks a required key: {error.message}."
     if error.validator in ("minItems", "uniqueItems"):
         return f"{source}: {where} = {error.instance!r}: {error.message}."
-    return (f"{source}: {where} = {error.instance!r} is not allowed; it must be "
+    close = (difflib.get_close_matches(error.instance, [str(v) for v in error.schema["enum"]], n=1)
+             if error.validator == "enum" and isinstance(error.instance, str) else [])
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (f"{source}: {where} = {error.instance!r} is not allowed{hint}; it must be "
             f"{_allowed(error.schema)}.")
 
 
@@ -230,13 +241,6 @@ def semantic_problems(config: dict, source: str) -> list[str]:
         if train[key] > train["steps"]:
             problems.append(f"{source}: train.{key} = {train[key]} is larger than train.steps = "
                             f"{train['steps']}; make it at most {train['steps']}.")
-    dash = config["algorithms"].get("dash", {})
-    if ("dash" in study["algorithms"] and dash.get("variant") == "usb"
-            and dash["warmup_steps"] < train["steps"] and train["eval_every"] > dash["warmup_steps"]):
-        problems.append(f"{source}: algorithms.dash.warmup_steps = {dash['warmup_steps']} is "
-                        f"smaller than train.eval_every = {train['eval_every']}: no evaluation "
-                        f"comes by the end of warm-up, which Dash (usb) takes rho_hat from; make "
-                        f"train.eval_every divide warmup_steps (or lengthen the warm-up).")
     if train["portable_numerics"] and train["precision"] != "fp32":
         problems.append(f"{source}: train.portable_numerics is true but train.precision is "
                         f"{train['precision']!r}; portable numerics need fp32, so set "
@@ -325,7 +329,7 @@ def resolved_train(train: dict, dataset: str) -> dict:
     """A run's training settings: the execution settings left out, the dataset's own flip
     (semisup.catalog) filled in unless the config sets one."""
     resolved = {key: value for key, value in train.items() if key not in EXECUTION_KEYS}
-    resolved.setdefault("horizontal_flip", DATASETS[dataset].horizontal_flip)
+    resolved.setdefault("horizontal_flip", DATASETS[dataset].inputs.horizontal_flip)
     return resolved
 
 

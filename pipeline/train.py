@@ -109,11 +109,13 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
+    """The run's dataset and labeled split, on the training device (semisup's TrainData)."""
     import torch
     from semisup.data import get_dataset
-    from .download import read_manifest, verify_files
+    from semisup.data.image import image_train_data
     from semisup.data.splits import verify_split
-    from semisup.train import TrainData
+
+    from .download import read_manifest, verify_files
 
     manifest = read_manifest(manifest_path)
     verify_files(manifest, manifest_path.parent)
@@ -124,23 +126,36 @@ def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
     spec = get_dataset(run["dataset"])
     data = spec.load(manifest_path.parent, **manifest["options"])
     indices = verify_split(split, str(split_path), num_train=len(data.train_labels))
-    on = lambda tensor: None if tensor is None else tensor.to(device)
-    train_data = TrainData(
-        train_images=on(data.train_images), train_labels=on(data.train_labels),
-        labeled_indices=torch.tensor(indices, device=device),
-        test_images=on(data.test_images), test_labels=on(data.test_labels),
-        mean=spec.mean, std=spec.std,
-        extra_unlabeled_images=on(data.extra_unlabeled_images),
-        extra_unlabeled_labels=on(data.extra_unlabeled_labels))
-    return train_data, spec.channels, data.num_classes, manifest, split
+    train_data = image_train_data(data, torch.tensor(indices), spec.inputs,
+                                  image_augment(run["train"]), run["train"]["channels_last"], device)
+    return train_data, spec.inputs, data.num_classes, manifest, split
 
 
-def train_config(run: dict):
-    """The training loop's settings: the run's resolved `train` (portable_numerics is the
-    process's, applied by start_torch)."""
+def train_config(train: dict):
+    """The training loop's settings from a run's resolved `train` (the augmentation settings go
+    to the data layer; portable_numerics is the process's, applied by start_torch)."""
+    from semisup.optim import OptimizerConfig
     from semisup.train import TrainConfig
 
-    return TrainConfig(**{k: v for k, v in run["train"].items() if k != "portable_numerics"})
+    optimizer = OptimizerConfig(**{key: train[key] for key in OPTIMIZER_KEYS},
+                                name=train["optimizer"])
+    return TrainConfig(optimizer=optimizer, **{key: train[key] for key in LOOP_KEYS})
+
+
+def image_augment(train: dict):
+    """The image data layer's augmentation settings from a run's resolved `train`."""
+    from semisup.data.image import ImageAugment
+
+    return ImageAugment(**{field: train[key] for key, field in AUGMENT_KEYS.items()})
+
+
+# The run config's `train` keys, by the library part that takes them.
+OPTIMIZER_KEYS = ("lr", "weight_decay", "momentum", "nesterov", "layer_decay")
+LOOP_KEYS = ("steps", "batch_size", "uratio", "lr_schedule", "lr_warmup_steps", "ema_decay",
+             "eval_every", "log_every", "checkpoint_every", "eval_batch_size", "last_k",
+             "precision", "channels_last", "compile")
+AUGMENT_KEYS = {"horizontal_flip": "horizontal_flip", "pad_fraction": "pad_fraction",
+                "strong_augment": "strong"}   # train key -> ImageAugment field
 
 
 def start_torch(run: dict, device_setting: str, threads: int, device_source: str):
@@ -156,20 +171,19 @@ def start_torch(run: dict, device_setting: str, threads: int, device_source: str
     return choose_device(device_setting, device_source)
 
 
-def build_trainer(run: dict, data, channels: int, num_classes: int, device, logger, name: str,
+def build_trainer(run: dict, data, inputs, num_classes: int, device, logger, name: str,
                   checkpoint_dir: Path):
     import torch
     from semisup.algorithms import build_algorithm
-    from semisup.models import build_model
+    from semisup.models import build_network
     from semisup.train import Trainer
 
-    config = train_config(run)
+    config = train_config(run["train"])
     torch.manual_seed(run["seed"])
-    model = build_model(run["model"], num_classes, channels, **run["model_options"])
-    algorithm = build_algorithm(run["algorithm"], run["algorithm_params"], num_classes=num_classes,
-                                num_unlabeled=len(data.unlabeled()[0]),
-                                num_labeled=len(data.labeled_indices), total_steps=config.steps)
-    return Trainer(model, algorithm, data, config, run["seed"], device, log=logger.log_metrics,
+    network = build_network(run["model"], num_classes, inputs, **run["model_options"])
+    algorithm = build_algorithm(run["algorithm"], run["algorithm_params"],
+                                facts=data.facts(num_classes), total_steps=config.steps)
+    return Trainer(network, algorithm, data, config, run["seed"], device, log=logger.log_metrics,
                    checkpoint_path=checkpoint_dir / CHECKPOINT,
                    progress=lambda line: print(f"{name}: {line}", flush=True))
 
@@ -267,8 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     writable_dir(args.out)   # fail now, not after training
     writable_dir(args.checkpoint_dir)
     device = start_torch(run, args.device, args.threads, args.device_source)
-    data, channels, num_classes, manifest, split = load_train_data(run, args.manifest, args.split,
-                                                                   device)
+    data, inputs, num_classes, manifest, split = load_train_data(run, args.manifest, args.split,
+                                                                 device)
     provenance = {"config_hash": run["config_hash"],
                   "code_digest": args.code_digest or code_digest(
                       "pipeline.train", algorithm=run["algorithm"], model=run["model"],
@@ -277,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
                   "git_commit": git_commit()}
     name = f"{run['algorithm']}-{run['dataset']}-{run['n_labels']}-seed{run['seed']}"
     logger = open_run(run, provenance, device, args.checkpoint_dir, args.split, name)
-    trainer = build_trainer(run, data, channels, num_classes, device, logger, name,
+    trainer = build_trainer(run, data, inputs, num_classes, device, logger, name,
                             args.checkpoint_dir)
     print(f"{name}: device {device}, {trainer.config.steps} steps, MLflow run {logger.run_id}",
           flush=True)

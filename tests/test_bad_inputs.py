@@ -112,7 +112,7 @@ BAD_CONFIGS = {
     "wrong type": ({"train": {"lr": "fast"}},
                    ["train.lr = 'fast' is not allowed", "it must be a number"]),
     "unknown algorithm": ({"study": {"algorithms": ["fixmath"]}},
-                          ["study.algorithms.0 = 'fixmath'", "one of 'supervised'", "'fixmatch'"]),
+                          ["study.algorithms.0 = 'fixmath'", "(did you mean 'fixmatch'?)", "one of 'dash'"]),
     "unknown dataset": ({"study": {"dataset": "mnist"}},
                         ["study.dataset = 'mnist'", "one of 'digits', 'digits_rgb32', 'cifar10'"]),
     "n_labels not a multiple of the classes": (

@@ -24,10 +24,14 @@ TRAIN_USES = {"algorithm": "fixmatch", "model": "small_cnn", "dataset": "digits"
 def test_a_training_run_depends_on_its_own_algorithm_model_and_dataset_modules_only():
     modules = code.closure("pipeline.train", TRAIN_USES)
     assert {"semisup.algorithms.fixmatch", "semisup.algorithms.masking", "semisup.algorithms.base",
-            "semisup.models.cnn", "semisup.data.digits", "semisup.train",
-            "pipeline.tracking"} <= set(modules)
+            "semisup.algorithms.weak_to_strong", "semisup.models.cnn", "semisup.data.digits",
+            "semisup.train", "pipeline.tracking"} <= set(modules)
     assert not {"semisup.algorithms.dash", "semisup.algorithms.flexmatch", "semisup.models.wrn",
                 "semisup.data.public", "pipeline.tables"} & set(modules)
+    # the supervised baseline imports no pseudo-labelling code, so it does not depend on it
+    supervised = code.closure("pipeline.train", {**TRAIN_USES, "algorithm": "supervised"})
+    assert "semisup.algorithms.supervised" in supervised
+    assert not {"semisup.algorithms.fixmatch", "semisup.algorithms.weak_to_strong"} & set(supervised)
 
 
 def test_each_registered_component_is_found_in_the_module_that_defines_it():
@@ -80,7 +84,7 @@ def test_comments_docstrings_and_layout_do_not_count(tmp_path, monkeypatch):
 
 # ---- the workflow, in a temporary copy of the project -------------------------------------------
 STUDY = {"study": {"name": "code", "n_labels": [10], "seeds": [0],
-                   "algorithms": ["supervised", "fixmatch"]},
+                   "algorithms": ["supervised", "fixmatch", "fixmatch_halved"]},
          "train": {"steps": 4, "batch_size": 8, "uratio": 2, "eval_every": 2, "log_every": 2,
                    "checkpoint_every": 2, "last_k": 2}}
 
@@ -122,10 +126,40 @@ def project(tmp_path_factory) -> Path:
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, project / name)
     (project / "code.yaml").write_text(yaml.safe_dump(STUDY))
+    add_a_subclass_of_fixmatch(project)
     result = snakemake(project)
     assert result.returncode == 0, result.stderr[-4000:]
     assert planned_jobs(project) == []
     return project
+
+
+SUBCLASS = '''"""FixMatch with half its threshold: a subclass, in its own module."""
+from . import register
+from .fixmatch import FixMatch
+
+
+@register
+class FixMatchHalved(FixMatch):
+    name = "fixmatch_halved"
+    display_name = "FixMatch (tau / 2)"
+    reference = "a test of code digests"
+    hyperparameters = """
+      tau: {description: Twice the threshold., type: number, minimum: 0, maximum: 1}
+      lambda_u: {description: Weight of the unsupervised loss., type: number, minimum: 0}
+    """
+
+    def __init__(self, *, tau, **base):
+        super().__init__(tau=tau / 2, **base)
+'''
+
+
+def add_a_subclass_of_fixmatch(project: Path) -> None:
+    """An algorithm that inherits FixMatch's step: its module and its block in params.yaml, as
+    a user adds one."""
+    (project / "ssl/semisup/algorithms/fixmatch_halved.py").write_text(SUBCLASS)
+    params = project / "params.yaml"
+    edit(params, "  fixmatch: {tau: 0.95, lambda_u: 1.0}\n",
+         "  fixmatch: {tau: 0.95, lambda_u: 1.0}\n  fixmatch_halved: {tau: 0.95, lambda_u: 1.0}\n")
 
 
 def test_a_comment_or_a_docstring_reruns_nothing(project):
@@ -143,16 +177,33 @@ def test_a_comment_or_a_docstring_reruns_nothing(project):
         tables.write_text(saved[1])
 
 
-def test_editing_fixmatchs_loss_reruns_the_fixmatch_runs_and_what_follows_only(project):
+def test_editing_fixmatchs_mask_reruns_the_runs_of_fixmatch_and_of_its_subclass_only(project):
+    """The subclass's module imports fixmatch.py: its digest follows FixMatch's code (and the
+    supervised runs, which import neither, stay)."""
     fixmatch = project / "ssl/semisup/algorithms/fixmatch.py"
     saved = fixmatch.read_text()
     try:
-        edit(fixmatch, "loss_sup + self.lambda_u * loss_unsup", "loss_sup + self.lambda_u * 2 * loss_unsup")
-        assert planned_jobs(project) == ["all", "evaluate:fixmatch", "figures", "report_pages",
-                                         "tables", "train:fixmatch"]
+        edit(fixmatch, "fixed_threshold_mask(confidence, self.tau)",
+             "fixed_threshold_mask(confidence, self.tau * 0.9)")
+        assert planned_jobs(project) == [
+            "all", "evaluate:fixmatch", "evaluate:fixmatch_halved", "figures", "report_pages",
+            "tables", "train:fixmatch", "train:fixmatch_halved"]
     finally:
         fixmatch.write_text(saved)
     assert planned_jobs(project) == []
+
+
+def test_editing_the_shared_weak_to_strong_step_reruns_its_family_not_the_baseline(project):
+    family = project / "ssl/semisup/algorithms/weak_to_strong.py"
+    saved = family.read_text()
+    try:
+        edit(family, "loss = loss_sup + self.lambda_u * loss_unsup",
+             "loss = loss_sup + self.lambda_u * 2 * loss_unsup")
+        jobs = planned_jobs(project)
+        assert {"train:fixmatch", "train:fixmatch_halved"} <= set(jobs)
+        assert "train:supervised" not in jobs
+    finally:
+        family.write_text(saved)
 
 
 def test_editing_the_tables_module_reruns_the_tables_only(project):

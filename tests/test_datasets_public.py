@@ -228,7 +228,7 @@ def test_svhn_maps_label_10_to_digit_0_and_reads_the_matlab_layout(tmp_path, svh
     # X[row, column, channel, image] is image's (channel, row, column) pixel.
     assert data.train_images[5, 2, 3, 17] == images["train"][3, 17, 2, 5]
     assert data.test_images[9, 0, 31, 0] == images["test"][31, 0, 0, 9]
-    assert data.extra_unlabeled_images is None and not spec.horizontal_flip
+    assert data.extra_unlabeled_images is None and not spec.inputs.horizontal_flip
 
 
 def test_svhn_extra_joins_the_unlabeled_data_only(tmp_path, svhn_mirror):
@@ -292,8 +292,8 @@ def test_official_urls_and_checksums_are_torchvisions():
 def test_registered_specs_follow_the_classic_protocol():
     names = ("cifar10", "cifar100", "svhn", "stl10")
     assert [get_dataset(name).num_classes for name in names] == [10, 100, 10, 10]
-    assert [get_dataset(name).horizontal_flip for name in names] == [True, True, False, True]
-    assert [get_dataset(name).channels for name in names] == [3, 3, 3, 3]
+    assert [get_dataset(name).inputs.horizontal_flip for name in names] == [True, True, False, True]
+    assert [get_dataset(name).inputs.channels for name in names] == [3, 3, 3, 3]
     assert default_params()["datasets"]["svhn"]["extra"] is False
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,19 +21,22 @@ from semisup.algorithms import ALGORITHMS, build_algorithm
 from semisup.data import get_dataset
 from semisup.data.splits import make_split
 from semisup.errors import CheckpointError
-from semisup.models import build_model
-from semisup.train import TrainConfig, TrainData, Trainer
+from semisup.data.image import image_train_data
+from semisup.models import build_network
+from semisup.train import TrainConfig, Trainer
 
 from pipeline.config import (ROOT, deep_merge, default_params, default_train_options,
                              load_params, load_study)
+from pipeline.train import image_augment, train_config
 
 # End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
 
 CPU = torch.device("cpu")
-TINY_TRAIN = TrainConfig(**default_train_options(
+TINY_TRAIN = train_config(default_train_options(
     "digits", steps=12, batch_size=4, uratio=2, eval_every=3, log_every=2, checkpoint_every=3,
     last_k=3, ema_decay=0.9))
+AUGMENT = image_augment(default_train_options("digits"))
 DIGITS_OPTIONS = default_params()["datasets"]["digits"]
 # Every registered algorithm, with the default study's hyperparameters and what makes its state
 # change within 12 steps: confident enough pseudo-labels (tau 0.5); Dash's warm-up ending mid-run
@@ -76,17 +80,15 @@ def make_trainer(digits, case: str, seed: int, checkpoint: Path | None = None,
     spec, data = digits
     split_seed = seed if split_seed is None else split_seed
     split = make_split(data.train_labels.numpy(), 20, data.num_classes, split_seed, "digits")
-    train_data = TrainData(train_images=data.train_images, train_labels=data.train_labels,
-                           labeled_indices=torch.tensor(split["labeled_indices"]),
-                           test_images=data.test_images[:64], test_labels=data.test_labels[:64],
-                           mean=spec.mean, std=spec.std)
-    torch.manual_seed(seed)   # as pipeline.train does before building the model
-    model = build_model("small_cnn", data.num_classes, 1, width=4, bn_momentum=0.01)
+    train_data = image_train_data(
+        replace(data, test_images=data.test_images[:64], test_labels=data.test_labels[:64]),
+        torch.tensor(split["labeled_indices"]), spec.inputs, AUGMENT, False, CPU)
+    torch.manual_seed(seed)   # as pipeline.train does before building the network
+    network = build_network("small_cnn", data.num_classes, spec.inputs, width=4, bn_momentum=0.01)
     name, params = CASES[case]
-    algorithm = build_algorithm(name, params, num_classes=data.num_classes,
-                                num_unlabeled=len(data.train_images),
-                                num_labeled=len(train_data.labeled_indices), total_steps=config.steps)
-    return Trainer(model, algorithm, train_data, config, seed, CPU, log=log,
+    algorithm = build_algorithm(name, params, facts=train_data.facts(data.num_classes),
+                                total_steps=config.steps)
+    return Trainer(network, algorithm, train_data, config, seed, CPU, log=log,
                    checkpoint_path=checkpoint)
 
 
@@ -180,7 +182,8 @@ def test_checkpoint_of_another_model_is_refused(digits, good_checkpoint, tmp_pat
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(good_checkpoint)
     trainer = make_trainer(digits, "fixmatch", 0, checkpoint)
-    trainer.model = build_model("small_cnn", 10, 1, width=8, bn_momentum=0.01)   # other network
+    trainer.network = build_network("small_cnn", 10, get_dataset("digits").inputs, width=8,
+                                    bn_momentum=0.01)   # another network
     with pytest.raises(CheckpointError, match="cannot be read as a checkpoint of this run"):
         trainer.fit()
 
@@ -201,7 +204,7 @@ def test_checkpoint_of_another_config_is_refused(digits, tmp_path):
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(Killed):
         make_trainer(digits, "fixmatch", 0, checkpoint, log=kill_at(4)).fit()
-    other = TrainConfig(**{**TINY_TRAIN.__dict__, "lr": 0.1})
+    other = replace(TINY_TRAIN, optimizer=replace(TINY_TRAIN.optimizer, lr=0.1))
     with pytest.raises(CheckpointError, match="another seed or training config"):
         make_trainer(digits, "fixmatch", 0, checkpoint, config=other).fit()
 
@@ -214,8 +217,6 @@ def test_same_config_and_seed_give_identical_metrics(digits, uninterrupted):
 def test_bf16_autocast_runs_on_the_cpu_and_resumes_exactly(digits, uninterrupted, tmp_path):
     """precision bf16 takes effect on the CPU too (other numbers than fp32), and a bf16 run
     killed and resumed ends exactly where an uninterrupted bf16 run ends."""
-    from dataclasses import replace
-
     bf16 = replace(TINY_TRAIN, precision="bf16")
     straight = make_trainer(digits, "fixmatch", seed=0, config=bf16).fit()
     assert as_json(straight.stat_history) != as_json(uninterrupted("fixmatch").stat_history)
@@ -229,8 +230,8 @@ def test_other_seed_changes_initialisation_data_order_and_augmentation(digits):
     # One split for both, so that only the run's own seed differs.
     first = make_trainer(digits, "fixmatch", 0, split_seed=0)
     second = make_trainer(digits, "fixmatch", 1, split_seed=0)
-    first_weights = torch.cat([p.flatten() for p in first.model.parameters()])
-    second_weights = torch.cat([p.flatten() for p in second.model.parameters()])
+    first_weights = torch.cat([p.flatten() for p in first.network.parameters()])
+    second_weights = torch.cat([p.flatten() for p in second.network.parameters()])
     assert not torch.equal(first_weights, second_weights)
     assert not torch.equal(first.unlabeled_sampler.next(64), second.unlabeled_sampler.next(64))
     assert not torch.equal(first.labeled_sampler.next(20), second.labeled_sampler.next(20))
@@ -238,11 +239,12 @@ def test_other_seed_changes_initialisation_data_order_and_augmentation(digits):
     for trainer in (first, second):
         trainer.labeled_sampler.next = lambda count: torch.arange(count)
         trainer.unlabeled_sampler.next = lambda count: torch.arange(count)
-    first_batch, second_batch = first.next_batch(False), second.next_batch(False)
-    assert torch.equal(first_batch.labels, second_batch.labels)
-    assert torch.equal(first_batch.unlabeled_indices, second_batch.unlabeled_indices)
-    assert not torch.equal(first_batch.weak_images, second_batch.weak_images)
-    assert not torch.equal(first_batch.strong_images, second_batch.strong_images)
+    first_batch, second_batch = first.next_batch(), second.next_batch()
+    assert torch.equal(first_batch.labeled.labels, second_batch.labeled.labels)
+    assert torch.equal(first_batch.unlabeled.indices, second_batch.unlabeled.indices)
+    for first_view, second_view in zip(first_batch.unlabeled.views, second_batch.unlabeled.views,
+                                       strict=True):   # weak, strong
+        assert not torch.equal(first_view, second_view)
 
 
 # ---- through Snakemake: SIGKILL, rerun, same metrics, same MLflow run ---------------------------

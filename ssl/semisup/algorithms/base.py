@@ -1,32 +1,75 @@
-"""The algorithm interface: one training step's loss and statistics, plus explicit state."""
+"""The algorithm contract: what an algorithm declares, what one training step sees, what it
+returns.
+
+An algorithm declares
+  views          what each side of a step's batch needs, by kind, e.g. labeled ("weak",) and
+                 unlabeled ("weak", "strong"); () on the unlabeled side draws no unlabeled batch.
+                 The data layer (semisup.data.modality) makes them; `views_at(step)` may change
+                 them over training (Dash `usb`'s supervised warm-up).
+  heads          modules fed with the network's features (a projection, a rotation classifier):
+                 the trainer adds them to the network before building the optimizer and the EMA
+  needs_teacher  whether a step needs the EMA network (Mean Teacher)
+  state          `state_names` and any shared component it holds (semisup.algorithms.components)
+and implements `training_step(ctx, batch) -> StepOutput`. A step reads the batch, runs the
+network (ctx.network; ctx.teacher), may draw random numbers from ctx.generator (a seeded stream
+that checkpoints carry: MixUp's lambda, VAT's noise) and may call torch.autograd.grad; it never
+touches the optimizer.
+
+For the catalog (semisup.catalog reads these without importing torch, so each must be a literal
+in the class body of a registered algorithm): `name`, `display_name`, `reference` (the codebase
+it follows), `figures` (the report figures that show it), `hyperparameters` (a YAML mapping of
+each constructor keyword to its JSON schema), `foreign_keys` (keys of the references that mean
+something else here, with why).
+"""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
-from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.inputs import Inputs, batch_size, cat_inputs
+from ..data.modality import DataFacts
+from ..models.network import NetOutput
+from .components import Stateful
+
+
+@dataclass(frozen=True)
+class Views:
+    """The views of each side of a step's batch, by kind, in the order the step reads them."""
+
+    labeled: tuple[str, ...] = ("weak",)
+    unlabeled: tuple[str, ...] = ()
+
+
+@dataclass
+class Side:
+    """One side of a step's batch. `views` in the order the algorithm declared them. Labeled:
+    `labels` are the targets and `indices` the samples' positions in the labeled set
+    (0 .. num_labeled - 1). Unlabeled: `labels` are the true labels (-1 where unknown), for
+    statistics only, never for a loss, and `indices` the positions in the unlabeled set."""
+
+    views: list[Inputs]
+    labels: Tensor
+    indices: Tensor
+
 
 @dataclass
 class StepBatch:
-    """Everything one training step sees. Images are float, normalised, on the training device.
+    labeled: Side
+    unlabeled: Side | None = None   # None in a step that draws no unlabeled batch
 
-    `strong_images` is the algorithm's second view of the unlabeled images: strongly augmented
-    for the FixMatch family, another weak view for Mean Teacher / Pi-model, None where the
-    algorithm declares `second_view = None`. Unlabeled fields are None for purely supervised
-    algorithms. `unlabeled_labels` are the true labels, used for statistics only (never for loss).
-    """
 
-    labeled_images: Tensor
-    labels: Tensor
-    weak_images: Tensor | None = None
-    strong_images: Tensor | None = None
-    unlabeled_indices: Tensor | None = None
-    unlabeled_labels: Tensor | None = None
+@dataclass
+class StepContext:
+    network: nn.Module                  # the student (maybe compiled): inputs -> NetOutput
+    step: int
+    generator: torch.Generator          # for random draws inside the step; checkpointed
+    teacher: nn.Module | None = None    # the EMA network, where the algorithm needs it
 
 
 @dataclass
@@ -37,96 +80,76 @@ class StepOutput:
     stats: dict[str, Tensor] = field(default_factory=dict)
 
 
-class Algorithm:
-    """Base class. Subclasses set `name` and implement `training_step`.
-
-    Class attributes tell the trainer what data to prepare:
-      uses_unlabeled: whether unlabeled batches are drawn at all.
-      second_view:    "strong" (weak + RandAugment + Cutout), "weak" (a second weak view) or None.
-      needs_teacher:  whether `training_step` needs the EMA model (Mean Teacher).
-    `state_names` lists the attributes (tensors or Python scalars) that checkpoints must carry.
-    """
+class Algorithm(Stateful):
+    """Base class; see the module docstring for what a subclass declares."""
 
     name: ClassVar[str] = ""
-    uses_unlabeled: ClassVar[bool] = True
-    second_view: ClassVar[str | None] = "strong"
+    display_name: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    figures: ClassVar[tuple[str, ...]] = ()
+    hyperparameters: ClassVar[str] = "{}"
+    foreign_keys: ClassVar[dict[str, str]] = {}
+    views: ClassVar[Views] = Views(labeled=("weak",), unlabeled=("weak", "strong"))
     needs_teacher: ClassVar[bool] = False
-    state_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, *, num_classes: int, num_unlabeled: int, num_labeled: int,
-                 total_steps: int):
-        self.num_classes = num_classes
-        self.num_unlabeled = num_unlabeled
-        self.num_labeled = num_labeled
+    def __init__(self, *, facts: DataFacts, total_steps: int):
+        self.facts = facts
+        self.num_classes = facts.num_classes
+        self.num_labeled = facts.num_labeled
+        self.num_unlabeled = facts.num_unlabeled
         self.total_steps = total_steps
-        self.device = torch.device("cpu")   # where tensor state lives; set by `to`
+        self.device = torch.device("cpu")
 
-    def training_step(self, model: nn.Module, batch: StepBatch, step: int,
-                      teacher: nn.Module | None = None) -> StepOutput:
+    def views_at(self, step: int) -> Views:
+        return self.views
+
+    def heads(self, num_features: int) -> dict[str, nn.Module]:
+        return {}
+
+    def evaluation_steps(self) -> tuple[int, ...]:
+        """Steps at which the trainer must evaluate besides every eval_every steps (Dash `usb`
+        takes rho_hat from the evaluation at the end of its warm-up)."""
+        return ()
+
+    def setup(self, network: nn.Module) -> None:
+        """Called once with the freshly initialised network (heads included), before any step
+        and before a checkpoint is loaded."""
+
+    def training_step(self, ctx: StepContext, batch: StepBatch) -> StepOutput:
         raise NotImplementedError
 
-    def supervised_only(self, step: int) -> bool:
-        """True while the algorithm trains on labeled data only (e.g. Dash `usb` warm-up)."""
-        return False
-
-    def setup(self, model: nn.Module) -> None:
-        """Called once with the freshly initialised model, before any step and before a
-        checkpoint is loaded (Dash `usb` keeps the initial weights when it needs them)."""
-
-    def on_evaluation(self, step: int, metrics: dict[str, float], model: nn.Module,
+    def on_evaluation(self, step: int, metrics: dict[str, float], network: nn.Module,
                       evaluate: Callable[[nn.Module], dict[str, float]]) -> None:
-        """Called by the trainer after each evaluation with its metrics, the raw model and a
-        function that evaluates any model the same way (Dash `usb` reads rho_hat here)."""
-
-    def to(self, device: torch.device) -> Algorithm:
-        """Move every tensor attribute (the algorithm's state) to `device`."""
-        self.device = torch.device(device)
-        for key in self._tensor_state_names():
-            setattr(self, key, getattr(self, key).to(device))
-        return self
-
-    def _tensor_state_names(self) -> list[str]:
-        return [k for k, v in vars(self).items() if isinstance(v, Tensor)]
-
-    def state_dict(self) -> dict:
-        """Algorithm state that checkpoints must carry (tensors cloned, scalars as is)."""
-        state = {}
-        for key in self.state_names:
-            value = getattr(self, key)
-            state[key] = value.detach().clone() if isinstance(value, Tensor) else value
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        missing = set(self.state_names) - set(state)
-        if missing:
-            raise KeyError(f"{self.name}: the saved algorithm state lacks {sorted(missing)}; was it "
-                           f"written by another algorithm or an older version of {self.name}?")
-        for key, value in state.items():
-            current = getattr(self, key)
-            if isinstance(current, Tensor) and isinstance(value, Tensor):
-                setattr(self, key, value.to(current.device, current.dtype).clone())
-            elif isinstance(value, Tensor):   # state that starts as None (e.g. Dash's rho_hat)
-                setattr(self, key, value.to(self.device).clone())
-            else:
-                setattr(self, key, value)
+        """Called by the trainer after each evaluation with its metrics, the raw network and a
+        function that evaluates any network the same way (Dash `usb` reads rho_hat here)."""
 
 
-def forward_views(model: nn.Module, *views: Tensor) -> list[Tensor]:
-    """Run several batches through the model as one concatenated batch (one BatchNorm batch)."""
-    sizes = [v.shape[0] for v in views]
-    logits = model(torch.cat(views))
-    return list(logits.split(sizes))
+def forward_outputs(network: nn.Module, *views: Inputs, want: tuple[str, ...] = ()) -> list[NetOutput]:
+    """Run several batches through the network as one concatenated batch (one BatchNorm batch)
+    and split its output: logits, features and the heads in `want`, per batch."""
+    sizes = [batch_size(view) for view in views]
+    output = network(cat_inputs(views), want=want)
+    heads = {name: value.split(sizes) for name, value in output.heads.items()}
+    return [NetOutput(logits, features, {name: parts[i] for name, parts in heads.items()})
+            for i, (logits, features) in enumerate(zip(output.logits.split(sizes),
+                                                       output.features.split(sizes), strict=True))]
+
+
+def forward_views(network: nn.Module, *views: Inputs) -> list[Tensor]:
+    """The logits of several batches run as one concatenated batch (one BatchNorm batch)."""
+    sizes = [batch_size(view) for view in views]
+    return list(network(cat_inputs(views)).logits.split(sizes))
 
 
 @contextmanager
-def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
+def frozen_batchnorm_statistics(network: nn.Module) -> Iterator[None]:
     """Forward passes inside leave BatchNorm running statistics untouched.
 
     In training mode BatchNorm still normalises with the batch statistics (as USB's
     `freeze_bn`); it only stops updating running_mean / running_var / num_batches_tracked.
     Eval mode is unaffected (it always uses the running statistics).
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
              and m.track_running_stats]
     for module in norms:
         module.track_running_stats = False

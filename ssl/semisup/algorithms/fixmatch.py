@@ -2,33 +2,38 @@
 cross-entropy of the strong view against them."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from . import register
-from .base import (Algorithm, StepBatch, StepOutput, cross_entropy_per_sample, forward_views,
-                   scalar, selection_stats, supervised_loss)
+from .base import scalar
 from .masking import confidence_and_pseudo_labels, fixed_threshold_mask
+from .weak_to_strong import PseudoLabels, WeakToStrong
 
 
 @register
-class FixMatch(Algorithm):
+class FixMatch(WeakToStrong):
     name = "fixmatch"
+    display_name = "FixMatch"
+    reference = "semilearn 0.3.2"
+    figures = ("pseudo_labels",)
+    hyperparameters = """
+      tau: {description: Confidence threshold., type: number, minimum: 0, maximum: 1}
+      lambda_u: {description: Weight of the unsupervised loss., type: number, minimum: 0}
+    """
+    foreign_keys: ClassVar[dict[str, str]] = {"T": (
+        "semilearn's FixMatch `T` (0.5 in its configs) sharpens soft pseudo-labels only and is "
+        "unused with the hard labels FixMatch uses, so it is not a parameter here; dividing the "
+        "logits by T before the threshold would change FixMatch's mask (another method). "
+        "Remove algorithms.fixmatch.T")}
 
-    def __init__(self, *, tau: float, lambda_u: float, **base):
+    def __init__(self, *, tau: float, **base):
         super().__init__(**base)
-        self.tau, self.lambda_u = tau, lambda_u
+        self.tau = tau
 
-    def training_step(self, model, batch: StepBatch, step: int, teacher=None) -> StepOutput:
-        logits_lb, logits_w, logits_s = forward_views(
-            model, batch.labeled_images, batch.weak_images, batch.strong_images)
-        loss_sup = supervised_loss(logits_lb, batch.labels)
-
-        probs_w = torch.softmax(logits_w.detach(), dim=-1)
-        confidence, pseudo_labels = confidence_and_pseudo_labels(probs_w)
+    def pseudo_label(self, logits_weak, step, unlabeled_indices) -> PseudoLabels:
+        confidence, pseudo_labels = confidence_and_pseudo_labels(torch.softmax(logits_weak, dim=-1))
         mask = fixed_threshold_mask(confidence, self.tau)
-        loss_unsup = (cross_entropy_per_sample(logits_s, pseudo_labels) * mask).mean()
-
-        stats = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(),
-                 "threshold": scalar(self.tau, loss_sup)}
-        stats.update(selection_stats(mask, pseudo_labels, batch.unlabeled_labels))
-        return StepOutput(loss_sup + self.lambda_u * loss_unsup, stats)
+        return PseudoLabels(pseudo_labels, mask, pseudo_labels,
+                            {"threshold": scalar(self.tau, logits_weak)})

@@ -9,10 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import register
-from .base import (Algorithm, StepBatch, StepOutput, cross_entropy_per_sample, forward_views,
-                   selection_stats, supervised_loss)
 from .masking import (class_threshold_mask, confidence_and_pseudo_labels, freematch_thresholds,
                       freematch_update)
+from .weak_to_strong import PseudoLabels, WeakToStrong
 
 
 def sum_normalise(values: Tensor) -> Tensor:
@@ -45,35 +44,39 @@ def freematch_fairness_loss(logits_strong: Tensor, mask: Tensor, p_model: Tensor
 
 
 @register
-class FreeMatch(Algorithm):
+class FreeMatch(WeakToStrong):
     name = "freematch"
+    display_name = "FreeMatch"
+    reference = "semilearn 0.3.2"
+    hyperparameters = """
+      ema_momentum: {type: number, minimum: 0, exclusiveMaximum: 1,
+                     description: EMA momentum of the global and class-wise statistics.}
+      lambda_u: {description: Weight of the unsupervised loss., type: number, minimum: 0}
+      lambda_fairness: {description: Weight of the fairness loss., type: number, minimum: 0}
+    """
     state_names = ("tau_global", "p_model", "label_hist")
 
-    def __init__(self, *, ema_momentum: float, lambda_u: float, lambda_fairness: float, **base):
+    def __init__(self, *, ema_momentum: float, lambda_fairness: float, **base):
         super().__init__(**base)
-        self.ema_momentum, self.lambda_u, self.lambda_fairness = ema_momentum, lambda_u, lambda_fairness
+        self.ema_momentum, self.lambda_fairness = ema_momentum, lambda_fairness
         self.tau_global = torch.tensor(1.0 / self.num_classes)
         self.p_model = torch.full((self.num_classes,), 1.0 / self.num_classes)
         self.label_hist = torch.full((self.num_classes,), 1.0 / self.num_classes)
 
-    def training_step(self, model, batch: StepBatch, step: int, teacher=None) -> StepOutput:
-        logits_lb, logits_w, logits_s = forward_views(
-            model, batch.labeled_images, batch.weak_images, batch.strong_images)
-        loss_sup = supervised_loss(logits_lb, batch.labels)
-
-        probs_w = torch.softmax(logits_w.detach().float(), dim=-1)
+    def pseudo_label(self, logits_weak, step, unlabeled_indices) -> PseudoLabels:
+        probs_w = torch.softmax(logits_weak.float(), dim=-1)
         # Fold this batch into the running statistics first, then threshold it.
         self.tau_global, self.p_model, self.label_hist = freematch_update(
             self.tau_global, self.p_model, self.label_hist, probs_w, self.ema_momentum)
         thresholds = freematch_thresholds(self.tau_global, self.p_model)
         confidence, pseudo_labels = confidence_and_pseudo_labels(probs_w)
         mask = class_threshold_mask(confidence, pseudo_labels, thresholds)
-        loss_unsup = (cross_entropy_per_sample(logits_s, pseudo_labels) * mask).mean()
-        loss_fairness = freematch_fairness_loss(logits_s, mask, self.p_model, self.label_hist)
+        return PseudoLabels(pseudo_labels, mask, pseudo_labels,
+                            {"tau_global": self.tau_global.clone(),
+                             "threshold_mean": thresholds.mean(), "threshold_min": thresholds.min()})
 
-        stats = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(),
-                 "loss_fairness": loss_fairness.detach(), "tau_global": self.tau_global.clone(),
-                 "threshold_mean": thresholds.mean(), "threshold_min": thresholds.min()}
-        stats.update(selection_stats(mask, pseudo_labels, batch.unlabeled_labels))
-        loss = loss_sup + self.lambda_u * loss_unsup + self.lambda_fairness * loss_fairness
-        return StepOutput(loss, stats)
+    def extra_loss(self, logits_strong, pseudo: PseudoLabels) -> Tensor:
+        loss_fairness = freematch_fairness_loss(logits_strong, pseudo.mask, self.p_model,
+                                                self.label_hist)
+        pseudo.stats["loss_fairness"] = loss_fairness.detach()
+        return self.lambda_fairness * loss_fairness

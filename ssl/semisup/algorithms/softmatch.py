@@ -7,52 +7,42 @@ from __future__ import annotations
 import torch
 
 from . import register
-from .base import (Algorithm, StepBatch, StepOutput, cross_entropy_per_sample, forward_views,
-                   selection_stats, supervised_loss)
-from .masking import (confidence_and_pseudo_labels, distribution_alignment, ema_update,
-                      softmatch_update, softmatch_weights)
+from .components import DistributionAlignment
+from .masking import confidence_and_pseudo_labels, softmatch_update, softmatch_weights
+from .weak_to_strong import PseudoLabels, WeakToStrong
 
 
 @register
-class SoftMatch(Algorithm):
+class SoftMatch(WeakToStrong):
     name = "softmatch"
-    state_names = ("mu", "var", "p_model", "p_model_started")
+    display_name = "SoftMatch"
+    reference = "semilearn 0.3.2"
+    hyperparameters = """
+      ema_momentum: {type: number, minimum: 0, exclusiveMaximum: 1,
+                     description: EMA momentum of the confidence mean and variance.}
+      n_sigma: {type: number, exclusiveMinimum: 0,
+                description: Width of the Gaussian weight in standard deviations.}
+      lambda_u: {description: Weight of the unsupervised loss., type: number, minimum: 0}
+      distribution_alignment: {type: boolean,
+                               description: Align weak predictions to the uniform prior (weights only).}
+    """
+    state_names = ("mu", "var")
 
-    def __init__(self, *, ema_momentum: float, n_sigma: float, lambda_u: float,
-                 distribution_alignment: bool, **base):
+    def __init__(self, *, ema_momentum: float, n_sigma: float, distribution_alignment: bool, **base):
         super().__init__(**base)
-        self.ema_momentum, self.n_sigma, self.lambda_u = ema_momentum, n_sigma, lambda_u
-        self.distribution_alignment = distribution_alignment
+        self.ema_momentum, self.n_sigma = ema_momentum, n_sigma
         self.mu = torch.tensor(1.0 / self.num_classes)
         self.var = torch.tensor(1.0)
-        # The distribution-alignment estimate of the mean weak prediction; it starts at the first
-        # batch's mean (`p_model_started` False until then).
-        self.p_model = torch.full((self.num_classes,), 1.0 / self.num_classes)
-        self.p_model_started = False
+        # aligns the weak predictions to the uniform prior before the weights are computed
+        self.alignment = (DistributionAlignment(self.num_classes, ema_momentum)
+                          if distribution_alignment else None)
 
-    def aligned(self, probs_w):
-        """Fold the batch into p_model, then align the batch to the uniform prior."""
-        batch_mean = probs_w.mean(dim=0)
-        self.p_model = (ema_update(self.p_model, batch_mean, self.ema_momentum)
-                        if self.p_model_started else batch_mean)
-        self.p_model_started = True
-        uniform = torch.full_like(self.p_model, 1.0 / self.num_classes)
-        return distribution_alignment(probs_w, self.p_model, uniform)
-
-    def training_step(self, model, batch: StepBatch, step: int, teacher=None) -> StepOutput:
-        logits_lb, logits_w, logits_s = forward_views(
-            model, batch.labeled_images, batch.weak_images, batch.strong_images)
-        loss_sup = supervised_loss(logits_lb, batch.labels)
-
-        probs_w = torch.softmax(logits_w.detach().float(), dim=-1)
-        probs_for_weights = self.aligned(probs_w) if self.distribution_alignment else probs_w
+    def pseudo_label(self, logits_weak, step, unlabeled_indices) -> PseudoLabels:
+        probs_w = torch.softmax(logits_weak.float(), dim=-1)
+        probs_for_weights = self.alignment(probs_w) if self.alignment else probs_w
         confidence, _ = confidence_and_pseudo_labels(probs_for_weights)
         self.mu, self.var = softmatch_update(self.mu, self.var, confidence, self.ema_momentum)
         weights = softmatch_weights(confidence, self.mu, self.var, self.n_sigma)
         pseudo_labels = probs_w.argmax(dim=-1)
-        loss_unsup = (cross_entropy_per_sample(logits_s, pseudo_labels) * weights).mean()
-
-        stats = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(),
-                 "mu": self.mu.clone(), "var": self.var.clone()}
-        stats.update(selection_stats(weights, pseudo_labels, batch.unlabeled_labels))
-        return StepOutput(loss_sup + self.lambda_u * loss_unsup, stats)
+        return PseudoLabels(pseudo_labels, weights, pseudo_labels,
+                            {"mu": self.mu.clone(), "var": self.var.clone()})

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 from . import register
-from .base import Algorithm, StepBatch, StepOutput, supervised_loss
+from .base import Algorithm, StepBatch, StepContext, StepOutput, Views, supervised_loss
 
 
 @register
 class Supervised(Algorithm):
     name = "supervised"
-    uses_unlabeled = False
-    second_view = None
+    display_name = "Supervised"
+    reference = "semilearn 0.3.2 (its `supervised` baseline on the labeled split)"
+    hyperparameters = "{}"
+    views = Views(labeled=("weak",), unlabeled=())
 
-    def training_step(self, model, batch: StepBatch, step: int, teacher=None) -> StepOutput:
-        loss = supervised_loss(model(batch.labeled_images), batch.labels)
+    def training_step(self, ctx: StepContext, batch: StepBatch) -> StepOutput:
+        (x_lb,) = batch.labeled.views
+        loss = supervised_loss(ctx.network(x_lb).logits, batch.labeled.labels)
         return StepOutput(loss, {"loss_sup": loss.detach()})

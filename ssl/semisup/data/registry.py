@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..catalog import DATASETS as CATALOG, DatasetFacts
+from ..catalog import DATASETS as CATALOG, DatasetFacts, ImageInputs
 from ..errors import DatasetError
 
 
@@ -49,20 +49,8 @@ class DatasetSpec:
         return self.facts.num_classes
 
     @property
-    def mean(self) -> tuple[float, ...]:
-        return self.facts.mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self.facts.std
-
-    @property
-    def channels(self) -> int:
-        return self.facts.channels
-
-    @property
-    def horizontal_flip(self) -> bool:
-        return self.facts.horizontal_flip
+    def inputs(self) -> ImageInputs:
+        return self.facts.inputs
 
 
 DATASETS: dict[str, DatasetSpec] = {}

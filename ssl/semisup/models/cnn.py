@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..catalog import ImageInputs
+from .network import Network
+
 
 def conv_block(in_channels: int, out_channels: int, stride: int, bn_momentum: float) -> nn.Sequential:
     return nn.Sequential(
@@ -18,33 +21,28 @@ def conv_block(in_channels: int, out_channels: int, stride: int, bn_momentum: fl
     )
 
 
-class SmallCNN(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, *, width: int, bn_momentum: float):
-        super().__init__()
-        self.features = nn.Sequential(
-            conv_block(in_channels, width, 1, bn_momentum),
-            conv_block(width, 2 * width, 2, bn_momentum),
-            conv_block(2 * width, 4 * width, 2, bn_momentum),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.classifier = nn.Linear(4 * width, num_classes)
+class Features(nn.Sequential):
+    """A backbone: layers in sequence, and how wide the features they end with are."""
 
-    def forward(self, images):
-        return self.classifier(self.features(images))
+    def __init__(self, *layers: nn.Module, num_features: int):
+        super().__init__(*layers)
+        self.num_features = num_features
 
 
-class CNN32(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, *, width: int, bn_momentum: float):
-        super().__init__()
-        widths = [in_channels, width, 2 * width, 4 * width]
-        blocks = [nn.Sequential(conv_block(widths[i], widths[i + 1], 1, bn_momentum),
-                                nn.MaxPool2d(2)) for i in range(3)]
-        self.features = nn.Sequential(*blocks, nn.Flatten())
-        self.classifier = nn.Linear(4 * width * 4 * 4, num_classes)
-
-    def forward(self, images):
-        return self.classifier(self.features(images))
+def small_cnn(num_classes: int, inputs: ImageInputs, *, width: int, bn_momentum: float) -> Network:
+    backbone = Features(conv_block(inputs.channels, width, 1, bn_momentum),
+                        conv_block(width, 2 * width, 2, bn_momentum),
+                        conv_block(2 * width, 4 * width, 2, bn_momentum),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), num_features=4 * width)
+    return Network(backbone, nn.Linear(backbone.num_features, num_classes))
 
 
-MODELS = {"small_cnn": SmallCNN, "cnn32": CNN32}
+def cnn32(num_classes: int, inputs: ImageInputs, *, width: int, bn_momentum: float) -> Network:
+    widths = [inputs.channels, width, 2 * width, 4 * width]
+    blocks = [nn.Sequential(conv_block(widths[i], widths[i + 1], 1, bn_momentum), nn.MaxPool2d(2))
+              for i in range(3)]
+    backbone = Features(*blocks, nn.Flatten(), num_features=4 * width * 4 * 4)
+    return Network(backbone, nn.Linear(backbone.num_features, num_classes))
+
+
+MODELS = {"small_cnn": small_cnn, "cnn32": cnn32}

@@ -35,6 +35,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ..catalog import ImageInputs
+from .network import Network
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -90,12 +93,12 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """A 3x3 stem with 16 channels (with a bias), `num_groups` groups of (depth - 4) / 6 blocks
-    with 16 * widen_factor * 2^g channels (stride `first_stride`, then 2), BatchNorm + LeakyReLU,
-    global average pooling and a linear classifier."""
+    """The backbone: a 3x3 stem with 16 channels (with a bias), `num_groups` groups of
+    (depth - 4) / 6 blocks with 16 * widen_factor * 2^g channels (stride `first_stride`, then 2),
+    BatchNorm + LeakyReLU and global average pooling: one feature vector per image."""
 
-    def __init__(self, num_classes: int, in_channels: int, *, variant: str, depth: int,
-                 widen_factor: int, num_groups: int = 3, first_stride: int = 1):
+    def __init__(self, in_channels: int, *, variant: str, depth: int, widen_factor: int,
+                 num_groups: int = 3, first_stride: int = 1):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"WideResNet variant must be one of {sorted(VARIANTS)}, got {variant!r}")
@@ -110,8 +113,7 @@ class WideResNet(nn.Module):
             for g in range(num_groups)])
         self.head = nn.Sequential(nn.BatchNorm2d(widths[-1], eps=HEAD_EPS, momentum=BN_MOMENTUM),
                                   nn.LeakyReLU(LEAKY_SLOPE), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(widths[-1], num_classes)
-        self.reset_parameters()
+        self.num_features = widths[-1]
 
     def _group(self, in_channels: int, out_channels: int, num_blocks: int, stride: int,
                first_group: bool) -> nn.Sequential:
@@ -123,41 +125,51 @@ class WideResNet(nn.Module):
                    for _ in range(num_blocks - 1)]
         return nn.Sequential(*blocks)
 
-    def reset_parameters(self) -> None:
-        """The references' initialisation, module by module in construction order."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
-                if module.bias is not None and self.variant.zero_conv_bias:
-                    nn.init.zeros_(module.bias)   # TensorFlow's conv2d starts its bias at zero
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.xavier_normal_(module.weight)
-                nn.init.zeros_(module.bias)
-
     def forward(self, images: Tensor) -> Tensor:
-        return self.classifier(self.head(self.groups(self.stem(images))))
+        return self.head(self.groups(self.stem(images)))
 
 
-def wrn_28_2(num_classes: int, in_channels: int, *, variant: str) -> WideResNet:
-    return WideResNet(num_classes, in_channels, variant=variant, depth=28, widen_factor=2)
+def reset_parameters(network: nn.Module, variant: Variant) -> None:
+    """The references' initialisation, module by module in construction order (backbone, then
+    classifier: the order in which the references build them, so the same random draws)."""
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
+            if module.bias is not None and variant.zero_conv_bias:
+                nn.init.zeros_(module.bias)   # TensorFlow's conv2d starts its bias at zero
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.xavier_normal_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
-def wrn_28_8(num_classes: int, in_channels: int, *, variant: str) -> WideResNet:
-    return WideResNet(num_classes, in_channels, variant=variant, depth=28, widen_factor=8)
+def wide_resnet(num_classes: int, inputs: ImageInputs, **options) -> Network:
+    """The backbone, a linear classifier on its features, the references' initialisation."""
+    backbone = WideResNet(inputs.channels, **options)
+    network = Network(backbone, nn.Linear(backbone.num_features, num_classes))
+    reset_parameters(network, backbone.variant)
+    return network
 
 
-def wrn_37_2(num_classes: int, in_channels: int, *, variant: str) -> WideResNet:
+def wrn_28_2(num_classes: int, inputs: ImageInputs, *, variant: str) -> Network:
+    return wide_resnet(num_classes, inputs, variant=variant, depth=28, widen_factor=2)
+
+
+def wrn_28_8(num_classes: int, inputs: ImageInputs, *, variant: str) -> Network:
+    return wide_resnet(num_classes, inputs, variant=variant, depth=28, widen_factor=8)
+
+
+def wrn_37_2(num_classes: int, inputs: ImageInputs, *, variant: str) -> Network:
     """semilearn's and TorchSSL's STL-10 network `wrn_var_37_2`: depth-28 blocks in four groups
     (32..256 channels), the first already at stride 2 (96 -> 48 -> 24 -> 12 -> 6 px)."""
     if variant == "fixmatch_tf":
         raise ValueError("wrn_37_2 has no fixmatch_tf variant: the FixMatch TensorFlow code "
                          "defines no WRN-37-2 (for 96 px images it builds a five-scale ResNet); "
                          "use semilearn, semilearn_2022 or torchssl")
-    return WideResNet(num_classes, in_channels, variant=variant, depth=28, widen_factor=2,
-                      num_groups=4, first_stride=2)
+    return wide_resnet(num_classes, inputs, variant=variant, depth=28, widen_factor=2,
+                       num_groups=4, first_stride=2)
 
 
 MODELS = {"wrn_28_2": wrn_28_2, "wrn_28_8": wrn_28_8, "wrn_37_2": wrn_37_2}

@@ -1,0 +1,97 @@
+"""The image data layer: uint8 images (N, C, H, W) resident on the training device, augmented a
+whole batch at a time there (semisup.data.augment) and normalised per channel.
+
+View kinds: "weak" (random crop after reflect padding, horizontal flip where the dataset allows)
+and "strong" (weak, then RandAugment and Cutout, in the chosen variant).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..catalog import ImageInputs
+from .augment import strong_augment, weak_augment
+from .modality import POOLS, Modality, TrainData
+from .registry import ImageData
+
+
+@dataclass(frozen=True)
+class ImageAugment:
+    """How an image dataset is augmented (params.yaml: train.horizontal_flip, pad_fraction,
+    strong_augment)."""
+
+    horizontal_flip: bool
+    pad_fraction: float
+    strong: str                 # RandAugment variant: fixmatch | usb
+
+
+class Normalizer:
+    """(image / 255 - mean) / std per channel, as (image - 255 mean) / (255 std)."""
+
+    def __init__(self, mean, std, device, channels_last: bool):
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images_uint8: Tensor) -> Tensor:
+        images = (images_uint8.float() - self.mean) / self.std
+        return images.contiguous(memory_format=self.memory_format)
+
+
+class ImageModality(Modality):
+    name = "image"
+    view_kinds = ("weak", "strong")
+
+    def __init__(self, pools: dict[str, Tensor], inputs: ImageInputs, augment: ImageAugment,
+                 channels_last: bool):
+        missing = [pool for pool in POOLS if pool not in pools]
+        if missing:
+            raise ValueError(f"the image data layer needs the pools {', '.join(missing)}")
+        self.pools, self.augment = pools, augment
+        self.normalize = Normalizer(inputs.mean, inputs.std, pools["train"].device, channels_last)
+
+    @classmethod
+    def from_images(cls, train: Tensor, test: Tensor, extra_unlabeled: Tensor | None,
+                    inputs: ImageInputs, augment: ImageAugment, channels_last: bool) -> ImageModality:
+        """The unlabeled set is the training set (labeled images included), then the extras."""
+        unlabeled = train if extra_unlabeled is None else torch.cat([train, extra_unlabeled])
+        return cls({"train": train, "unlabeled": unlabeled, "test": test}, inputs, augment,
+                   channels_last)
+
+    def size(self, pool: str) -> int:
+        return len(self.pools[pool])
+
+    def views(self, pool: str, indices: Tensor, kinds: Sequence[str],
+              generator: torch.Generator) -> list[Tensor]:
+        self.check_kinds(kinds)
+        images = self.pools[pool][indices]
+        return [self.normalize(self.augmented(images, kind, generator)) for kind in kinds]
+
+    def augmented(self, images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
+        augment = self.augment
+        crop_and_flip = {"flip": augment.horizontal_flip, "pad_fraction": augment.pad_fraction}
+        if kind == "weak":
+            return weak_augment(images, generator, **crop_and_flip)
+        return strong_augment(images, generator, variant=augment.strong, **crop_and_flip)
+
+    def batches(self, pool: str, batch_size: int) -> Iterator[Tensor]:
+        images = self.pools[pool]
+        for start in range(0, len(images), batch_size):
+            yield self.normalize(images[start:start + batch_size])
+
+
+def image_train_data(images: ImageData, labeled_indices: Tensor, inputs: ImageInputs,
+                     augment: ImageAugment, channels_last: bool, device) -> TrainData:
+    """A loaded image dataset and its labeled split on the training device."""
+    on = lambda tensor: None if tensor is None else tensor.to(device)
+    modality = ImageModality.from_images(on(images.train_images), on(images.test_images),
+                                         on(images.extra_unlabeled_images), inputs, augment,
+                                         channels_last)
+    unlabeled_labels = images.train_labels if images.extra_unlabeled_labels is None else \
+        torch.cat([images.train_labels, images.extra_unlabeled_labels])
+    return TrainData(modality=modality, train_labels=on(images.train_labels),
+                     labeled_indices=labeled_indices.to(device),
+                     test_labels=on(images.test_labels), unlabeled_labels=on(unlabeled_labels))

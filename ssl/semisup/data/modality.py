@@ -1,0 +1,76 @@
+"""The data layer: a modality holds a dataset's inputs on the training device and makes what
+the network eats from them: the training views an algorithm asks for (augmented, normalised)
+and the evaluation batches (normalised only). The trainer samples indices and asks for views; it
+never names an image, a token or a waveform.
+
+Inputs come in three pools: "train" (the training set: the labeled samples are drawn from it by
+their indices), "unlabeled" (the unlabeled set: the training set plus extra unlabeled samples,
+where a dataset has them) and "test".
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .inputs import Inputs
+
+POOLS = ("train", "unlabeled", "test")
+
+
+class Modality:
+    """Subclasses list the view kinds they make and implement `size`, `views` and `batches`."""
+
+    name: ClassVar[str] = ""
+    view_kinds: ClassVar[tuple[str, ...]] = ()
+
+    def size(self, pool: str) -> int:
+        raise NotImplementedError
+
+    def views(self, pool: str, indices: Tensor, kinds: Sequence[str],
+              generator: torch.Generator) -> list[Inputs]:
+        """One view of the samples at `indices` of `pool` per kind, in the order of `kinds`,
+        drawn from `generator` in that order."""
+        raise NotImplementedError
+
+    def batches(self, pool: str, batch_size: int) -> Iterator[Inputs]:
+        """The pool's inputs in order, without augmentation, `batch_size` at a time."""
+        raise NotImplementedError
+
+    def check_kinds(self, kinds: Sequence[str]) -> None:
+        unknown = [kind for kind in kinds if kind not in self.view_kinds]
+        if unknown:
+            raise ValueError(f"the {self.name} data layer makes the views "
+                             f"{', '.join(self.view_kinds)}, not {', '.join(unknown)}")
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What an algorithm may know of the data before training (to size its state)."""
+
+    num_classes: int
+    num_labeled: int
+    num_unlabeled: int
+    labeled_class_counts: tuple[int, ...]    # how many labeled samples each class has
+
+
+@dataclass
+class TrainData:
+    """A dataset on the training device: its data layer and labels. The labeled samples are
+    `labeled_indices` of the data layer's "train" pool; the unlabeled set is its "unlabeled"
+    pool, whose true labels (-1 where unknown) serve statistics only."""
+
+    modality: Modality
+    train_labels: Tensor
+    labeled_indices: Tensor
+    test_labels: Tensor
+    unlabeled_labels: Tensor
+
+    def facts(self, num_classes: int) -> DataFacts:
+        counts = torch.bincount(self.train_labels[self.labeled_indices].cpu(), minlength=num_classes)
+        return DataFacts(num_classes=num_classes, num_labeled=len(self.labeled_indices),
+                         num_unlabeled=len(self.unlabeled_labels),
+                         labeled_class_counts=tuple(int(c) for c in counts))
