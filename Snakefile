@@ -6,11 +6,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipeline.checkpoints import checkpoint_dir
+from pipeline.runs.checkpoints import checkpoint_dir
 from pipeline.code import code_digest
 from pipeline.config import command_line_overrides, deep_merge, load_study, setting_source
 from pipeline.errors import USER_ERRORS, report as report_error
-from pipeline.figures import figures_for, stats_algorithms
+from pipeline.reports.figures import figures_for, stats_algorithms
 from pipeline.workflow import (
     checked_split,
     cpu_training_warning,
@@ -87,7 +87,7 @@ def run_config(wildcards):
 def train_code(wildcards):
     """The digest of the code a training run depends on (pipeline/code.py): a change reruns it."""
     return code_digest(
-        "pipeline.train",
+        "pipeline.runs.train",
         algorithm=wildcards.algorithm,
         dataset=wildcards.dataset,
         model=STUDY.config["study"]["model"],
@@ -95,7 +95,8 @@ def train_code(wildcards):
 
 
 def checkpoints(wildcards, seed=None):
-    """A train job's checkpoint folder (pipeline/checkpoints.py); `seed` for the rule evaluate."""
+    """A train job's checkpoint folder (pipeline/runs/checkpoints.py); `seed` for the rule
+    evaluate."""
     seed = wildcards.seed if seed is None else seed
     config_hash = STUDY.run_config(
         wildcards.dataset, int(wildcards.n_labels), wildcards.algorithm, int(seed)
@@ -112,7 +113,7 @@ def checkpoints(wildcards, seed=None):
 
 
 onstart:
-    shell(f"python -m pipeline.tracking init --experiment {shlex.quote(STUDY.name)}")
+    shell(f"python -m pipeline.runs.tracking init --experiment {shlex.quote(STUDY.name)}")
     warning = cpu_training_warning(
         STUDY.config["train"],
         len(N_LABELS) * len(ALGORITHMS) * len(SEEDS),
@@ -140,10 +141,10 @@ rule download:
         # a local folder's file names, sizes and times: adding, replacing or deleting a file
         # reruns the download and everything made from it
         source=lambda w: source_fingerprint(STUDY.dataset_options(w.dataset)),
-        code=lambda w: code_digest("pipeline.download", dataset=w.dataset),
+        code=lambda w: code_digest("pipeline.data.download", dataset=w.dataset),
     shell:
-        "python -m pipeline.download --dataset {wildcards.dataset} --options {params.options:q}"
-        " --manifest {output.manifest} > {log} 2>&1"
+        "python -m pipeline.data.download --dataset {wildcards.dataset}"
+        " --options {params.options:q} --manifest {output.manifest} > {log} 2>&1"
 
 
 rule split:
@@ -154,10 +155,10 @@ rule split:
     log:
         "logs/split/{dataset}-{data_key}-{n_labels}-seed{seed}.log",
     params:
-        code=lambda w: code_digest("pipeline.split", dataset=w.dataset),
+        code=lambda w: code_digest("pipeline.data.split", dataset=w.dataset),
     shell:
-        "python -m pipeline.split --manifest {input.manifest} --n-labels {wildcards.n_labels}"
-        " --seed {wildcards.seed} --out {output.split} > {log} 2>&1"
+        "python -m pipeline.data.split --manifest {input.manifest}"
+        " --n-labels {wildcards.n_labels} --seed {wildcards.seed} --out {output.split} > {log} 2>&1"
 
 
 rule train:
@@ -192,8 +193,8 @@ rule train:
         f"{w.dataset}-{w.n_labels}-{w.algorithm}-seed{w.seed}.log",
     shell:
         "mkdir -p $(dirname {params.attempts}) &&"
-        " python -m pipeline.train --run-config {params.run_config:q} --manifest {input.manifest}"
-        " --split {input.split} --out $(dirname {output.metrics})"
+        " python -m pipeline.runs.train --run-config {params.run_config:q}"
+        " --manifest {input.manifest} --split {input.split} --out $(dirname {output.metrics})"
         " --checkpoint-dir {params.checkpoints} --device {params.device} --threads {threads}"
         " --device-source {params.device_source}"
         " --code-digest {params.code} 2>&1 | tee -a {params.attempts} > {log}"
@@ -208,11 +209,11 @@ rule evaluate:
     log:
         f"logs/{STUDY.name}/evaluate/{{dataset}}-{{n_labels}}-{{algorithm}}.log",
     params:
-        code=code_digest("pipeline.evaluate"),
+        code=code_digest("pipeline.runs.evaluate"),
         # Snakemake has accepted these runs' outputs: their checkpoints can go
         accepted=lambda w: [checkpoints(w, seed) for seed in SEEDS],
     shell:
-        "python -m pipeline.evaluate --metrics {input.metrics} --out {output.summary}"
+        "python -m pipeline.runs.evaluate --metrics {input.metrics} --out {output.summary}"
         " --accepted-checkpoints {params.accepted:q} > {log} 2>&1"
 
 
@@ -241,7 +242,7 @@ rule tables:
     output:
         **PUBLISHED_TABLE,
         table=f"{REPORTS}/tables/main.tex",
-        # each table's model beside it: the HTML page renders it (pipeline/table_model.py)
+        # each table's model beside it: the HTML page renders it (pipeline/reports/table_model.py)
         table_model=f"{REPORTS}/tables/main.json",
         metrics=f"{REPORTS}/metrics.json",
         # the main table's numbers only: what `dvc metrics show/diff` print (dvc.yaml)
@@ -257,10 +258,11 @@ rule tables:
             if PUBLISHED
             else ""
         ),
-        code=code_digest("pipeline.tables"),
+        code=code_digest("pipeline.reports.tables"),
     shell:
-        "python -m pipeline.tables --summaries {input.summaries} --selection {params.selection}"
-        " --model {params.model} --table {output.table} --metrics {output.metrics}"
+        "python -m pipeline.reports.tables --summaries {input.summaries}"
+        " --selection {params.selection} --model {params.model} --table {output.table}"
+        " --metrics {output.metrics}"
         " --table-metrics {output.table_metrics}"
         " {params.published} > {log} 2>&1"
 
@@ -316,11 +318,11 @@ rule figures:
         model=STUDY.config["reports"]["model"],
         out=lambda wildcards, output: Path(output.pdf[0]).parent,
         curves=lambda wildcards, output: Path(output.curves[0]).parent.parent,
-        code=code_digest("pipeline.figures"),
+        code=code_digest("pipeline.reports.figures"),
     shell:
-        "python -m pipeline.figures --evaluations {input.evaluations} --train-stats {input.stats}"
-        " --figures {params.figures} --dash-runs {input.dash_runs} --model {params.model}"
-        " --out {params.out} --curves {params.curves} > {log} 2>&1"
+        "python -m pipeline.reports.figures --evaluations {input.evaluations}"
+        " --train-stats {input.stats} --figures {params.figures} --dash-runs {input.dash_runs}"
+        " --model {params.model} --out {params.out} --curves {params.curves} > {log} 2>&1"
 
 
 TRAIN_RUNS = dict(dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS, seed=SEEDS)
@@ -338,9 +340,9 @@ rule report_pages:
     log:
         f"logs/{STUDY.name}/report_pages.log",
     params:
-        code=code_digest("pipeline.report_pages"),
+        code=code_digest("pipeline.reports.report_pages"),
     shell:
-        "python -m pipeline.report_pages --tables {input.tables} --runs {input.runs}"
+        "python -m pipeline.reports.report_pages --tables {input.tables} --runs {input.runs}"
         " --benchmarks {input.benchmarks} --tables-html {output.tables}"
         " --run-times-html {output.run_times} > {log} 2>&1"
 

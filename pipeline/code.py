@@ -1,12 +1,12 @@
 """The digest of the code a rule's output depends on, for code-aware reruns and provenance.
 
-A rule's code is its `pipeline` module and every project module it imports, statically and
-transitively (imports inside functions included), from `pipeline` and `semisup`. The registry
-packages are narrowed to what a job uses: a module of `semisup.algorithms`, `semisup.models` or
-`semisup.data` that registers named components (an algorithm, a network, a dataset) counts only
-for a job that uses one of them; the packages' shared modules count for every job. So editing
-FixMatch's loss changes the digest of the fixmatch training runs only, editing pipeline/tables.py
-that of the tables rule only.
+A rule's code is its `pipeline` module, named as `python -m` runs it (pipeline.runs.train), and
+every project module it imports, statically and transitively (imports inside functions included),
+from `pipeline` and `semisup`. The registry packages are narrowed to what a job uses: a module of
+`semisup.algorithms`, `semisup.models` or `semisup.data` that registers named components (an
+algorithm, a network, a dataset) counts only for a job that uses one of them; the packages' shared
+modules count for every job. So editing FixMatch's loss changes the digest of the fixmatch training
+runs only, editing pipeline/reports/tables.py that of the tables rule only.
 
 Each module counts by its syntax tree without docstrings (ast.unparse): a comment, a docstring or
 the layout of the code changes nothing. The Snakefile gives each rule its digest as a parameter,
@@ -31,7 +31,8 @@ REGISTRIES = {"semisup.algorithms": "algorithm", "semisup.models": "model",
 
 
 def module_path(name: str) -> Path | None:
-    """The source file of a project module or package, None for anything else."""
+    """The source file of a project module or package (subpackages too: pipeline.runs.train is
+    pipeline/runs/train.py), None for anything else."""
     top, _, rest = name.partition(".")
     if top not in SOURCE_ROOTS:
         return None
@@ -118,7 +119,12 @@ def closure(root: str, uses: dict[str, str]) -> list[str]:
 
 
 def code_digest(root: str, **uses: str) -> str:
-    """sha256 of the normalised code of `closure(root, uses)`."""
+    """sha256 of the normalised code of `closure(root, uses)`; `root` is a rule's module as
+    `python -m` names it (pipeline.runs.train)."""
+    if module_path(root) is None:   # a renamed or moved module: say so, not a bare AttributeError
+        raise ValueError(f"code_digest: no module {root!r} under {ROOT}; a rule names its module "
+                         f"as `python -m` does (e.g. pipeline.runs.train): fix the name in the "
+                         f"Snakefile (or wherever code_digest is called)")
     return _digest(root, tuple(sorted(uses.items())))
 
 

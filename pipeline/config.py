@@ -339,7 +339,7 @@ def default_train_options(dataset: str, **overrides) -> dict:
     """params.yaml's training loop settings as semisup.train.TrainConfig takes them (execution
     settings and portable numerics left out, the dataset's flip filled in), with `overrides`."""
     train = resolved_train(default_params()["train"], dataset)
-    train.pop("portable_numerics")   # the process's setting (pipeline.train), not the loop's
+    train.pop("portable_numerics")   # the process's setting (pipeline.runs.train), not the loop's
     return {**train, **overrides}
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import download, split, train
+from pipeline.data import download, split
+from pipeline.runs import train
 from pipeline.config import ROOT, deep_merge, load_params, load_study
 from pipeline.errors import UserError
 

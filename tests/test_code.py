@@ -22,12 +22,12 @@ TRAIN_USES = {"algorithm": "fixmatch", "model": "small_cnn", "dataset": "digits"
 
 
 def test_a_training_run_depends_on_its_own_algorithm_model_and_dataset_modules_only():
-    modules = code.closure("pipeline.train", TRAIN_USES)
+    modules = code.closure("pipeline.runs.train", TRAIN_USES)
     assert {"semisup.algorithms.fixmatch", "semisup.algorithms.masking", "semisup.algorithms.base",
             "semisup.models.cnn", "semisup.data.digits", "semisup.train",
-            "pipeline.tracking"} <= set(modules)
+            "pipeline.runs.tracking"} <= set(modules)
     assert not {"semisup.algorithms.dash", "semisup.algorithms.flexmatch", "semisup.models.wrn",
-                "semisup.data.public", "pipeline.tables"} & set(modules)
+                "semisup.data.public", "pipeline.reports.tables"} & set(modules)
 
 
 def test_each_registered_component_is_found_in_the_module_that_defines_it():
@@ -130,7 +130,7 @@ def project(tmp_path_factory) -> Path:
 
 def test_a_comment_or_a_docstring_reruns_nothing(project):
     fixmatch = project / "ssl/semisup/algorithms/fixmatch.py"
-    tables = project / "pipeline/tables.py"
+    tables = project / "pipeline/reports/tables.py"
     saved = fixmatch.read_text(), tables.read_text()
     try:
         edit(fixmatch, '    name = "fixmatch"\n', '    name = "fixmatch"   # the registry key\n')
@@ -156,7 +156,7 @@ def test_editing_fixmatchs_loss_reruns_the_fixmatch_runs_and_what_follows_only(p
 
 
 def test_editing_the_tables_module_reruns_the_tables_only(project):
-    tables = project / "pipeline/tables.py"
+    tables = project / "pipeline/reports/tables.py"
     saved = tables.read_text()
     try:
         edit(tables, "model. Bold: best per ", "model. Bold: the best per ")

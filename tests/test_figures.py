@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import figures
+from pipeline.reports import figures
 from pipeline.config import default_params
 from pipeline.errors import UserError
-from pipeline.report_pages import run_times_rows
+from pipeline.reports.report_pages import run_times_rows
 
 DASH = {**default_params()["algorithms"]["dash"], "variant": "official", "steps_per_epoch": 3,
         "warmup_epochs": 2, "gamma": 1.27, "rho_min": 0.05}
@@ -56,7 +56,7 @@ def results(tmp_path, settings) -> dict[str, list[Path]]:
             evaluations.append(write_csv(run / "evaluations.csv", [
                 {"step": step, "ema/error": 80 - step / 2 - 5 * algorithm_index - seed,
                  "raw/error": 70 - step / 3} for step in range(10, STEPS + 1, 10)]))
-            # the run's resolved config, as pipeline.train writes it beside the CSVs
+            # the run's resolved config, as pipeline.runs.train writes it beside the CSVs
             (run / "metrics.json").write_text(json.dumps({"run": {
                 "dataset": "digits", "n_labels": 10, "algorithm": algorithm, "seed": seed,
                 "algorithm_params": settings if algorithm == "dash" else {}}}))

@@ -86,7 +86,7 @@ def train_ci_run(workdir, out, env_extra: dict) -> dict:
     study = load_study(deep_merge(load_params(ROOT / "params.yaml"), config))
     run = study.run_config("digits", 10, "fixmatch", 0)
     env = {**os.environ, **env_extra, "MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db"}
-    command = [sys.executable, "-m", "pipeline.train", "--run-config", json.dumps(run),
+    command = [sys.executable, "-m", "pipeline.runs.train", "--run-config", json.dumps(run),
                "--manifest", str(workdir / study.manifest_path("digits")),
                "--split", str(workdir / study.split_path("digits", 10, 0)),
                "--out", str(out / "run"), "--checkpoint-dir", str(out / "checkpoints")]
@@ -108,7 +108,8 @@ def test_portable_numerics_give_the_same_bits_on_other_cpu_code_paths(ci_study, 
 def test_pinning_selects_the_portable_kernels():
     """Pinned, a convolution of a batch of 16 (where torch would pick NNPACK or oneDNN) runs
     ATen's own kernel, and ATen dispatches to its AVX2 code."""
-    code = ("from pipeline.train import pin_cpu_numerics; pin_cpu_numerics(); import os, torch\n"
+    code = ("from pipeline.runs.train import pin_cpu_numerics; pin_cpu_numerics()\n"
+            "import os, torch\n"
             "conv = torch.nn.Conv2d(8, 8, 3, padding=1)\n"
             "with torch.profiler.profile() as prof:\n"
             "    conv(torch.randn(16, 8, 8, 8)).sum().backward()\n"

@@ -80,7 +80,7 @@ def make_trainer(digits, case: str, seed: int, checkpoint: Path | None = None,
                            labeled_indices=torch.tensor(split["labeled_indices"]),
                            test_images=data.test_images[:64], test_labels=data.test_labels[:64],
                            mean=spec.mean, std=spec.std)
-    torch.manual_seed(seed)   # as pipeline.train does before building the model
+    torch.manual_seed(seed)   # as pipeline.runs.train does before building the model
     model = build_model("small_cnn", data.num_classes, 1, width=4, bn_momentum=0.01)
     name, params = CASES[case]
     algorithm = build_algorithm(name, params, num_classes=data.num_classes,
@@ -300,7 +300,8 @@ def train_argv(workdir: Path, out: Path, checkpoints: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def uninterrupted_run(tmp_path_factory) -> Path:
     """The reference: the rules' own commands, run in this process (saves process start-ups)."""
-    from pipeline import download, split, train
+    from pipeline.data import download, split
+    from pipeline.runs import train
 
     workdir = tmp_path_factory.mktemp("uninterrupted")
     options = json.dumps(run_config()["dataset_options"])
@@ -321,7 +322,8 @@ def training_process(snakemake: subprocess.Popen, deadline: float):
         assert snakemake.poll() is None, "snakemake ended before the training job started"
         for child in psutil.Process(snakemake.pid).children(recursive=True):
             try:
-                if "pipeline.train" in child.cmdline():   # python -m pipeline.train, not the shell
+                # python -m pipeline.runs.train, not the shell
+                if "pipeline.runs.train" in child.cmdline():
                     return child
             except psutil.Error:   # a short-lived process (a shell, `git`) already gone
                 pass
@@ -398,7 +400,7 @@ def test_run_killed_by_sigkill_resumes_on_rerun_to_identical_metrics_and_mlflow_
 
 def test_unreadable_checkpoint_stops_the_cli_with_exit_2_and_names_the_file(
         uninterrupted_run, tmp_path, monkeypatch, capsys):
-    from pipeline.train import main as train_main
+    from pipeline.runs.train import main as train_main
 
     checkpoint = tmp_path / "checkpoints" / "checkpoint.pt"
     checkpoint.parent.mkdir()
@@ -504,7 +506,7 @@ def test_a_tracking_server_that_dies_mid_run_costs_no_training_and_no_value(unin
     # no HTTP retries: each failed request fails at once (the job's own retry is under test)
     env = {**workflow_env(), "MLFLOW_TRACKING_URI": server.uri, "SSL_REPRO_TRACKING_WAIT": "2",
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    command = [sys.executable, "-m", "pipeline.train",
+    command = [sys.executable, "-m", "pipeline.runs.train",
                *train_argv(uninterrupted_run, tmp_path / "out", tmp_path / "checkpoints")]
     job = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
@@ -570,7 +572,7 @@ def fill(disk: Path, leave: int = 0) -> Path:
 
 
 def run_train(workdir: Path, out: Path, checkpoints: Path, capsys) -> tuple[int, str]:
-    from pipeline.train import main as train_main
+    from pipeline.runs.train import main as train_main
 
     try:
         train_main(train_argv(workdir, out, checkpoints))
@@ -620,11 +622,11 @@ def test_a_full_disk_stops_the_job_with_one_paragraph_and_the_rerun_completes(
 
 def test_a_full_disk_under_the_mlflow_store_costs_no_value(small_disk, tmp_path, monkeypatch):
     from pipeline.errors import UserError
-    from pipeline.tracking import RunLogger
+    from pipeline.runs.tracking import RunLogger
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{small_disk}/mlflow.db")
     monkeypatch.setenv("SSL_REPRO_TRACKING_WAIT", "0")
-    monkeypatch.setattr("pipeline.tracking.RETRY_EVERY", 0.0)
+    monkeypatch.setattr("pipeline.runs.tracking.RETRY_EVERY", 0.0)
     logger = RunLogger("exp", "run", tmp_path / "mlflow_run.json", {}, {})
     rows = [{"step": float(step), "train/loss": step / 7} for step in range(1, 301)]
     logger.log_metrics(1, {"train/loss": rows[0]["train/loss"]})

@@ -1,7 +1,8 @@
 """Rule `report_pages`: the HTML pages that `snakemake --report` shows beside the figures.
 
   tables.html     every table of the rule `tables`, rendered from its table model
-                  (pipeline/table_model.py) as HTML, with its caption, notes and LaTeX source
+                  (pipeline/reports/table_model.py) as HTML, with its caption, notes and LaTeX
+                  source
   run_times.html  one row per training job: wall time and CPU time and peak memory from the
                   Snakemake `benchmark:` file, steps per second and device from the run's run.json
 
@@ -13,8 +14,8 @@ import csv
 import html
 from pathlib import Path
 
-from .errors import UserError, argument_parser, cli
-from .files import read_json, write_text
+from ..errors import UserError, argument_parser, cli
+from ..files import read_json, write_text
 from .names import DISPLAY_NAMES
 from .table_model import Table, to_html, to_latex
 

@@ -19,8 +19,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from .errors import UserError, argument_parser, cli
-from .files import atomic_path, read_json, write_text
+from ..errors import UserError, argument_parser, cli
+from ..files import atomic_path, read_json, write_text
 from .names import DISPLAY_NAMES
 
 PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": "ssl-repro"}

@@ -2,7 +2,7 @@
 
   checkpoints/<study>/<dataset>-<n_labels>/<algorithm>/seed<k>/<config hash>-<code digest>/
     checkpoint.pt      the trainer's state, every train.checkpoint_every steps and at the last
-    mlflow_run.json    the job's MLflow run (pipeline.tracking.RunLogger)
+    mlflow_run.json    the job's MLflow run (pipeline.runs.tracking.RunLogger)
 
 The config hash and code digest in the path make a changed config or code start afresh instead of
 resuming a stale run. The folder goes only once Snakemake has accepted the job's outputs: the rule
@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from .files import remove_stale_temporaries
+from ..files import remove_stale_temporaries
 
 CHECKPOINT = "checkpoint.pt"
 RUN_RECORD = "mlflow_run.json"

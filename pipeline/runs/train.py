@@ -1,6 +1,6 @@
 """Rule `train`: one run = (dataset, n_labels, algorithm, seed). Reads the raw data and the split,
 trains with `semisup`, logs to MLflow, checkpoints outside the rule's outputs (kept until
-Snakemake has accepted them: pipeline/checkpoints.py) and resumes.
+Snakemake has accepted them: pipeline/runs/checkpoints.py) and resumes.
 
 Outputs (in --out):
   metrics.json         best/last/median/mean errors (EMA and raw) + config, split and data hashes
@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..code import code_digest
+from ..errors import UserError, argument_parser, cli
+from ..files import atomic_path, read_json, writable_dir, write_json
 from .checkpoints import CHECKPOINT, RUN_RECORD
-from .code import code_digest
-from .errors import UserError, argument_parser, cli
-from .files import atomic_path, read_json, writable_dir, write_json
 from .tracking import RunLogger, git_commit, git_diff, tracking_uri
 
 # This module imports torch only inside functions: pin_cpu_numerics must run before the import.
@@ -44,7 +44,8 @@ def pin_cpu_numerics() -> str | None:
     if "torch" in sys.modules:
         raise UserError("train.portable_numerics pins torch's CPU kernels before torch is "
                         "imported, but this process imported torch already; run the job in a "
-                        "fresh process (python -m pipeline.train) or set portable_numerics false")
+                        "fresh process (python -m pipeline.runs.train) or set portable_numerics "
+                        "false")
     os.environ.update(PORTABLE_ENV)
     import torch
 
@@ -111,7 +112,7 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
     import torch
     from semisup.data import get_dataset
-    from .download import read_manifest, verify_files
+    from ..data.download import read_manifest, verify_files
     from semisup.data.splits import verify_split
     from semisup.train import TrainData
 
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                    device)
     provenance = {"config_hash": run["config_hash"],
                   "code_digest": args.code_digest or code_digest(
-                      "pipeline.train", algorithm=run["algorithm"], model=run["model"],
+                      "pipeline.runs.train", algorithm=run["algorithm"], model=run["model"],
                       dataset=run["dataset"]),
                   "split_sha256": split["split_sha256"], "dataset_digest": manifest["digest"],
                   "git_commit": git_commit()}

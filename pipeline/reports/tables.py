@@ -13,9 +13,9 @@ import math
 import re
 from pathlib import Path
 
-from .errors import UserError, argument_parser, cli
-from .evaluate import PROVENANCE
-from .files import read_json, write_json, write_text
+from ..errors import UserError, argument_parser, cli
+from ..files import read_json, write_json, write_text
+from ..runs.evaluate import PROVENANCE
 from .names import DISPLAY_NAMES
 from .table_model import Cell, Table, to_latex
 
