@@ -2,7 +2,7 @@
 tests/golden/ci_metrics.json; the same run also makes the Dash figures, the HTML report, and the
 progress lines of the training logs and of Snakemake.
 
-Tolerance: pipeline.regression.TOLERANCE (1e-6 absolute, on error rates in %): the ci study runs on
+Tolerance: tools/regression.py TOLERANCE (1e-6 absolute, on error rates in %): the ci study runs on
 the CPU with one thread and train.portable_numerics, so it is bit-identical from run to run and
 from one x86-64 CPU to another; metrics.json rounds to 4 decimals.
 """
@@ -17,8 +17,9 @@ import yaml
 
 from pipeline.config import ROOT, deep_merge, load_params, load_study
 from pipeline.files import read_json
-from pipeline.regression import (GOLDEN, TOLERANCE, RegressionError, check, ci_metrics_path,
-                                 differences, metrics_only, run_ci_study)
+# tools/regression.py: pyproject.toml puts tools/ on the tests' import path
+from regression import (GOLDEN, TOLERANCE, RegressionError, check, ci_metrics_path,
+                        differences, metrics_only, run_ci_study)
 
 # End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
@@ -131,7 +132,7 @@ def test_check_names_the_metric_the_expected_and_the_actual_value():
         check(expected, actual, tolerance=1e-6)
     message = str(caught.value)
     assert "digits-10/dash/ema/best_error: expected 40, actual 40.2012" in message
-    assert "tolerance 1e-06" in message and "pipeline.regression accept" in message
+    assert "tolerance 1e-06" in message and "tools/regression.py accept" in message
     assert "raw/best_error" not in message
 
 
