@@ -53,7 +53,7 @@ N_LABELS = STUDY.config["study"]["n_labels"]
 SEEDS = STUDY.config["study"]["seeds"]
 ALGORITHMS = STUDY.config["study"]["algorithms"]
 RUN = f"{RESULTS}/{{dataset}}-{{n_labels}}/{{algorithm}}/seed{{seed}}"
-FIGURES = figures_for(ALGORITHMS)  # the Dash figures only where the study has those algorithms
+FIGURES = figures_for(ALGORITHMS)  # an algorithm's own figures only where the study has it
 # run_times.html lies outside the committed reports/: its times differ from run to run.
 REPORT_PAGES = [f"{REPORTS}/report/tables.html", f"{RESULTS}/report/run_times.html"]
 
@@ -217,6 +217,7 @@ rule evaluate:
         " --accepted-checkpoints {params.accepted:q} > {log} 2>&1"
 
 
+TRAIN_RUNS = dict(dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS, seed=SEEDS)
 SUMMARIES = expand(
     rules.evaluate.output.summary, dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS
 )
@@ -283,14 +284,8 @@ rule figures:
             algorithm=stats_algorithms(ALGORITHMS),
             seed=SEEDS,
         ),
-        # the dash runs' resolved hyperparameters, for the dash_rho figure
-        dash_runs=expand(
-            rules.train.output.metrics,
-            dataset=DATASET,
-            n_labels=N_LABELS,
-            algorithm=[name for name in ALGORITHMS if name == "dash"],
-            seed=SEEDS,
-        ),
+        # every run's identity and resolved config: each figure picks the runs it draws
+        runs=expand(rules.train.output.metrics, **TRAIN_RUNS),
     output:
         pdf=expand(f"{REPORTS}/figures/{{name}}.pdf", name=FIGURES),
         # the error curves as CSV, what `dvc plots show` / `dvc plots diff` draw (dvc.yaml)
@@ -321,11 +316,8 @@ rule figures:
         code=code_digest("pipeline.reports.figures"),
     shell:
         "python -m pipeline.reports.figures --evaluations {input.evaluations}"
-        " --train-stats {input.stats} --figures {params.figures} --dash-runs {input.dash_runs}"
+        " --train-stats {input.stats} --figures {params.figures} --runs {input.runs}"
         " --model {params.model} --out {params.out} --curves {params.curves} > {log} 2>&1"
-
-
-TRAIN_RUNS = dict(dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS, seed=SEEDS)
 
 
 rule report_pages:
