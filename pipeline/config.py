@@ -9,7 +9,7 @@ import copy
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -261,10 +261,68 @@ def canonical_hash(data) -> str:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one run's numbers, every default filled in (the resolved
+    configuration): what is hashed, logged to MLflow and written to metrics.json. Execution
+    settings (EXECUTION_KEYS) are not in it. It travels to the train job as JSON (--run-config).
+    Its mappings are its own copies: nothing else changes them."""
+
+    study: str
+    dataset: str
+    dataset_options: dict
+    n_labels: int
+    seed: int
+    algorithm: str
+    algorithm_params: dict
+    model: str
+    model_options: dict
+    train: dict
+    config_hash: str   # canonical_hash of the other fields
+
+    def as_dict(self) -> dict:
+        """The fields in their order: the `run` of metrics.json, and what config_hash hashes
+        (without config_hash itself)."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "--run-config") -> RunConfig:
+        """Read what to_json wrote; a text that is not one names what is wrong."""
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise ConfigError(f"{source}: the run config is not valid JSON ({error}); pass what "
+                              f"the workflow writes (RunConfig.to_json)") from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the run config is {type(data).__name__}, not a JSON "
+                              f"object; pass what the workflow writes (RunConfig.to_json)")
+        names = [each.name for each in fields(cls)]
+        missing = [name for name in names if name not in data]
+        unknown = sorted(set(data) - set(names))
+        if missing or unknown:
+            problems = ([f"it lacks {', '.join(map(repr, missing))}"] if missing else []) + \
+                       ([f"{', '.join(map(repr, unknown))} is not a key of it"] if unknown else [])
+            raise ConfigError(f"{source}: the run config is not one the workflow writes: "
+                              f"{'; '.join(problems)}. Its keys are {', '.join(names)}; pass "
+                              f"what RunConfig.to_json writes (the Snakefile's train rule does)")
+        return cls(**data)
+
+    def components(self) -> dict[str, str]:
+        """The registered components the run uses, by kind: what its training code digest is
+        narrowed to (pipeline/code.py)."""
+        return {"algorithm": self.algorithm, "dataset": self.dataset, "model": self.model}
+
+
+@dataclass(frozen=True)
 class Study:
     """The validated config with the paths and per-run settings the workflow needs."""
 
     config: dict
+    # Each run's RunConfig, made once: the Snakefile asks for a run's several times per job.
+    runs: dict[tuple[str, int, str, int], RunConfig] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     @property
     def name(self) -> str:
@@ -298,23 +356,29 @@ class Study:
     def split_path(self, dataset: str, n_labels: int | str, seed: int | str) -> str:
         return f"data/splits/{dataset}/{self.data_key(dataset)}/{n_labels}/seed{seed}.json"
 
-    def run_config(self, dataset: str, n_labels: int, algorithm: str, seed: int) -> dict:
-        """Everything that determines one run's numbers, every default filled in (the
-        resolved configuration): what is hashed, logged to MLflow and written to metrics.json.
-        Execution settings (EXECUTION_KEYS) are not in it."""
+    def run_config(self, dataset: str, n_labels: int | str, algorithm: str,
+                   seed: int | str) -> RunConfig:
+        """The resolved configuration of one run (RunConfig), made once per run."""
+        key = (dataset, int(n_labels), algorithm, int(seed))
+        if key not in self.runs:
+            self.runs[key] = self.resolve_run(*key)
+        return self.runs[key]
+
+    def resolve_run(self, dataset: str, n_labels: int, algorithm: str, seed: int) -> RunConfig:
+        """A new RunConfig: the study's settings of this run (the algorithm's overrides of
+        `train` applied, the dataset's flip filled in) and their hash."""
         train = resolved_train({**self.config["train"],
                                 **self.config["algorithm_overrides"].get(algorithm, {})}, dataset)
         model = self.config["study"]["model"]
-        run = {
+        run = copy.deepcopy({   # the order of RunConfig's fields
             "study": self.name, "dataset": dataset,
             "dataset_options": self.dataset_options(dataset),
-            "n_labels": int(n_labels), "seed": int(seed),
+            "n_labels": n_labels, "seed": seed,
             "algorithm": algorithm, "algorithm_params": self.config["algorithms"][algorithm],
             "model": model, "model_options": self.config["models"][model],
             "train": train,
-        }
-        run["config_hash"] = canonical_hash(run)
-        return run
+        })
+        return RunConfig(**run, config_hash=canonical_hash(run))
 
     def execution(self) -> dict:
         """Where training jobs run (device, threads): given to each job on its command line."""

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.data import download, split
 from pipeline.config import ROOT, load_params, load_study
+from pipeline.data import download, split
 
 # End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow

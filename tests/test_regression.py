@@ -6,7 +6,6 @@ Tolerance: tools/regression.py TOLERANCE (1e-6 absolute, on error rates in %): t
 the CPU with one thread and train.portable_numerics, so it is bit-identical from run to run and
 from one x86-64 CPU to another; metrics.json rounds to 4 decimals.
 """
-import json
 import os
 import re
 import subprocess
@@ -87,7 +86,7 @@ def train_ci_run(workdir, out, env_extra: dict) -> dict:
     study = load_study(deep_merge(load_params(ROOT / "params.yaml"), config))
     run = study.run_config("digits", 10, "fixmatch", 0)
     env = {**os.environ, **env_extra, "MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db"}
-    command = [sys.executable, "-m", "pipeline.runs.train", "--run-config", json.dumps(run),
+    command = [sys.executable, "-m", "pipeline.runs.train", "--run-config", run.to_json(),
                "--manifest", str(workdir / study.manifest_path("digits")),
                "--split", str(workdir / study.split_path("digits", 10, 0)),
                "--out", str(out / "run"), "--checkpoint-dir", str(out / "checkpoints")]

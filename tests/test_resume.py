@@ -23,7 +23,7 @@ from semisup.errors import CheckpointError
 from semisup.models import build_model
 from semisup.train import TrainConfig, TrainData, Trainer
 
-from pipeline.config import (ROOT, deep_merge, default_params, default_train_options,
+from pipeline.config import (ROOT, RunConfig, deep_merge, default_params, default_train_options,
                              load_params, load_study)
 
 # End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
@@ -285,14 +285,14 @@ def without_commit(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "git_commit"}
 
 
-def run_config() -> dict:
+def run_config() -> RunConfig:
     """The run's config as the Snakefile builds it from params.yaml + study.yaml."""
     study = load_study(deep_merge(load_params(ROOT / "params.yaml"), STUDY))
     return study.run_config("digits", 10, "fixmatch", 0)
 
 
 def train_argv(workdir: Path, out: Path, checkpoints: Path) -> list[str]:
-    return ["--run-config", json.dumps(run_config()), "--manifest", str(workdir / MANIFEST),
+    return ["--run-config", run_config().to_json(), "--manifest", str(workdir / MANIFEST),
             "--split", str(workdir / SPLIT), "--out", str(out), "--checkpoint-dir",
             str(checkpoints), "--threads", "1"]
 
@@ -304,7 +304,7 @@ def uninterrupted_run(tmp_path_factory) -> Path:
     from pipeline.runs import train
 
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    options = json.dumps(run_config()["dataset_options"])
+    options = json.dumps(run_config().dataset_options)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         patch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")

@@ -6,8 +6,8 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.reports.table_model import latex_escape
-from pipeline.reports.tables import (difference, main, read_published, render, render_published,
-                             selection_text)
+from pipeline.reports.tables import (difference, main, read_published, render,
+                                     render_published, selection_text)
 
 PUBLISHED_CSV = """\
 source,reference,selection,networks,algorithm,dataset,n_labels,error_mean,error_std

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import RunConfig
 from pipeline.errors import UserError
 from pipeline.runs.tracking import RunLogger
 from pipeline.runs.tracking_store import client, store_error, store_identity
@@ -66,12 +67,12 @@ def test_a_resumed_run_gets_its_params_again_and_the_tags_of_where_it_ran_now(st
 
 
 def test_a_run_from_uncommitted_code_keeps_the_diff(store: Path, monkeypatch):
-    from pipeline.runs import train
     from pipeline.config import default_params, load_study
+    from pipeline.runs import train
 
     monkeypatch.setattr(train, "git_diff", lambda: "diff --git a/x.py b/x.py\n+changed\n")
     run = load_study(default_params()).run_config("digits", 10, "fixmatch", 0)
-    provenance = {"config_hash": run["config_hash"], "code_digest": "d", "split_sha256": "s",
+    provenance = {"config_hash": run.config_hash, "code_digest": "d", "split_sha256": "s",
                   "dataset_digest": "x", "git_commit": "abc-dirty"}
     split = store / "split.json"
     split.write_text("{}")
@@ -94,7 +95,9 @@ def test_a_newer_finished_run_of_a_cell_supersedes_the_older_ones_only(store: Pa
     other_seed.finish()
     new = RunLogger("exp", "new", store / "c.txt", {**CELL, "config_hash": "2"}, {})
     new.finish()
-    assert new.supersede_earlier_runs(CELL) == [old.run_id]
+    run = RunConfig(**CELL, dataset_options={}, algorithm_params={}, model="small_cnn",
+                    model_options={}, train={}, config_hash="2")
+    assert new.supersede_earlier_runs(run) == [old.run_id]
     tags = lambda logger: new.tracking.get_run(logger.run_id).data.tags
     assert tags(old)["superseded_by"] == new.run_id
     assert "superseded_by" not in tags(other_seed) and "superseded_by" not in tags(new)

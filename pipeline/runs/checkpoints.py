@@ -15,16 +15,18 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from ..config import RunConfig
 from ..files import remove_stale_temporaries
 
 CHECKPOINT = "checkpoint.pt"
 RUN_RECORD = "mlflow_run.json"
 
 
-def checkpoint_dir(study: str, dataset: str, n_labels: int | str, algorithm: str, seed: int | str,
-                   config_hash: str, code_digest: str) -> str:
-    return (f"checkpoints/{study}/{dataset}-{n_labels}/{algorithm}/seed{seed}/"
-            f"{config_hash[:16]}-{code_digest[:12]}")
+def checkpoint_dir(run: RunConfig, code_digest: str) -> str:
+    """The checkpoint folder of `run` trained by the code of digest `code_digest` (the train
+    rule's, pipeline/code.py)."""
+    return (f"checkpoints/{run.study}/{run.dataset}-{run.n_labels}/{run.algorithm}/"
+            f"seed{run.seed}/{run.config_hash[:16]}-{code_digest[:12]}")
 
 
 def remove(folder: Path) -> bool:

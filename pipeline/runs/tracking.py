@@ -22,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+from ..config import RunConfig
 from ..errors import UserError, argument_parser, cli
 from ..files import read_json, write_json
 from .tracking_store import (DEFAULT_URI, client, retry, store_error, store_identity,
@@ -313,11 +314,11 @@ class RunLogger:
             print(f"(the MLflow run {self.run_id} could not be marked FAILED: "
                   f"{type(error).__name__}: {str(error)[:200]})", file=sys.stderr)
 
-    def supersede_earlier_runs(self, cell: dict[str, object]) -> list[str]:
-        """Tag the earlier finished runs of this table cell (same CELL_TAGS values; made with
+    def supersede_earlier_runs(self, run: RunConfig) -> list[str]:
+        """Tag the earlier finished runs of `run`'s table cell (same CELL_TAGS values; made with
         another config or code) `superseded_by` this run: the reports now hold this run's
         numbers. Returns their ids."""
-        query = " and ".join(f"tags.{key} = '{cell[key]}'" for key in CELL_TAGS)
+        query = " and ".join(f"tags.{key} = '{getattr(run, key)}'" for key in CELL_TAGS)
         earlier = retry(lambda: self.tracking.search_runs(
             [self.experiment_id], filter_string=f"{query} and attributes.status = 'FINISHED'",
             max_results=1000), "search runs")
