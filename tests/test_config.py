@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from pipeline.config import (EXECUTION_KEYS, ConfigError, ROOT, RunConfig, canonical_hash,
-                             command_line_overrides, deep_merge, enum_of, load_params,
-                             load_schema, load_study, setting_source, validate)
+from pipeline.config import (EXECUTION_KEYS, ROOT, RunConfig, canonical_hash,
+                             command_line_overrides, deep_merge, load_params, load_study,
+                             setting_source)
+from pipeline.validation import ConfigError, enum_of, load_schema, validate
 from pipeline.runs.checkpoints import checkpoint_dir
 
 
