@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator, validators
 
 from semisup.catalog import DATASETS
 
-from .errors import UserError
+from .errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
@@ -27,10 +27,6 @@ FOREIGN_KEYS = {
         "logits by T before the threshold would change FixMatch's mask (another method). "
         "Remove algorithms.fixmatch.T"),
 }
-
-
-class ConfigError(UserError):
-    pass
 
 
 def _integer(checker, instance) -> bool:

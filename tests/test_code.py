@@ -30,6 +30,12 @@ def test_a_training_run_depends_on_its_own_algorithm_model_and_dataset_modules_o
                 "semisup.data.public", "pipeline.reports.tables"} & set(modules)
 
 
+
+def test_a_training_run_depends_on_what_a_run_config_is_not_on_how_params_are_checked():
+    modules = code.closure("pipeline.runs.train", TRAIN_USES)
+    assert "pipeline.run_config" in modules
+    assert not {"pipeline.config", "pipeline.validation"} & set(modules)
+
 def test_each_registered_component_is_found_in_the_module_that_defines_it():
     from semisup.algorithms import ALGORITHMS
     from semisup.data import DATASETS

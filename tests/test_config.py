@@ -10,7 +10,8 @@ import pytest
 from pipeline.config import (EXECUTION_KEYS, ROOT, RunConfig, canonical_hash,
                              command_line_overrides, deep_merge, load_params, load_study,
                              setting_source)
-from pipeline.validation import ConfigError, enum_of, load_schema, validate
+from pipeline.errors import ConfigError
+from pipeline.validation import enum_of, load_schema, validate
 from pipeline.runs.checkpoints import checkpoint_dir
 
 

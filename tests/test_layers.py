@@ -1,9 +1,9 @@
 """The layers of the code: no module imports from a layer above its own. From low to high: the
-library `semisup` (it never imports the workflow), the pipeline's core (config, validation, code
-digests, errors, files), its stages `pipeline.data`, `pipeline.runs`, `pipeline.reports`, the
-Snakefile's helpers `pipeline.workflow`, then tools/ (and the Snakefile). Modules of one layer may
-import each other. Every import counts, those inside functions too (pipeline/code.py follows them
-as well)."""
+library `semisup` (it never imports the workflow), the pipeline's core (config, run configs,
+validation, code digests, errors, files), its stages `pipeline.data`, `pipeline.runs`,
+`pipeline.reports`, the Snakefile's helpers `pipeline.workflow`, then tools/ (and the Snakefile).
+Modules of one layer may import each other. Every import counts, those inside functions too
+(pipeline/code.py follows them as well)."""
 import ast
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from pipeline.config import ROOT
 LAYERS = ("semisup", "pipeline core", "pipeline.data", "pipeline.runs", "pipeline.reports",
           "pipeline.workflow", "tools")
 CORE = {"pipeline", "pipeline.code", "pipeline.config", "pipeline.errors", "pipeline.files",
-        "pipeline.validation"}
+        "pipeline.run_config", "pipeline.validation"}
 SOURCES = {"semisup": ROOT / "ssl", "pipeline": ROOT, "tools": ROOT}   # top package -> its root
 TOOLS = {path.stem for path in (ROOT / "tools").glob("*.py")}   # run as scripts: `import <stem>`
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ..config import RunConfig
 from ..files import remove_stale_temporaries
+from ..run_config import RunConfig
 
 CHECKPOINT = "checkpoint.pt"
 RUN_RECORD = "mlflow_run.json"

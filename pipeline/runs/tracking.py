@@ -22,9 +22,9 @@ import time
 import uuid
 from pathlib import Path
 
-from ..config import RunConfig
 from ..errors import UserError, argument_parser, cli
 from ..files import read_json, write_json
+from ..run_config import RunConfig
 from .tracking_store import (DEFAULT_URI, client, retry, store_error, store_identity,
                              tracking_uri)
 

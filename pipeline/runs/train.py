@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from ..code import code_digest
-from ..config import RunConfig
 from ..errors import UserError, argument_parser, cli
 from ..files import atomic_path, read_json, writable_dir, write_json
+from ..run_config import RunConfig
 from .checkpoints import CHECKPOINT, RUN_RECORD
 from .tracking import RunLogger, git_commit, git_diff, tracking_uri
 
