@@ -1,16 +1,17 @@
 # ssl-repro: download -> split -> train -> evaluate -> tables, figures.
 # `snakemake --cores all` runs the study in params.yaml; `--configfile configs/<study>.yaml`
-# merges another study on top of it. Every rule is a thin call of a `pipeline` module.
+# merges another study on top of it. Every rule is a thin call of a `pipeline` module:
+# `python -m pipeline.<stage>.<module>` (data, runs, reports).
 import json
 import shlex
 import sys
 from pathlib import Path
 
-from pipeline.checkpoints import checkpoint_dir
 from pipeline.code import code_digest
 from pipeline.config import command_line_overrides, deep_merge, load_study, setting_source
 from pipeline.errors import USER_ERRORS, report as report_error
-from pipeline.figures import figures_for, stats_algorithms
+from pipeline.reports.figures import figures_for, stats_algorithms
+from pipeline.runs.checkpoints import checkpoint_dir
 from pipeline.workflow import (
     checked_split,
     cpu_training_warning,
@@ -46,16 +47,32 @@ EXECUTION = STUDY.execution()
 DEVICE_SOURCE = setting_source(
     ("train", "device"), workflow.overwrite_configfiles or [], COMMAND_LINE, Path(workflow.basedir)
 )
-RESULTS = STUDY.results_dir
-REPORTS = STUDY.reports_dir
+
+# ---- the study's plan: every algorithm x label budget x seed, then its reports -----------------
 DATASET = STUDY.dataset
 N_LABELS = STUDY.config["study"]["n_labels"]
 SEEDS = STUDY.config["study"]["seeds"]
 ALGORITHMS = STUDY.config["study"]["algorithms"]
+TRAIN_RUNS = dict(dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS, seed=SEEDS)
+FIGURES = figures_for(ALGORITHMS)  # an algorithm's own figures only where the study has it
+RESULTS = STUDY.results_dir
+REPORTS = STUDY.reports_dir
 RUN = f"{RESULTS}/{{dataset}}-{{n_labels}}/{{algorithm}}/seed{{seed}}"
-FIGURES = figures_for(ALGORITHMS)  # the Dash figures only where the study has those algorithms
+TRAIN_JOB = "{dataset}-{n_labels}-{algorithm}-seed{seed}"  # a train job's logs and benchmark
 # run_times.html lies outside the committed reports/: its times differ from run to run.
 REPORT_PAGES = [f"{REPORTS}/report/tables.html", f"{RESULTS}/report/run_times.html"]
+# reports.published: published numbers to put beside ours in tables/published.tex (a path relative
+# to the project folder, like params.yaml); without it there is no such table.
+PUBLISHED = STUDY.config["reports"].get("published")
+PUBLISHED_CSV = str(Path(workflow.basedir, PUBLISHED)) if PUBLISHED else None
+PUBLISHED_TABLE = (
+    {
+        "published": f"{REPORTS}/tables/published.tex",
+        "published_model": f"{REPORTS}/tables/published.json",
+    }
+    if PUBLISHED
+    else {}
+)
 
 
 wildcard_constraints:
@@ -78,41 +95,46 @@ localrules:
     report_pages,
 
 
-def run_config(wildcards):
-    return STUDY.run_config(
-        wildcards.dataset, int(wildcards.n_labels), wildcards.algorithm, int(wildcards.seed)
-    )
+# ---- what a job needs to know about its run ---------------------------------------------------
+def run_of(wildcards, seed=None):
+    """The RunConfig of a train job (of seed `seed` for an evaluate job): made once per run."""
+    seed = wildcards.seed if seed is None else seed
+    return STUDY.run_config(wildcards.dataset, wildcards.n_labels, wildcards.algorithm, seed)
 
 
-def train_code(wildcards):
-    """The digest of the code a training run depends on (pipeline/code.py): a change reruns it."""
-    return code_digest(
-        "pipeline.train",
-        algorithm=wildcards.algorithm,
-        dataset=wildcards.dataset,
-        model=STUDY.config["study"]["model"],
-    )
+def train_code(run):
+    """The digest of the code that trains `run` (pipeline/code.py): a change reruns it."""
+    return code_digest("pipeline.runs.train", **run.components())
 
 
 def checkpoints(wildcards, seed=None):
-    """A train job's checkpoint folder (pipeline/checkpoints.py); `seed` for the rule evaluate."""
-    seed = wildcards.seed if seed is None else seed
-    config_hash = STUDY.run_config(
-        wildcards.dataset, int(wildcards.n_labels), wildcards.algorithm, int(seed)
-    )["config_hash"]
-    return checkpoint_dir(
-        STUDY.name,
-        wildcards.dataset,
-        wildcards.n_labels,
-        wildcards.algorithm,
-        seed,
-        config_hash,
-        train_code(wildcards),
+    """A train job's checkpoint folder, outside its outputs (pipeline/runs/checkpoints.py)."""
+    run = run_of(wildcards, seed)
+    return checkpoint_dir(run, train_code(run))
+
+
+def published_arguments():
+    """The tables rule's arguments for the published numbers' table, "" without one."""
+    if not PUBLISHED:
+        return ""
+    return (
+        f"--published {shlex.quote(PUBLISHED_CSV)}"
+        f" --published-table {shlex.quote(PUBLISHED_TABLE['published'])}"
+    )
+
+
+def figure_report(name):
+    """A figure's PNG in the HTML report (`snakemake --report`), with its caption."""
+    return report(
+        f"{REPORTS}/figures/{name}.png",
+        caption=f"report/figures/{name}.rst",
+        category="Figures",
+        labels={"figure": name},
     )
 
 
 onstart:
-    shell(f"python -m pipeline.tracking init --experiment {shlex.quote(STUDY.name)}")
+    shell(f"python -m pipeline.runs.tracking init --experiment {shlex.quote(STUDY.name)}")
     warning = cpu_training_warning(
         STUDY.config["train"],
         len(N_LABELS) * len(ALGORITHMS) * len(SEEDS),
@@ -128,6 +150,7 @@ onstart:
 report: "report/workflow.rst"
 
 
+# ---- data ---------------------------------------------------------------------------------------
 # data/raw/<dataset>/<data key>/: the data key names the dataset options (Study.data_key), so
 # studies with other options (e.g. another image folder) never share raw data or splits.
 rule download:
@@ -140,10 +163,10 @@ rule download:
         # a local folder's file names, sizes and times: adding, replacing or deleting a file
         # reruns the download and everything made from it
         source=lambda w: source_fingerprint(STUDY.dataset_options(w.dataset)),
-        code=lambda w: code_digest("pipeline.download", dataset=w.dataset),
+        code=lambda w: code_digest("pipeline.data.download", dataset=w.dataset),
     shell:
-        "python -m pipeline.download --dataset {wildcards.dataset} --options {params.options:q}"
-        " --manifest {output.manifest} > {log} 2>&1"
+        "python -m pipeline.data.download --dataset {wildcards.dataset}"
+        " --options {params.options:q} --manifest {output.manifest} > {log} 2>&1"
 
 
 rule split:
@@ -154,12 +177,13 @@ rule split:
     log:
         "logs/split/{dataset}-{data_key}-{n_labels}-seed{seed}.log",
     params:
-        code=lambda w: code_digest("pipeline.split", dataset=w.dataset),
+        code=lambda w: code_digest("pipeline.data.split", dataset=w.dataset),
     shell:
-        "python -m pipeline.split --manifest {input.manifest} --n-labels {wildcards.n_labels}"
-        " --seed {wildcards.seed} --out {output.split} > {log} 2>&1"
+        "python -m pipeline.data.split --manifest {input.manifest}"
+        " --n-labels {wildcards.n_labels} --seed {wildcards.seed} --out {output.split} > {log} 2>&1"
 
 
+# ---- runs ---------------------------------------------------------------------------------------
 rule train:
     input:
         manifest=lambda w: STUDY.manifest_path(w.dataset),
@@ -173,27 +197,26 @@ rule train:
         evaluations=f"{RUN}/evaluations.csv",
         stats=f"{RUN}/train_stats.csv",
     log:
-        f"logs/{STUDY.name}/train/{{dataset}}-{{n_labels}}-{{algorithm}}-seed{{seed}}.log",
+        f"logs/{STUDY.name}/train/{TRAIN_JOB}.log",
     benchmark:
-        f"logs/{STUDY.name}/benchmarks/train/{{dataset}}-{{n_labels}}-{{algorithm}}-seed{{seed}}.tsv"
+        f"logs/{STUDY.name}/benchmarks/train/{TRAIN_JOB}.tsv"
     threads: EXECUTION["threads"]
     resources:
         gpu=1 if EXECUTION["device"] != "cpu" else 0,
     params:
-        run_config=lambda w: json.dumps(run_config(w), sort_keys=True),
-        code=train_code,
+        run_config=lambda w: run_of(w).to_json(),
+        code=lambda w: train_code(run_of(w)),
         # outside the declared outputs, so that a killed job keeps them; removed by `evaluate`
         checkpoints=checkpoints,
         device=EXECUTION["device"],
         device_source=shlex.quote(DEVICE_SOURCE),
         # Snakemake deletes {log} before each attempt; this file (not a declared log) keeps
         # every attempt of the run, each beginning with where and when it ran.
-        attempts=lambda w: f"logs/{STUDY.name}/train/attempts/"
-        f"{w.dataset}-{w.n_labels}-{w.algorithm}-seed{w.seed}.log",
+        attempts=f"logs/{STUDY.name}/train/attempts/{TRAIN_JOB}.log",
     shell:
         "mkdir -p $(dirname {params.attempts}) &&"
-        " python -m pipeline.train --run-config {params.run_config:q} --manifest {input.manifest}"
-        " --split {input.split} --out $(dirname {output.metrics})"
+        " python -m pipeline.runs.train --run-config {params.run_config:q}"
+        " --manifest {input.manifest} --split {input.split} --out $(dirname {output.metrics})"
         " --checkpoint-dir {params.checkpoints} --device {params.device} --threads {threads}"
         " --device-source {params.device_source}"
         " --code-digest {params.code} 2>&1 | tee -a {params.attempts} > {log}"
@@ -208,40 +231,25 @@ rule evaluate:
     log:
         f"logs/{STUDY.name}/evaluate/{{dataset}}-{{n_labels}}-{{algorithm}}.log",
     params:
-        code=code_digest("pipeline.evaluate"),
+        code=code_digest("pipeline.runs.evaluate"),
         # Snakemake has accepted these runs' outputs: their checkpoints can go
         accepted=lambda w: [checkpoints(w, seed) for seed in SEEDS],
     shell:
-        "python -m pipeline.evaluate --metrics {input.metrics} --out {output.summary}"
+        "python -m pipeline.runs.evaluate --metrics {input.metrics} --out {output.summary}"
         " --accepted-checkpoints {params.accepted:q} > {log} 2>&1"
 
 
-SUMMARIES = expand(
-    rules.evaluate.output.summary, dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS
-)
-
-# reports.published: published numbers to put beside ours in tables/published.tex (a path relative
-# to the project folder, like params.yaml); without it there is no such table.
-PUBLISHED = STUDY.config["reports"].get("published")
-PUBLISHED_CSV = str(Path(workflow.basedir, PUBLISHED)) if PUBLISHED else None
-PUBLISHED_TABLE = (
-    {
-        "published": f"{REPORTS}/tables/published.tex",
-        "published_model": f"{REPORTS}/tables/published.json",
-    }
-    if PUBLISHED
-    else {}
-)
-
-
+# ---- reports ------------------------------------------------------------------------------------
 rule tables:
     input:
-        summaries=SUMMARIES,
+        summaries=expand(
+            rules.evaluate.output.summary, dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS
+        ),
         published=[PUBLISHED_CSV] if PUBLISHED else [],
     output:
         **PUBLISHED_TABLE,
         table=f"{REPORTS}/tables/main.tex",
-        # each table's model beside it: the HTML page renders it (pipeline/table_model.py)
+        # each table's model beside it: the HTML page renders it (pipeline/reports/table_model.py)
         table_model=f"{REPORTS}/tables/main.json",
         metrics=f"{REPORTS}/metrics.json",
         # the main table's numbers only: what `dvc metrics show/diff` print (dvc.yaml)
@@ -251,44 +259,23 @@ rule tables:
     params:
         selection=STUDY.config["reports"]["selection"],
         model=STUDY.config["reports"]["model"],
-        published=(
-            f"--published {shlex.quote(PUBLISHED_CSV)} --published-table "
-            f"{shlex.quote(PUBLISHED_TABLE['published'])}"
-            if PUBLISHED
-            else ""
-        ),
-        code=code_digest("pipeline.tables"),
+        published=published_arguments(),
+        code=code_digest("pipeline.reports.tables"),
     shell:
-        "python -m pipeline.tables --summaries {input.summaries} --selection {params.selection}"
-        " --model {params.model} --table {output.table} --metrics {output.metrics}"
-        " --table-metrics {output.table_metrics}"
+        "python -m pipeline.reports.tables --summaries {input.summaries}"
+        " --selection {params.selection} --model {params.model} --table {output.table}"
+        " --metrics {output.metrics} --table-metrics {output.table_metrics}"
         " {params.published} > {log} 2>&1"
 
 
 rule figures:
     input:
-        evaluations=expand(
-            rules.train.output.evaluations,
-            dataset=DATASET,
-            n_labels=N_LABELS,
-            algorithm=ALGORITHMS,
-            seed=SEEDS,
-        ),
+        evaluations=expand(rules.train.output.evaluations, **TRAIN_RUNS),
         stats=expand(
-            rules.train.output.stats,
-            dataset=DATASET,
-            n_labels=N_LABELS,
-            algorithm=stats_algorithms(ALGORITHMS),
-            seed=SEEDS,
+            rules.train.output.stats, **{**TRAIN_RUNS, "algorithm": stats_algorithms(ALGORITHMS)}
         ),
-        # the dash runs' resolved hyperparameters, for the dash_rho figure
-        dash_runs=expand(
-            rules.train.output.metrics,
-            dataset=DATASET,
-            n_labels=N_LABELS,
-            algorithm=[name for name in ALGORITHMS if name == "dash"],
-            seed=SEEDS,
-        ),
+        # every run's identity and resolved config: each figure picks the runs it draws
+        runs=expand(rules.train.output.metrics, **TRAIN_RUNS),
     output:
         pdf=expand(f"{REPORTS}/figures/{{name}}.pdf", name=FIGURES),
         # the error curves as CSV, what `dvc plots show` / `dvc plots diff` draw (dvc.yaml)
@@ -297,16 +284,7 @@ rule figures:
             n_labels=N_LABELS,
             algorithm=ALGORITHMS,
         ),
-        # The PNGs go into the HTML report (`snakemake --report`), each with its caption.
-        png=[
-            report(
-                f"{REPORTS}/figures/{name}.png",
-                caption=f"report/figures/{name}.rst",
-                category="Figures",
-                labels={"figure": name},
-            )
-            for name in FIGURES
-        ],
+        png=[figure_report(name) for name in FIGURES],
     log:
         f"logs/{STUDY.name}/figures.log",
     benchmark:
@@ -316,14 +294,11 @@ rule figures:
         model=STUDY.config["reports"]["model"],
         out=lambda wildcards, output: Path(output.pdf[0]).parent,
         curves=lambda wildcards, output: Path(output.curves[0]).parent.parent,
-        code=code_digest("pipeline.figures"),
+        code=code_digest("pipeline.reports.figures"),
     shell:
-        "python -m pipeline.figures --evaluations {input.evaluations} --train-stats {input.stats}"
-        " --figures {params.figures} --dash-runs {input.dash_runs} --model {params.model}"
-        " --out {params.out} --curves {params.curves} > {log} 2>&1"
-
-
-TRAIN_RUNS = dict(dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS, seed=SEEDS)
+        "python -m pipeline.reports.figures --evaluations {input.evaluations}"
+        " --train-stats {input.stats} --figures {params.figures} --runs {input.runs}"
+        " --model {params.model} --out {params.out} --curves {params.curves} > {log} 2>&1"
 
 
 rule report_pages:
@@ -338,9 +313,9 @@ rule report_pages:
     log:
         f"logs/{STUDY.name}/report_pages.log",
     params:
-        code=code_digest("pipeline.report_pages"),
+        code=code_digest("pipeline.reports.report_pages"),
     shell:
-        "python -m pipeline.report_pages --tables {input.tables} --runs {input.runs}"
+        "python -m pipeline.reports.report_pages --tables {input.tables} --runs {input.runs}"
         " --benchmarks {input.benchmarks} --tables-html {output.tables}"
         " --run-times-html {output.run_times} > {log} 2>&1"
 

@@ -22,7 +22,7 @@ Then it reads what the train jobs left behind:
   logs/<study>/benchmarks/train/*.tsv  Snakemake's `benchmark:` of each job: `s` (the job's wall
                                        seconds, shell and interpreter start included), cpu_time,
                                        max_rss;
-  results/<study>/.../run.json         `wall_seconds` (from pipeline.train's main(), after the
+  results/<study>/.../run.json         `wall_seconds` (from pipeline.runs.train's main(), after the
                                        interpreter started and the pipeline modules imported) and
                                        `steps_per_second` of the training loop;
   results/<study>/.../evaluations.csv  the last evaluated step (the number of steps trained).

@@ -56,7 +56,7 @@ from semisup.optim import lr_factor
 from semisup.train import TrainConfig, Trainer, update_ema
 
 from pipeline.config import EXECUTION_KEYS, ROOT, load_params
-from pipeline.train import image_augment, train_config
+from pipeline.runs.train import image_augment, train_config
 
 INPUTS = DATASETS["cifar10"].inputs
 MEAN, STD = INPUTS.mean, INPUTS.std

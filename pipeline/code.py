@@ -1,15 +1,16 @@
 """The digest of the code a rule's output depends on, for code-aware reruns and provenance.
 
-A rule's code is its `pipeline` module and every project module it imports, statically and
-transitively (imports inside functions included), from `pipeline` and `semisup`, plus, for a
-job that uses registered components (an algorithm, a network, a dataset), the module that
-registers each and everything that module imports. A registry package (`semisup.algorithms`,
+A rule's code is its `pipeline` module, named as `python -m` runs it (pipeline.runs.train),
+and every project module it imports, statically and transitively (imports inside functions
+included), from `pipeline` and `semisup`, plus, for a job that uses registered components (an
+algorithm, a network, a dataset), the module that registers each and everything that module
+imports. A registry package (`semisup.algorithms`,
 `semisup.models`, `semisup.data`) imports every module that registers a component (the
 algorithms' package does so at run time); those edges alone are not followed for components
 the job does not use, while every other import is: an algorithm that subclasses FixMatch
 depends on fixmatch.py through its own import. So editing FixMatch's loss changes the digest of
-the fixmatch runs and of the runs of its subclasses, editing pipeline/tables.py that of the
-tables rule only.
+the fixmatch runs and of the runs of its subclasses, editing pipeline/reports/tables.py that of
+the tables rule only.
 
 Each module counts by its syntax tree without docstrings (ast.unparse): a comment, a docstring or
 the layout of the code changes nothing. The Snakefile gives each rule its digest as a parameter,
@@ -36,7 +37,8 @@ REGISTRIES = {"semisup.algorithms": "algorithm", "semisup.models": "model",
 
 
 def module_path(name: str) -> Path | None:
-    """The source file of a project module or package, None for anything else."""
+    """The source file of a project module or package (subpackages too: pipeline.runs.train is
+    pipeline/runs/train.py), None for anything else."""
     top, _, rest = name.partition(".")
     if top not in SOURCE_ROOTS:
         return None
@@ -146,7 +148,12 @@ def registered_elsewhere(name: str, importer: str, uses: dict[str, str]) -> bool
 
 
 def code_digest(root: str, **uses: str) -> str:
-    """sha256 of the normalised code of `closure(root, uses)`."""
+    """sha256 of the normalised code of `closure(root, uses)`; `root` is a rule's module as
+    `python -m` names it (pipeline.runs.train)."""
+    if module_path(root) is None:   # a renamed or moved module: say so, not a bare AttributeError
+        raise ValueError(f"code_digest: no module {root!r} under {ROOT}; a rule names its module "
+                         f"as `python -m` does (e.g. pipeline.runs.train): fix the name in the "
+                         f"Snakefile (or wherever code_digest is called)")
     return _digest(root, tuple(sorted(uses.items())))
 
 

@@ -1,65 +1,28 @@
-"""Load and validate the study parameters (params.yaml + --configfile overrides).
+"""Load the study parameters (params.yaml + --configfile overrides, checked by
+pipeline/validation.py) and resolve what each run of the study computes (RunConfig).
 
-Kept free of torch so that the Snakefile can validate in a fraction of a second. The registries'
-names are listed in the schema (enums); tests check that they match the code's registries.
-"""
+Kept free of torch: the Snakefile reads the study through it in a fraction of a second."""
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from jsonschema import Draft202012Validator, validators
 
-from semisup.catalog import DATASETS, algorithm_cards
+from semisup.catalog import DATASETS
 
-from .errors import UserError
+from .errors import ConfigError
+from .run_config import RunConfig
+from .validation import COMMAND_LINE, set_on_command_line, validate
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
 # Settings of where a training job runs, not of what it computes: a run's config (and its hash)
 # leaves them out, the job gets them once on its command line, and MLflow records what it used.
 EXECUTION_KEYS = ("device", "threads")
-
-
-
-def foreign_keys() -> dict[tuple[str, ...], str]:
-    """Keys the references use that mean something else here (each algorithm's card names
-    them): the schema rejects them, with this why."""
-    return {("algorithms", name, key): why for name, card in algorithm_cards().items()
-            for key, why in card.foreign_keys.items()}
-
-
-class ConfigError(UserError):
-    pass
-
-
-def _integer(checker, instance) -> bool:
-    """An integer is an int: JSON Schema would also take 16.0, which torch then refuses."""
-    return isinstance(instance, int) and not isinstance(instance, bool)
-
-
-# The schema's validator, with integers that are ints.
-Validator = validators.extend(
-    Draft202012Validator,
-    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer))
-
-
-def load_schema() -> dict:
-    """params.schema.yaml, with the algorithms' names and hyperparameter blocks from their cards."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    cards = algorithm_cards()
-    schema["properties"]["study"]["properties"]["algorithms"]["items"] = {"enum": list(cards)}
-    schema["properties"]["algorithms"]["properties"] = {
-        name: {"description": card.description, "type": "object", "additionalProperties": False,
-               "required": list(card.hyperparameters), "properties": card.hyperparameters}
-        for name, card in cards.items()}
-    return schema
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -106,36 +69,6 @@ def command_line_overrides(entries: list[str] | None) -> dict:
     return overrides
 
 
-def _key_path(error) -> str:
-    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
-
-
-TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string",
-              "boolean": "true or false", "array": "a list", "object": "a mapping", "null": "null"}
-
-
-def _allowed(schema: dict) -> str:
-    if "x-allowed" in schema:   # the schema's own words for a pattern
-        return schema["x-allowed"]
-    if "enum" in schema:
-        return "one of " + ", ".join(repr(v) for v in schema["enum"])
-    parts = []
-    kinds = schema.get("type")
-    if kinds:
-        kinds = kinds if isinstance(kinds, list) else [kinds]
-        parts.append(" or ".join(TYPE_WORDS.get(kind, kind) for kind in kinds))
-    for word, bound in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
-                        ("exclusiveMaximum", "<")):
-        if word in schema:
-            parts.append(f"{bound} {schema[word]}")
-    if "pattern" in schema:
-        parts.append(f"matching {schema['pattern']}")
-    return " ".join(parts) or "see pipeline/params.schema.yaml"
-
-
-COMMAND_LINE = "the command line (--config)"
-
-
 def setting_source(key_path: tuple[str, ...], configfiles: list[str | Path],
                    command_line: dict | None, root: Path = ROOT) -> str:
     """Where the value at key_path came from: the command line, else the last config file that
@@ -152,116 +85,25 @@ def setting_source(key_path: tuple[str, ...], configfiles: list[str | Path],
     return "params.yaml"
 
 
-def set_on_command_line(command_line: dict | None, key_path) -> bool:
-    """Whether `snakemake --config` set the value at key_path (or a mapping around it)."""
-    node = command_line
-    for part in map(str, key_path):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-        if not isinstance(node, dict):
-            return True
-    return node is not None
-
-
-def describe(error, source: str, command_line: dict | None = None) -> str:
-    """One sentence per schema violation: where, what was found, what is allowed, and which
-    file (or the command line) it came from."""
-    where = _key_path(error)
-    if error.validator == "additionalProperties":
-        known = sorted(error.schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - set(known))
-        if any(set_on_command_line(command_line, (*error.absolute_path, key)) for key in unknown):
-            source = COMMAND_LINE
-        foreign = foreign_keys()
-        explained = [foreign[(*map(str, error.absolute_path), key)] for key in unknown
-                     if (*map(str, error.absolute_path), key) in foreign]
-        if explained:
-            return f"{source}: " + "; ".join(explained) + "."
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, known, n=1)
-            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        prefix = f"{where}." if where != "(top level)" else ""
-        return (f"{source}: unknown key {', '.join(prefix + h for h in hints)}. "
-                f"Allowed keys{' under ' + where if prefix else ''}: {', '.join(known)}.")
-    if set_on_command_line(command_line, error.absolute_path):
-        source = COMMAND_LINE
-    if error.validator == "required":
-        return f"{source}: {where} lacks a required key: {error.message}."
-    if error.validator in ("minItems", "uniqueItems"):
-        return f"{source}: {where} = {error.instance!r}: {error.message}."
-    close = (difflib.get_close_matches(error.instance, [str(v) for v in error.schema["enum"]], n=1)
-             if error.validator == "enum" and isinstance(error.instance, str) else [])
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return (f"{source}: {where} = {error.instance!r} is not allowed{hint}; it must be "
-            f"{_allowed(error.schema)}.")
-
-
-def validate(config: dict, source: str = "params.yaml", command_line: dict | None = None) -> None:
-    """Raise ConfigError listing every problem, each with key, bad value, what is allowed and
-    where it was set (`command_line`: the `--config` overrides merged into config last)."""
-    validator = Validator(load_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    problems = [describe(error, source, command_line) for error in errors]
-    if command_line:
-        source = f"{source} + --config"
-    if not problems:
-        problems = semantic_problems(config, source)
-    if problems:
-        raise ConfigError(" ".join(problems) + " Fix the value(s) and rerun; the schema with "
-                          "every key documented is pipeline/params.schema.yaml.")
-
-
-def semantic_problems(config: dict, source: str) -> list[str]:
-    """Checks that need more than one key."""
-    study = config["study"]
-    problems = []
-    classes = DATASETS[study["dataset"]].num_classes
-    for n_labels in study["n_labels"]:
-        if classes and n_labels % classes:
-            problems.append(f"{source}: study.n_labels contains {n_labels}, which is not a multiple "
-                            f"of the {classes} classes of {study['dataset']}; use e.g. "
-                            f"{max(classes, n_labels // classes * classes)}.")
-    for name in study["algorithms"]:
-        if name not in config["algorithms"]:
-            problems.append(f"{source}: study.algorithms lists {name!r}, which has no entry under "
-                            f"`algorithms:` for its hyperparameters; add `algorithms: {{{name}: {{}}}}`.")
-    missing = [f"{section}.{name}" for section, name in (("datasets", study["dataset"]),
-                                                          ("models", study["model"]))
-               if name not in config[section]]
-    if missing:
-        problems.append(f"{source}: {' and '.join(missing)} is missing: every option of the "
-                        f"study's dataset and model must be given (params.yaml lists them all).")
-    elif study["dataset"] == "image_folder" and config["datasets"]["image_folder"]["path"] is None:
-        problems.append(f"{source}: study.dataset is image_folder but datasets.image_folder.path "
-                        f"is null; set it to a folder with one sub-folder of images per class.")
-    train = config["train"]
-    for key in ("eval_every", "log_every"):
-        if train[key] > train["steps"]:
-            problems.append(f"{source}: train.{key} = {train[key]} is larger than train.steps = "
-                            f"{train['steps']}; make it at most {train['steps']}.")
-    if train["portable_numerics"] and train["precision"] != "fp32":
-        problems.append(f"{source}: train.portable_numerics is true but train.precision is "
-                        f"{train['precision']!r}; portable numerics need fp32, so set "
-                        f"train.precision to 'fp32' or portable_numerics to false.")
-    if train["portable_numerics"] and train["device"] != "cpu":
-        problems.append(f"{source}: train.portable_numerics is true but train.device is "
-                        f"{train['device']!r}; portable numerics pin CPU code paths only, so set "
-                        f"train.device to 'cpu' or portable_numerics to false.")
-    return problems
-
-
-def enum_of(*keys: str) -> list[str]:
-    """The allowed values the schema lists at a key path (for registry consistency tests)."""
-    node = load_schema()
-    for key in keys:
-        node = node["properties"][key]
-    return node.get("items", node)["enum"]
-
 
 def canonical_hash(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# Options added to the run config after runs were made, each with the value that makes what the
+# runs made before it: while a run holds that value, the option is left out of its hash (not out
+# of its config), so adding an option renames no earlier run and keeps its MLflow history.
+HASH_NEUTRAL = {("train", "optimizer"): "sgd", ("train", "layer_decay"): 1.0,
+                ("train", "lr_schedule"): "cosine", ("train", "lr_warmup_steps"): 0}
+
+
+def run_hash(run: dict) -> str:
+    """canonical_hash of a run config without the options that hold their neutral values."""
+    hashed = copy.deepcopy(run)
+    for (section, key), neutral in HASH_NEUTRAL.items():
+        if key in hashed.get(section, {}) and hashed[section][key] == neutral:
+            del hashed[section][key]
+    return canonical_hash(hashed)
 
 
 @dataclass(frozen=True)
@@ -269,6 +111,9 @@ class Study:
     """The validated config with the paths and per-run settings the workflow needs."""
 
     config: dict
+    # Each run's RunConfig, made once: the Snakefile asks for a run's several times per job.
+    runs: dict[tuple[str, int, str, int], RunConfig] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     @property
     def name(self) -> str:
@@ -302,23 +147,29 @@ class Study:
     def split_path(self, dataset: str, n_labels: int | str, seed: int | str) -> str:
         return f"data/splits/{dataset}/{self.data_key(dataset)}/{n_labels}/seed{seed}.json"
 
-    def run_config(self, dataset: str, n_labels: int, algorithm: str, seed: int) -> dict:
-        """Everything that determines one run's numbers, every default filled in (the
-        resolved configuration): what is hashed, logged to MLflow and written to metrics.json.
-        Execution settings (EXECUTION_KEYS) are not in it."""
+    def run_config(self, dataset: str, n_labels: int | str, algorithm: str,
+                   seed: int | str) -> RunConfig:
+        """The resolved configuration of one run (RunConfig), made once per run."""
+        key = (dataset, int(n_labels), algorithm, int(seed))
+        if key not in self.runs:
+            self.runs[key] = self.resolve_run(*key)
+        return self.runs[key]
+
+    def resolve_run(self, dataset: str, n_labels: int, algorithm: str, seed: int) -> RunConfig:
+        """A new RunConfig: the study's settings of this run (the algorithm's overrides of
+        `train` applied, the dataset's flip filled in) and their hash."""
         train = resolved_train({**self.config["train"],
                                 **self.config["algorithm_overrides"].get(algorithm, {})}, dataset)
         model = self.config["study"]["model"]
-        run = {
+        run = copy.deepcopy({   # the order of RunConfig's fields
             "study": self.name, "dataset": dataset,
             "dataset_options": self.dataset_options(dataset),
-            "n_labels": int(n_labels), "seed": int(seed),
+            "n_labels": n_labels, "seed": seed,
             "algorithm": algorithm, "algorithm_params": self.config["algorithms"][algorithm],
             "model": model, "model_options": self.config["models"][model],
             "train": train,
-        }
-        run["config_hash"] = canonical_hash(run)
-        return run
+        })
+        return RunConfig(**run, config_hash=run_hash(run))
 
     def execution(self) -> dict:
         """Where training jobs run (device, threads): given to each job on its command line."""
@@ -343,7 +194,7 @@ def default_train_options(dataset: str, **overrides) -> dict:
     """params.yaml's training loop settings as semisup.train.TrainConfig takes them (execution
     settings and portable numerics left out, the dataset's flip filled in), with `overrides`."""
     train = resolved_train(default_params()["train"], dataset)
-    train.pop("portable_numerics")   # the process's setting (pipeline.train), not the loop's
+    train.pop("portable_numerics")   # the process's setting (pipeline.runs.train), not the loop's
     return {**train, **overrides}
 
 

@@ -14,6 +14,11 @@ class UserError(Exception):
     """A problem with the user's input or environment that the user can fix."""
 
 
+class ConfigError(UserError):
+    """A parameter or a run config that is not allowed (pipeline/validation.py names the key,
+    the value and what is allowed)."""
+
+
 USER_ERRORS = (UserError, SemisupError)
 EXIT_USER_ERROR = 2
 

@@ -2,7 +2,7 @@
 environment its jobs run in, a local dataset folder's fingerprint (a download param), the check of
 an existing split before Snakemake removes any output, and the warning before long CPU runs.
 
-Jobs run `python -m pipeline.<step>`: the Python that runs Snakemake (the project's locked
+Jobs run `python -m pipeline.<stage>.<step>`: the Python that runs Snakemake (the project's locked
 environment) comes first on PATH, and PYTHONPATH points at this workflow's own `pipeline` and
 `semisup` (the code whose digest the runs record), whatever else the environment has installed.
 Set again in every process that reads the Snakefile (on a cluster: each job's own Snakemake)."""
@@ -47,7 +47,7 @@ def checked_split(split_path: str, manifest_path: str) -> str:
 
     from semisup.data.splits import verify_split
 
-    from .download import read_manifest
+    from .data.download import read_manifest
     from .errors import UserError
 
     split, manifest = Path(split_path), Path(manifest_path)

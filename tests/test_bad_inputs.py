@@ -12,14 +12,16 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline import download, split, train
-from pipeline.config import ROOT, deep_merge, load_params, load_study
+from pipeline.config import ROOT, RunConfig, deep_merge, load_params, load_study
+from pipeline.data import download, split
 from pipeline.errors import UserError
+from pipeline.runs import train
 
 STUDY = {
     "study": {"name": "bad", "n_labels": [10], "seeds": [0, 1], "algorithms": ["fixmatch"]},
@@ -37,17 +39,16 @@ CHECKPOINTS = Path("checkpoints/bad/run")
 UNREACHABLE = "http://127.0.0.1:9"   # the discard port: nothing listens there
 
 
-def run_config(**train) -> dict:
+def run_config(**train) -> RunConfig:
     study = load_study(deep_merge(load_params(ROOT / "params.yaml"), STUDY))
     config = study.run_config("digits", 10, "fixmatch", 0)
-    config["train"].update(train)
-    return config
+    return replace(config, train={**config.train, **train})
 
 
-def train_argv(workdir: Path, config: dict | None = None, data: Path | None = None,
+def train_argv(workdir: Path, config: RunConfig | None = None, data: Path | None = None,
                out: Path | None = None, device: str = "cpu") -> list[str]:
     data = data or workdir
-    return ["--run-config", json.dumps(config or run_config()),
+    return ["--run-config", (config or run_config()).to_json(),
             "--manifest", str(data / MANIFEST), "--split", str(data / SPLIT),
             "--out", str(out or workdir / RUN_DIR), "--checkpoint-dir", str(workdir / CHECKPOINTS),
             "--device", device]
@@ -65,7 +66,7 @@ def finished(tmp_path_factory):
     """A finished run (seed 0) of the tiny study, and the hashes of its files."""
     workdir = tmp_path_factory.mktemp("finished")
     (workdir / "study.yaml").write_text(yaml.safe_dump(STUDY))
-    options = json.dumps(run_config()["dataset_options"])
+    options = json.dumps(run_config().dataset_options)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
         download.main(["--dataset", "digits", "--options", options,

@@ -22,16 +22,22 @@ TRAIN_USES = {"algorithm": "fixmatch", "model": "small_cnn", "dataset": "digits"
 
 
 def test_a_training_run_depends_on_its_own_algorithm_model_and_dataset_modules_only():
-    modules = code.closure("pipeline.train", TRAIN_USES)
+    modules = code.closure("pipeline.runs.train", TRAIN_USES)
     assert {"semisup.algorithms.fixmatch", "semisup.algorithms.masking", "semisup.algorithms.base",
             "semisup.algorithms.weak_to_strong", "semisup.models.cnn", "semisup.data.digits",
-            "semisup.train", "pipeline.tracking"} <= set(modules)
+            "semisup.train", "pipeline.runs.tracking"} <= set(modules)
     assert not {"semisup.algorithms.dash", "semisup.algorithms.flexmatch", "semisup.models.wrn",
-                "semisup.data.public", "pipeline.tables"} & set(modules)
+                "semisup.data.public", "pipeline.reports.tables"} & set(modules)
     # the supervised baseline imports no pseudo-labelling code, so it does not depend on it
-    supervised = code.closure("pipeline.train", {**TRAIN_USES, "algorithm": "supervised"})
+    supervised = code.closure("pipeline.runs.train", {**TRAIN_USES, "algorithm": "supervised"})
     assert "semisup.algorithms.supervised" in supervised
     assert not {"semisup.algorithms.fixmatch", "semisup.algorithms.weak_to_strong"} & set(supervised)
+
+
+def test_a_training_run_depends_on_what_a_run_config_is_not_on_how_params_are_checked():
+    modules = code.closure("pipeline.runs.train", TRAIN_USES)
+    assert "pipeline.run_config" in modules
+    assert not {"pipeline.config", "pipeline.validation"} & set(modules)
 
 
 def test_each_registered_component_is_found_in_the_module_that_defines_it():
@@ -164,7 +170,7 @@ def add_a_subclass_of_fixmatch(project: Path) -> None:
 
 def test_a_comment_or_a_docstring_reruns_nothing(project):
     fixmatch = project / "ssl/semisup/algorithms/fixmatch.py"
-    tables = project / "pipeline/tables.py"
+    tables = project / "pipeline/reports/tables.py"
     saved = fixmatch.read_text(), tables.read_text()
     try:
         edit(fixmatch, '    name = "fixmatch"\n', '    name = "fixmatch"   # the registry key\n')
@@ -207,7 +213,7 @@ def test_editing_the_shared_weak_to_strong_step_reruns_its_family_not_the_baseli
 
 
 def test_editing_the_tables_module_reruns_the_tables_only(project):
-    tables = project / "pipeline/tables.py"
+    tables = project / "pipeline/reports/tables.py"
     saved = tables.read_text()
     try:
         edit(tables, "model. Bold: best per ", "model. Bold: the best per ")

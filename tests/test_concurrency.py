@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import download, split
 from pipeline.config import ROOT, load_params, load_study
+from pipeline.data import download, split
 
 # End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
@@ -88,7 +88,7 @@ def test_every_job_is_one_finished_mlflow_run_with_all_its_metrics(parallel_stud
 
 
 def open_store_and_log_a_run(index: int) -> str:
-    from pipeline.tracking import RunLogger
+    from pipeline.runs.tracking import RunLogger
 
     logger = RunLogger("fresh", f"job{index}", Path(os.environ["RUN_IDS"]) / f"{index}.txt",
                        tags={"index": str(index)}, params={"index": index})

@@ -2,13 +2,18 @@
 the bad value and what is allowed."""
 import copy
 import inspect
+import json
 import re
+from dataclasses import replace
 
 import pytest
 
-from pipeline.config import (EXECUTION_KEYS, ConfigError, ROOT, command_line_overrides,
-                             deep_merge, enum_of, load_params, load_schema, load_study,
-                             setting_source, validate)
+from pipeline.config import (EXECUTION_KEYS, ROOT, RunConfig, canonical_hash,
+                             command_line_overrides, deep_merge, load_params, load_study, run_hash,
+                             setting_source)
+from pipeline.errors import ConfigError
+from pipeline.validation import enum_of, load_schema, validate
+from pipeline.runs.checkpoints import checkpoint_dir
 
 
 @pytest.fixture(scope="module")
@@ -78,27 +83,58 @@ def test_portable_numerics_need_fp32(params):
 
 
 def test_config_hash_ignores_execution_settings_but_not_hyperparameters(params):
-    base = load_study(params).run_config("digits", 20, "fixmatch", 0)["config_hash"]
+    base = load_study(params).run_config("digits", 20, "fixmatch", 0).config_hash
     elsewhere = copy.deepcopy(params)
     elsewhere["train"].update(threads=4, device="cpu")
     other_tau = copy.deepcopy(params)
     other_tau["algorithms"]["fixmatch"]["tau"] = 0.9
-    assert load_study(elsewhere).run_config("digits", 20, "fixmatch", 0)["config_hash"] == base
-    assert load_study(other_tau).run_config("digits", 20, "fixmatch", 0)["config_hash"] != base
+    assert load_study(elsewhere).run_config("digits", 20, "fixmatch", 0).config_hash == base
+    assert load_study(other_tau).run_config("digits", 20, "fixmatch", 0).config_hash != base
 
 
 def test_run_config_is_fully_resolved_and_leaves_out_where_the_job_runs(params):
     config = copy.deepcopy(params)
     config["study"].update(dataset="svhn", n_labels=[40], model="wrn_28_2")
     run = load_study(config).run_config("svhn", 40, "uda", 1)
-    assert run["dataset_options"] == {"mirror": None, "md5": {}, "extra": False}
-    assert run["train"]["horizontal_flip"] is False            # SVHN's own convention
-    assert run["model_options"] == {"variant": "semilearn"}
-    assert run["algorithm_params"] == params["algorithms"]["uda"]
-    assert not set(EXECUTION_KEYS) & set(run["train"])
+    assert run.dataset_options == {"mirror": None, "md5": {}, "extra": False}
+    assert run.train["horizontal_flip"] is False               # SVHN's own convention
+    assert run.model_options == {"variant": "semilearn"}
+    assert run.algorithm_params == params["algorithms"]["uda"]
+    assert not set(EXECUTION_KEYS) & set(run.train)
     config["train"]["horizontal_flip"] = True                   # an explicit choice wins
-    assert load_study(config).run_config("svhn", 40, "uda", 1)["train"]["horizontal_flip"] is True
+    assert load_study(config).run_config("svhn", 40, "uda", 1).train["horizontal_flip"] is True
 
+
+def test_a_run_config_travels_as_json_and_hashes_its_other_fields(params):
+    run = load_study(params).run_config("digits", 20, "fixmatch", 0)
+    assert RunConfig.from_json(run.to_json()) == run
+    assert list(run.as_dict()) == ["study", "dataset", "dataset_options", "n_labels", "seed",
+                                   "algorithm", "algorithm_params", "model", "model_options",
+                                   "train", "config_hash"]
+    assert run.config_hash == run_hash(
+        {key: value for key, value in run.as_dict().items() if key != "config_hash"})
+    with_optimizer = replace(run, train={**run.train, "optimizer": "adamw"})
+    assert run_hash({key: value for key, value in with_optimizer.as_dict().items()
+                     if key != "config_hash"}) != run.config_hash
+
+
+def test_a_run_config_without_a_key_names_it():
+    run = load_study(load_params(ROOT / "params.yaml")).run_config("digits", 20, "fixmatch", 0)
+    partial = {key: value for key, value in run.as_dict().items() if key not in ("seed", "train")}
+    with pytest.raises(ConfigError, match=r"--run-config: .* lacks 'seed', 'train'"):
+        RunConfig.from_json(json.dumps(partial))
+    with pytest.raises(ConfigError, match=r"'steps' is not a key of it"):
+        RunConfig.from_json(json.dumps({**run.as_dict(), "steps": 5}))
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        RunConfig.from_json("{'seed': 0}")
+
+
+def test_a_study_makes_each_run_config_once_and_names_its_checkpoint_folder(params):
+    study = load_study(params)
+    run = study.run_config("digits", 20, "fixmatch", 0)
+    assert study.run_config("digits", "20", "fixmatch", "0") is run
+    assert checkpoint_dir(run, "c" * 64) == (f"checkpoints/{study.name}/digits-20/fixmatch/seed0/"
+                                             f"{run.config_hash[:16]}-{'c' * 12}")
 
 def test_fixmatch_T_copied_from_usb_is_refused_with_the_reason(params):
     message = error_for(params, lambda c: c["algorithms"]["fixmatch"].update(T=0.5))
@@ -197,7 +233,7 @@ def test_the_training_loop_takes_every_setting_from_params_yaml(params):
     from semisup.optim import OptimizerConfig
     from semisup.train import TrainConfig
 
-    from pipeline.train import AUGMENT_KEYS, LOOP_KEYS, OPTIMIZER_KEYS
+    from pipeline.runs.train import AUGMENT_KEYS, LOOP_KEYS, OPTIMIZER_KEYS
 
     fields = lambda cls: {field.name: field for field in dataclasses.fields(cls)}
     for part in (TrainConfig, OptimizerConfig, ImageAugment):
@@ -253,3 +289,22 @@ def test_values_that_would_break_a_job_or_write_outside_the_project_are_refused(
                                                                                   message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(deep_merge(params, edit))
+
+
+def test_options_added_at_the_value_that_made_earlier_runs_keep_their_hashes(params):
+    """The optimizer and schedule options came after runs were recorded: at the values that make
+    what those runs made (params.yaml's defaults), a run's hash is the one it had before them;
+    another value is another run."""
+    from pipeline.config import HASH_NEUTRAL
+
+    assert all(params[section][key] == value for (section, key), value in HASH_NEUTRAL.items())
+    run = load_study(params).run_config("digits", 10, "fixmatch", 0)
+    before = run.as_dict()
+    before.pop("config_hash")
+    for section, key in HASH_NEUTRAL:
+        del before[section][key]
+    assert run.config_hash == canonical_hash(before)
+    assert "optimizer" in run.train   # left out of the hash only, not out of the config
+    for option, value in (("optimizer", "adamw"), ("lr_warmup_steps", 10), ("layer_decay", 0.65)):
+        other = load_study(deep_merge(params, {"train": {option: value}}))
+        assert other.run_config("digits", 10, "fixmatch", 0).config_hash != run.config_hash, option

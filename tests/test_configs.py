@@ -73,8 +73,8 @@ def test_run_config_carries_the_network_options_into_the_config_hash():
     study = study_of("dash-cifar100")
     run = study.run_config("cifar100", 400, "dash", 0)
     # the Dash code runs on FixMatch-TF: its network
-    assert run["model"] == "wrn_28_8" and run["model_options"] == {"variant": "fixmatch_tf"}
-    assert run["algorithm_params"]["steps_per_epoch"] == 1024
+    assert run.model == "wrn_28_8" and run.model_options == {"variant": "fixmatch_tf"}
+    assert run.algorithm_params["steps_per_epoch"] == 1024
 
 
 def test_gpu_smoke_study_is_short_and_on_cuda():

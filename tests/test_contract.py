@@ -24,7 +24,7 @@ from semisup.models import Network, build_network
 from semisup.train import Trainer
 
 from pipeline.config import default_params, default_train_options
-from pipeline.train import image_augment, train_config
+from pipeline.runs.train import image_augment, train_config
 
 CPU = torch.device("cpu")
 OPTIONS = default_train_options("digits", steps=8, batch_size=4, uratio=2, eval_every=4,

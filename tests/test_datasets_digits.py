@@ -12,7 +12,7 @@ from semisup.models import build_network
 from semisup.train import Trainer
 
 from pipeline.config import default_params, default_train_options
-from pipeline.train import image_augment, train_config
+from pipeline.runs.train import image_augment, train_config
 
 DIGITS_OPTIONS = default_params()["datasets"]["digits"]
 

@@ -16,7 +16,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from semisup.data import DatasetError, get_dataset
-from semisup.data import public
+from semisup.data import image_folder, public
 
 from pipeline.config import default_params
 
@@ -333,10 +333,10 @@ def test_image_folder_partitions_each_class_with_a_seed_and_resizes(tmp_path, pn
 def test_image_folder_notices_an_image_changed_after_download(tmp_path, png_folder):
     folder, _ = png_folder
     root = tmp_path / "raw" / "image_folder"
-    public.download_image_folder(root, **options("image_folder", path=str(folder)))
+    image_folder.download_image_folder(root, **options("image_folder", path=str(folder)))
     Image.new("RGB", (4, 4), (0, 0, 0)).save(folder / "dog" / "2.png")
     with pytest.raises(DatasetError, match=r"dog/2\.png changed since the download"):
-        public.load_image_folder(root, **options("image_folder", path=str(folder)))
+        image_folder.load_image_folder(root, **options("image_folder", path=str(folder)))
 
 
 def test_image_folder_with_a_missing_path_says_what_to_set(tmp_path):
@@ -376,7 +376,7 @@ def test_a_16_bit_gray_png_is_scaled_not_clipped_to_white(tmp_path):
     gray = np.full((4, 4), 32896, dtype=np.uint16)   # 32896 / 65535 * 255 = 128.0
     Image.fromarray(gray).save(folder / "red" / "0.png")
     assert Image.open(folder / "red" / "0.png").mode.startswith("I")
-    image = public.read_image(folder / "red" / "0.png",
+    image = image_folder.read_image(folder / "red" / "0.png",
                               hashlib.sha256((folder / "red" / "0.png").read_bytes()).hexdigest(), 4)
     assert image.shape == (4, 4, 3) and (image == 128).all()
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import figures
 from pipeline.config import default_params
 from pipeline.errors import UserError
-from pipeline.report_pages import run_times_rows
+from pipeline.reports import dash_paper, figures, plotting
+from pipeline.reports.report_pages import run_times_rows
 
 DASH = {**default_params()["algorithms"]["dash"], "variant": "official", "steps_per_epoch": 3,
         "warmup_epochs": 2, "gamma": 1.27, "rho_min": 0.05}
@@ -33,7 +33,7 @@ def logged_rho(settings: dict, rho_hat: float) -> list[dict]:
     any step of the window had no threshold (inf)."""
     rows = []
     for end in range(LOG_EVERY, STEPS + 1, LOG_EVERY):
-        values = [figures.dash_rho(settings, step, rho_hat, settings["gamma"],
+        values = [dash_paper.dash_rho(settings, step, rho_hat, settings["gamma"],
                                    settings["rho_min"]) for step in range(end - LOG_EVERY, end)]
         warm_up = math.inf in values
         rows.append({"step": end, "train/rho": math.nan if warm_up else sum(values) / len(values),
@@ -56,7 +56,7 @@ def results(tmp_path, settings) -> dict[str, list[Path]]:
             evaluations.append(write_csv(run / "evaluations.csv", [
                 {"step": step, "ema/error": 80 - step / 2 - 5 * algorithm_index - seed,
                  "raw/error": 70 - step / 3} for step in range(10, STEPS + 1, 10)]))
-            # the run's resolved config, as pipeline.train writes it beside the CSVs
+            # the run's resolved config, as pipeline.runs.train writes it beside the CSVs
             (run / "metrics.json").write_text(json.dumps({"run": {
                 "dataset": "digits", "n_labels": 10, "algorithm": algorithm, "seed": seed,
                 "algorithm_params": settings if algorithm == "dash" else {}}}))
@@ -83,8 +83,41 @@ def test_a_study_gets_the_dash_figures_only_with_those_algorithms():
                                                                                   "fixmatch"]
 
 
+
+def test_an_algorithms_card_decides_which_figures_it_gets_and_which_runs_they_read(monkeypatch):
+    cards = {"fixmatch": ("pseudo_labels",), "dash": ("pseudo_labels", "dash_rho"),
+             "flexmatch": ("pseudo_labels",)}   # as if flexmatch's module listed pseudo_labels
+    monkeypatch.setattr(figures, "own_figures", lambda name: cards.get(name, ()))
+    assert figures.figures_for(["supervised", "flexmatch"]) == ["error_curves", "pseudo_labels"]
+    assert figures.stats_algorithms(["supervised", "flexmatch", "dash"]) == ["flexmatch", "dash"]
+    assert figures.figure_algorithms("pseudo_labels", ["dash", "supervised", "flexmatch",
+                                                       "fixmatch"]) == ["dash", "flexmatch",
+                                                                        "fixmatch"]
+    assert figures.figure_algorithms("dash_rho", ["fixmatch", "dash"]) == ["dash"]
+
+
+def test_pseudo_labels_draws_its_algorithms_in_the_studys_order(results, tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(dash_paper, "plot_mean_and_band",
+                        lambda ax, steps, values, label: drawn.append(label))
+    dash_first = sorted(results["evaluations"], key=lambda path: "dash" not in str(path))
+    figures.main(["--evaluations", *map(str, dash_first), "--train-stats",
+                  *map(str, results["stats"]), "--figures", "pseudo_labels", "--out",
+                  str(tmp_path)])
+    assert drawn[:2] == ["Dash", "FixMatch"]    # the first panel: the study's order
+
+
+def test_each_figure_picks_its_runs_from_every_run_of_the_study(results, tmp_path):
+    every_run = [path.with_name("metrics.json") for path in results["evaluations"]]
+    assert dash_paper.dash_settings(every_run) == dash_paper.dash_settings(results["dash_runs"])
+    make_figures(results, tmp_path / "dash_runs")
+    make_figures({**results, "dash_runs": every_run}, tmp_path / "every_run")
+    for name in ("dash_rho.pdf", "pseudo_labels.pdf", "error_curves.pdf"):
+        assert (tmp_path / "dash_runs" / name).read_bytes() == \
+            (tmp_path / "every_run" / name).read_bytes()
+
 def test_official_rho_decays_by_gamma_every_nine_epochs_after_warm_up(settings):
-    rho = lambda step, gamma=1.27: figures.dash_rho(settings, step, RHO_HAT, gamma, 0.05)
+    rho = lambda step, gamma=1.27: dash_paper.dash_rho(settings, step, RHO_HAT, gamma, 0.05)
     assert rho(5) == math.inf                      # epoch 1 < warmup_epochs = 2
     assert rho(6) == pytest.approx(RHO_HAT)        # epoch 2: floor((2 - 1) / 9) = 0
     assert rho(29) == pytest.approx(RHO_HAT)       # epoch 9
@@ -95,29 +128,29 @@ def test_official_rho_decays_by_gamma_every_nine_epochs_after_warm_up(settings):
 
 def test_usb_rho_starts_after_the_supervised_warm_up():
     settings = {**DASH, "variant": "usb", "warmup_steps": 6, "C": 1.0001}
-    assert figures.dash_rho(settings, 5, RHO_HAT, 1.27, 0.05) == math.inf
-    assert figures.dash_rho(settings, 6, RHO_HAT, 1.27, 0.05) == pytest.approx(1.0001 * RHO_HAT)
-    assert figures.dash_rho(settings, 36, RHO_HAT, 1.27, 0.05) == pytest.approx(
+    assert dash_paper.dash_rho(settings, 5, RHO_HAT, 1.27, 0.05) == math.inf
+    assert dash_paper.dash_rho(settings, 6, RHO_HAT, 1.27, 0.05) == pytest.approx(1.0001 * RHO_HAT)
+    assert dash_paper.dash_rho(settings, 36, RHO_HAT, 1.27, 0.05) == pytest.approx(
         1.0001 * RHO_HAT / 1.27)
 
 
 def test_rho_hat_and_the_settings_are_what_the_runs_logged(settings, results):
-    assert figures.logged_rho_hat(logged_rho(settings, 1.7)) == 1.7
+    assert dash_paper.logged_rho_hat(logged_rho(settings, 1.7)) == 1.7
     with pytest.raises(UserError, match="no train/rho_hat after its warm-up"):
-        figures.logged_rho_hat([{"step": 5, "train/rho": math.nan, "train/rho_hat": math.nan}])
-    assert figures.dash_settings(results["dash_runs"]) == settings
+        dash_paper.logged_rho_hat([{"step": 5, "train/rho": math.nan, "train/rho_hat": math.nan}])
+    assert dash_paper.dash_settings(results["dash_runs"]) == settings
     other = results["dash_runs"][1]
     run = json.loads(other.read_text())["run"]
     other.write_text(json.dumps({"run": {**run, "algorithm_params": {**settings, "gamma": 1.1}}}))
     with pytest.raises(UserError, match="used different hyperparameters"):
-        figures.dash_settings(results["dash_runs"])
+        dash_paper.dash_settings(results["dash_runs"])
 
 
 def make_figures(results, out: Path) -> None:
     figures.main(["--evaluations", *map(str, results["evaluations"]),
                   "--train-stats", *map(str, results["stats"]),
                   "--figures", "error_curves", "dash_rho", "pseudo_labels",
-                  "--dash-runs", *map(str, results["dash_runs"]), "--out", str(out)])
+                  "--runs", *map(str, results["dash_runs"]), "--out", str(out)])
 
 
 def test_figures_are_byte_identical_across_reruns(results, tmp_path):
@@ -148,7 +181,7 @@ def test_run_times_refuse_a_benchmark_file_of_another_job(tmp_path):
 
 
 def test_the_error_curves_are_written_as_csv_for_dvc_plots(results, tmp_path):
-    written = figures.write_curves(figures.group_runs(results["evaluations"]), "ema",
+    written = figures.write_curves(plotting.group_runs(results["evaluations"]), "ema",
                                    tmp_path / "plots")
     assert sorted(path.relative_to(tmp_path).as_posix() for path in written) == [
         "plots/10-labels/dash.csv", "plots/10-labels/fixmatch.csv",

@@ -2,11 +2,10 @@
 tests/golden/ci_metrics.json; the same run also makes the Dash figures, the HTML report, and the
 progress lines of the training logs and of Snakemake.
 
-Tolerance: pipeline.regression.TOLERANCE (1e-6 absolute, on error rates in %): the ci study runs on
+Tolerance: tools/regression.py TOLERANCE (1e-6 absolute, on error rates in %): the ci study runs on
 the CPU with one thread and train.portable_numerics, so it is bit-identical from run to run and
 from one x86-64 CPU to another; metrics.json rounds to 4 decimals.
 """
-import json
 import os
 import re
 import subprocess
@@ -17,8 +16,9 @@ import yaml
 
 from pipeline.config import ROOT, deep_merge, load_params, load_study
 from pipeline.files import read_json
-from pipeline.regression import (GOLDEN, TOLERANCE, RegressionError, check, ci_metrics_path,
-                                 differences, metrics_only, run_ci_study)
+# tools/regression.py: pyproject.toml puts tools/ on the tests' import path
+from regression import (GOLDEN, TOLERANCE, RegressionError, check, ci_metrics_path,
+                        differences, metrics_only, run_ci_study)
 
 # End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def train_ci_run(workdir, out, env_extra: dict) -> dict:
     study = load_study(deep_merge(load_params(ROOT / "params.yaml"), config))
     run = study.run_config("digits", 10, "fixmatch", 0)
     env = {**os.environ, **env_extra, "MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db"}
-    command = [sys.executable, "-m", "pipeline.train", "--run-config", json.dumps(run),
+    command = [sys.executable, "-m", "pipeline.runs.train", "--run-config", run.to_json(),
                "--manifest", str(workdir / study.manifest_path("digits")),
                "--split", str(workdir / study.split_path("digits", 10, 0)),
                "--out", str(out / "run"), "--checkpoint-dir", str(out / "checkpoints")]
@@ -108,7 +108,8 @@ def test_portable_numerics_give_the_same_bits_on_other_cpu_code_paths(ci_study, 
 def test_pinning_selects_the_portable_kernels():
     """Pinned, a convolution of a batch of 16 (where torch would pick NNPACK or oneDNN) runs
     ATen's own kernel, and ATen dispatches to its AVX2 code."""
-    code = ("from pipeline.train import pin_cpu_numerics; pin_cpu_numerics(); import os, torch\n"
+    code = ("from pipeline.runs.train import pin_cpu_numerics; pin_cpu_numerics()\n"
+            "import os, torch\n"
             "conv = torch.nn.Conv2d(8, 8, 3, padding=1)\n"
             "with torch.profiler.profile() as prof:\n"
             "    conv(torch.randn(16, 8, 8, 8)).sum().backward()\n"
@@ -130,7 +131,7 @@ def test_check_names_the_metric_the_expected_and_the_actual_value():
         check(expected, actual, tolerance=1e-6)
     message = str(caught.value)
     assert "digits-10/dash/ema/best_error: expected 40, actual 40.2012" in message
-    assert "tolerance 1e-06" in message and "pipeline.regression accept" in message
+    assert "tolerance 1e-06" in message and "tools/regression.py accept" in message
     assert "raw/best_error" not in message
 
 

@@ -25,9 +25,9 @@ from semisup.data.image import image_train_data
 from semisup.models import build_network
 from semisup.train import TrainConfig, Trainer
 
-from pipeline.config import (ROOT, deep_merge, default_params, default_train_options,
+from pipeline.config import (ROOT, RunConfig, deep_merge, default_params, default_train_options,
                              load_params, load_study)
-from pipeline.train import image_augment, train_config
+from pipeline.runs.train import image_augment, train_config
 
 # End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def make_trainer(digits, case: str, seed: int, checkpoint: Path | None = None,
     train_data = image_train_data(
         replace(data, test_images=data.test_images[:64], test_labels=data.test_labels[:64]),
         torch.tensor(split["labeled_indices"]), spec.inputs, AUGMENT, False, CPU)
-    torch.manual_seed(seed)   # as pipeline.train does before building the network
+    torch.manual_seed(seed)   # as pipeline.runs.train does before building the network
     network = build_network("small_cnn", data.num_classes, spec.inputs, width=4, bn_momentum=0.01)
     name, params = CASES[case]
     algorithm = build_algorithm(name, params, facts=train_data.facts(data.num_classes),
@@ -287,14 +287,14 @@ def without_commit(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "git_commit"}
 
 
-def run_config() -> dict:
+def run_config() -> RunConfig:
     """The run's config as the Snakefile builds it from params.yaml + study.yaml."""
     study = load_study(deep_merge(load_params(ROOT / "params.yaml"), STUDY))
     return study.run_config("digits", 10, "fixmatch", 0)
 
 
 def train_argv(workdir: Path, out: Path, checkpoints: Path) -> list[str]:
-    return ["--run-config", json.dumps(run_config()), "--manifest", str(workdir / MANIFEST),
+    return ["--run-config", run_config().to_json(), "--manifest", str(workdir / MANIFEST),
             "--split", str(workdir / SPLIT), "--out", str(out), "--checkpoint-dir",
             str(checkpoints), "--threads", "1"]
 
@@ -302,10 +302,11 @@ def train_argv(workdir: Path, out: Path, checkpoints: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def uninterrupted_run(tmp_path_factory) -> Path:
     """The reference: the rules' own commands, run in this process (saves process start-ups)."""
-    from pipeline import download, split, train
+    from pipeline.data import download, split
+    from pipeline.runs import train
 
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    options = json.dumps(run_config()["dataset_options"])
+    options = json.dumps(run_config().dataset_options)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         patch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
@@ -323,7 +324,8 @@ def training_process(snakemake: subprocess.Popen, deadline: float):
         assert snakemake.poll() is None, "snakemake ended before the training job started"
         for child in psutil.Process(snakemake.pid).children(recursive=True):
             try:
-                if "pipeline.train" in child.cmdline():   # python -m pipeline.train, not the shell
+                # python -m pipeline.runs.train, not the shell
+                if "pipeline.runs.train" in child.cmdline():
                     return child
             except psutil.Error:   # a short-lived process (a shell, `git`) already gone
                 pass
@@ -400,7 +402,7 @@ def test_run_killed_by_sigkill_resumes_on_rerun_to_identical_metrics_and_mlflow_
 
 def test_unreadable_checkpoint_stops_the_cli_with_exit_2_and_names_the_file(
         uninterrupted_run, tmp_path, monkeypatch, capsys):
-    from pipeline.train import main as train_main
+    from pipeline.runs.train import main as train_main
 
     checkpoint = tmp_path / "checkpoints" / "checkpoint.pt"
     checkpoint.parent.mkdir()
@@ -506,7 +508,7 @@ def test_a_tracking_server_that_dies_mid_run_costs_no_training_and_no_value(unin
     # no HTTP retries: each failed request fails at once (the job's own retry is under test)
     env = {**workflow_env(), "MLFLOW_TRACKING_URI": server.uri, "SSL_REPRO_TRACKING_WAIT": "2",
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    command = [sys.executable, "-m", "pipeline.train",
+    command = [sys.executable, "-m", "pipeline.runs.train",
                *train_argv(uninterrupted_run, tmp_path / "out", tmp_path / "checkpoints")]
     job = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
@@ -572,7 +574,7 @@ def fill(disk: Path, leave: int = 0) -> Path:
 
 
 def run_train(workdir: Path, out: Path, checkpoints: Path, capsys) -> tuple[int, str]:
-    from pipeline.train import main as train_main
+    from pipeline.runs.train import main as train_main
 
     try:
         train_main(train_argv(workdir, out, checkpoints))
@@ -622,11 +624,11 @@ def test_a_full_disk_stops_the_job_with_one_paragraph_and_the_rerun_completes(
 
 def test_a_full_disk_under_the_mlflow_store_costs_no_value(small_disk, tmp_path, monkeypatch):
     from pipeline.errors import UserError
-    from pipeline.tracking import RunLogger
+    from pipeline.runs.tracking import RunLogger
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{small_disk}/mlflow.db")
     monkeypatch.setenv("SSL_REPRO_TRACKING_WAIT", "0")
-    monkeypatch.setattr("pipeline.tracking.RETRY_EVERY", 0.0)
+    monkeypatch.setattr("pipeline.runs.tracking.RETRY_EVERY", 0.0)
     logger = RunLogger("exp", "run", tmp_path / "mlflow_run.json", {}, {})
     rows = [{"step": float(step), "train/loss": step / 7} for step in range(1, 301)]
     logger.log_metrics(1, {"train/loss": rows[0]["train/loss"]})

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ROOT
-from pipeline.regression import GOLDEN, check, ci_metrics_path
 from pipeline.files import read_json
+from regression import GOLDEN, check, ci_metrics_path   # tools/regression.py (pyproject.toml)
 
 CLUSTER_CONF = Path("/var/tmp/ssl-repro-slurm/slurm.conf")
 

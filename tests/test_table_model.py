@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from pipeline.report_pages import tables_page
-from pipeline.table_model import Cell, Table, to_html, to_latex
-from pipeline.tables import Results, main_table, paired_p_value
+from pipeline.reports.report_pages import tables_page
+from pipeline.reports.table_model import Cell, Table, to_html, to_latex
+from pipeline.reports.tables import Results, main_table, paired_p_value
 
 TABLE = Table(label="tab:my_study-my_images-main", caption="Error (%) on my_images, mean ± std.",
               header=[[Cell(""), Cell("40 labels", span=2)], [Cell("Algorithm"), Cell("Ours"),

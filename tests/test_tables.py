@@ -5,9 +5,9 @@ import json
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.table_model import latex_escape
-from pipeline.tables import (difference, main, read_published, render, render_published,
-                             selection_text)
+from pipeline.reports.table_model import latex_escape
+from pipeline.reports.tables import (difference, main, read_published, render,
+                                     render_published, selection_text)
 
 PUBLISHED_CSV = """\
 source,reference,selection,networks,algorithm,dataset,n_labels,error_mean,error_std
@@ -23,7 +23,7 @@ Paper A,a/repo README.md,best,WRN-28-2,fixmatch,cifar10,4000,4.21,0.08
 
 def summary(algorithm: str, n_labels: int, best: float, std: float = 0.5,
             dataset: str = "cifar10") -> dict:
-    """As pipeline/evaluate.py writes it (3 seeds)."""
+    """As pipeline/runs/evaluate.py writes it (3 seeds)."""
     def stats(mean):
         return {"mean": mean, "std": std, "n": 3, "values": [mean - std, mean, mean + std]}
     return {"study": "paper", "dataset": dataset, "n_labels": n_labels, "algorithm": algorithm,
@@ -203,7 +203,7 @@ def test_the_dash_tables_show_the_dash_papers_own_numbers():
 
 
 def test_dvc_metrics_hold_the_main_tables_numbers_only():
-    from pipeline.tables import Results, table_metrics
+    from pipeline.reports.tables import Results, table_metrics
 
     metrics = table_metrics(Results(SUMMARIES, "ema", "best"))
     assert metrics == {"40 labels": {"pseudolabel": {"error": 60.0, "std": 0.5},

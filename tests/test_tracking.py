@@ -1,4 +1,4 @@
-"""pipeline.tracking.RunLogger against the real MLflow SQLite store: a restarted job continues
+"""pipeline.runs.tracking.RunLogger against the real MLflow SQLite store: a restarted job continues
 its run, and the steps it repeats after resuming from a checkpoint are logged once."""
 import contextlib
 import json
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import RunConfig
 from pipeline.errors import UserError
-from pipeline.tracking import RunLogger
-from pipeline.tracking_store import client, store_error, store_identity
+from pipeline.runs.tracking import RunLogger
+from pipeline.runs.tracking_store import client, store_error, store_identity
 
 
 @pytest.fixture
@@ -66,12 +67,12 @@ def test_a_resumed_run_gets_its_params_again_and_the_tags_of_where_it_ran_now(st
 
 
 def test_a_run_from_uncommitted_code_keeps_the_diff(store: Path, monkeypatch):
-    from pipeline import train
     from pipeline.config import default_params, load_study
+    from pipeline.runs import train
 
     monkeypatch.setattr(train, "git_diff", lambda: "diff --git a/x.py b/x.py\n+changed\n")
     run = load_study(default_params()).run_config("digits", 10, "fixmatch", 0)
-    provenance = {"config_hash": run["config_hash"], "code_digest": "d", "split_sha256": "s",
+    provenance = {"config_hash": run.config_hash, "code_digest": "d", "split_sha256": "s",
                   "dataset_digest": "x", "git_commit": "abc-dirty"}
     split = store / "split.json"
     split.write_text("{}")
@@ -94,7 +95,9 @@ def test_a_newer_finished_run_of_a_cell_supersedes_the_older_ones_only(store: Pa
     other_seed.finish()
     new = RunLogger("exp", "new", store / "c.txt", {**CELL, "config_hash": "2"}, {})
     new.finish()
-    assert new.supersede_earlier_runs(CELL) == [old.run_id]
+    run = RunConfig(**CELL, dataset_options={}, algorithm_params={}, model="small_cnn",
+                    model_options={}, train={}, config_hash="2")
+    assert new.supersede_earlier_runs(run) == [old.run_id]
     tags = lambda logger: new.tracking.get_run(logger.run_id).data.tags
     assert tags(old)["superseded_by"] == new.run_id
     assert "superseded_by" not in tags(other_seed) and "superseded_by" not in tags(new)
@@ -185,7 +188,7 @@ def test_values_a_failing_store_did_not_take_are_logged_by_sync_once(store: Path
     """The store goes away (its file moved aside: every write fails) and comes back."""
     record = store / "mlflow_run.json"
     logger = RunLogger("exp", "run", record, {}, {})
-    monkeypatch.setattr("pipeline.tracking.RETRY_EVERY", 0.0)
+    monkeypatch.setattr("pipeline.runs.tracking.RETRY_EVERY", 0.0)
     rows = [{"step": float(s), "train/loss": float(s)} for s in range(1, 7)]
     logger.log_metrics(1, {"train/loss": 1.0})
     outage(store, logger)
@@ -233,7 +236,7 @@ def restore(store: Path, logger: RunLogger) -> None:
 # ---- opening the store: atomic creation, what each failure says ---------------------------------
 def test_a_kill_while_the_store_is_created_leaves_no_store_and_the_rerun_builds_it(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
-    init = [sys.executable, "-m", "pipeline.tracking", "init", "--experiment", "x"]
+    init = [sys.executable, "-m", "pipeline.runs.tracking", "init", "--experiment", "x"]
     process = subprocess.Popen(init, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -258,8 +261,8 @@ def test_a_half_built_store_says_so_and_what_to_do(store: Path):
         db.execute("drop table webhooks")
         db.execute("drop table alembic_version")
         db.commit()
-    init = subprocess.run([sys.executable, "-m", "pipeline.tracking", "init", "--experiment", "x"],
-                          cwd=store, capture_output=True, text=True)
+    init = subprocess.run([sys.executable, "-m", "pipeline.runs.tracking", "init", "--experiment",
+                           "x"], cwd=store, capture_output=True, text=True)
     assert init.returncode == 2 and "Traceback" not in init.stderr
     message = " ".join(init.stderr.split("ssl-repro error: ")[-1].split())
     assert "is half-built" in message and "no schema version" in message

@@ -118,7 +118,7 @@ def test_command_line_numbers_and_booleans_reach_the_jobs_as_such(tmp_path):
     result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--printshellcmds", "--config",
                        'train={"steps": 200, "nesterov": false}', "study={\"seeds\": [7]}")
     assert result.returncode == 0, result.stderr[-3000:]
-    train_commands = [line for line in result.stdout.splitlines() if "pipeline.train" in line]
+    train_commands = [line for line in result.stdout.splitlines() if "pipeline.runs.train" in line]
     assert train_commands and all('"steps": 200' in line and '"nesterov": false' in line
                                   and '"seed": 7' in line for line in train_commands)
 
@@ -183,7 +183,7 @@ def test_the_documented_offline_download_command_plans_the_download_only(tmp_pat
 def test_a_gpu_study_on_a_machine_without_one_names_its_config_file(tmp_path):
     """The GPU smoke study's train.device comes from configs/gpu-smoke.yaml: the job that finds
     no GPU says so, naming that file (not params.yaml) as the place to change."""
-    from pipeline.train import choose_device
+    from pipeline.runs.train import choose_device
 
     result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--printshellcmds",
                        "--configfile", str(ROOT / "configs/gpu-smoke.yaml"))

@@ -2,5 +2,6 @@
 from .registry import DATASETS, DatasetError, DatasetSpec, ImageData, get_dataset, register_dataset
 from . import digits  # noqa: F401  (registers)
 from . import public  # noqa: F401  (registers)
+from . import image_folder  # noqa: F401  (registers)
 
 __all__ = ["DATASETS", "DatasetError", "DatasetSpec", "ImageData", "get_dataset", "register_dataset"]

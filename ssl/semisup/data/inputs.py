@@ -14,7 +14,8 @@ Batches of text or audio padded to different lengths are joined by padding the s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -27,13 +28,15 @@ def _pad_to(values: Tensor, length: int) -> Tensor:
 
 @dataclass
 class _Masked:
-    """A batch of padded sequences with their mask; subclasses name the values."""
+    """A batch of padded sequences and their mask; a subclass names its values' field."""
+
+    values_field: ClassVar[str]
 
     def _values(self) -> Tensor:
-        raise NotImplementedError
+        return getattr(self, self.values_field)
 
-    def _make(self, values: Tensor, mask: Tensor):
-        raise NotImplementedError
+    def _make(self, values: Tensor, mask: Tensor) -> _Masked:
+        return replace(self, **{self.values_field: values, "mask": mask})
 
     def __len__(self) -> int:
         return self._values().shape[0]
@@ -58,12 +61,7 @@ class TokenBatch(_Masked):
 
     ids: Tensor
     mask: Tensor
-
-    def _values(self) -> Tensor:
-        return self.ids
-
-    def _make(self, values: Tensor, mask: Tensor) -> TokenBatch:
-        return TokenBatch(values, mask)
+    values_field: ClassVar[str] = "ids"
 
 
 @dataclass
@@ -72,12 +70,7 @@ class WaveBatch(_Masked):
 
     waveform: Tensor
     mask: Tensor
-
-    def _values(self) -> Tensor:
-        return self.waveform
-
-    def _make(self, values: Tensor, mask: Tensor) -> WaveBatch:
-        return WaveBatch(values, mask)
+    values_field: ClassVar[str] = "waveform"
 
 
 Inputs = Tensor | TokenBatch | WaveBatch

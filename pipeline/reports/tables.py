@@ -13,10 +13,11 @@ import math
 import re
 from pathlib import Path
 
-from .errors import UserError, argument_parser, cli
-from .evaluate import PROVENANCE
-from .files import read_json, write_json, write_text
-from .names import DISPLAY_NAMES
+from semisup.catalog import display_name
+
+from ..errors import UserError, argument_parser, cli
+from ..files import read_json, write_json, write_text
+from ..runs.evaluate import PROVENANCE
 from .table_model import Cell, Table, to_latex
 
 SELECTION_TEXT = {
@@ -65,9 +66,9 @@ class Column:
         return not math.isnan(p) and p >= ALPHA
 
     def note(self) -> str:
-        tied = [f"{DISPLAY_NAMES.get(a, a)} (p = {p:.2f})" for a, p in self.p_values.items()
+        tied = [f"{display_name(a)} (p = {p:.2f})" for a, p in self.p_values.items()
                 if self.is_bold(a)]
-        best = DISPLAY_NAMES.get(self.best, self.best)
+        best = display_name(self.best)
         if all(math.isnan(p) for p in self.p_values.values()) and self.p_values:
             return f"{self.n_labels} labels: {best} lowest; one seed, so no test."
         if not tied:
@@ -117,7 +118,7 @@ class Results:
 
 
 def name_cell(algorithm: str) -> Cell:
-    return Cell(DISPLAY_NAMES.get(algorithm, algorithm))
+    return Cell(display_name(algorithm))
 
 
 def main_table(results: Results) -> Table:

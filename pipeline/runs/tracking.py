@@ -1,5 +1,5 @@
 """MLflow tracking: one MLflow run per training job, resumed under the same run id, that holds
-every step once whatever stops the job (pipeline/tracking_store.py opens the store).
+every step once whatever stops the job (pipeline/runs/tracking_store.py opens the store).
 
 A job's run record (`mlflow_run.json` in its checkpoint folder) names its store and run. Creating
 the run is one idempotent step: the record first gets a fresh attempt id, then the run is created
@@ -22,10 +22,14 @@ import time
 import uuid
 from pathlib import Path
 
-from .errors import UserError, argument_parser, cli
-from .files import read_json, write_json
+from ..errors import UserError, argument_parser, cli
+from ..files import read_json, write_json
+from ..run_config import RunConfig
 from .tracking_store import (DEFAULT_URI, client, retry, store_error, store_identity,
                              tracking_uri)
+
+# The project folder (pipeline/runs/ is two levels down): the git repository a run records.
+PROJECT = Path(__file__).resolve().parents[2]
 
 __all__ = ["DEFAULT_URI", "RunLogger", "client", "experiment_id", "git_commit", "git_diff",
            "tracking_uri"]
@@ -63,7 +67,7 @@ def experiment_id(tracking, name: str) -> str:
 
 def git_commit(cwd: Path | None = None) -> str:
     """HEAD of the project's git repository (suffixed -dirty with uncommitted changes)."""
-    cwd = cwd or Path(__file__).resolve().parent.parent
+    cwd = cwd or PROJECT
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                                 text=True, check=True).stdout.strip()
@@ -76,7 +80,7 @@ def git_commit(cwd: Path | None = None) -> str:
 
 def git_diff(cwd: Path | None = None) -> str:
     """The uncommitted changes to tracked files (`git diff HEAD`), for a run made from them."""
-    cwd = cwd or Path(__file__).resolve().parent.parent
+    cwd = cwd or PROJECT
     try:
         return subprocess.run(["git", "diff", "HEAD"], cwd=cwd, capture_output=True, text=True,
                               check=True).stdout
@@ -310,11 +314,11 @@ class RunLogger:
             print(f"(the MLflow run {self.run_id} could not be marked FAILED: "
                   f"{type(error).__name__}: {str(error)[:200]})", file=sys.stderr)
 
-    def supersede_earlier_runs(self, cell: dict[str, object]) -> list[str]:
-        """Tag the earlier finished runs of this table cell (same CELL_TAGS values; made with
+    def supersede_earlier_runs(self, run: RunConfig) -> list[str]:
+        """Tag the earlier finished runs of `run`'s table cell (same CELL_TAGS values; made with
         another config or code) `superseded_by` this run: the reports now hold this run's
         numbers. Returns their ids."""
-        query = " and ".join(f"tags.{key} = '{cell[key]}'" for key in CELL_TAGS)
+        query = " and ".join(f"tags.{key} = '{getattr(run, key)}'" for key in CELL_TAGS)
         earlier = retry(lambda: self.tracking.search_runs(
             [self.experiment_id], filter_string=f"{query} and attributes.status = 'FINISHED'",
             max_results=1000), "search runs")

@@ -3,7 +3,7 @@
 The tracking URI is `sqlite:///mlflow.db` in the working directory unless MLFLOW_TRACKING_URI
 is set (e.g. an `mlflow server` on a cluster). A new SQLite store is built under a temporary name
 and renamed into place once MLflow has created its whole schema, so that a process killed while
-creating it (`python -m pipeline.tracking init`, the Snakefile's onstart) leaves no half-built
+creating it (`python -m pipeline.runs.tracking init`, the Snakefile's onstart) leaves no half-built
 store. Processes take turns opening a SQLite store (a file lock), so that they never race to
 migrate it, and writes retry with backoff while SQLite is busy. An HTTP server that does not answer
 is reported within seconds. Every failure to open a store is one paragraph that says which of these
@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import UserError
-from .files import remove_stale_temporaries
+from ..errors import UserError
+from ..files import remove_stale_temporaries
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 T = TypeVar("T")

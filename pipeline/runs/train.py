@@ -1,6 +1,6 @@
 """Rule `train`: one run = (dataset, n_labels, algorithm, seed). Reads the raw data and the split,
 trains with `semisup`, logs to MLflow, checkpoints outside the rule's outputs (kept until
-Snakemake has accepted them: pipeline/checkpoints.py) and resumes.
+Snakemake has accepted them: pipeline/runs/checkpoints.py) and resumes.
 
 Outputs (in --out):
   metrics.json         best/last/median/mean errors (EMA and raw) + config, split and data hashes
@@ -20,10 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..code import code_digest
+from ..errors import UserError, argument_parser, cli
+from ..files import atomic_path, read_json, writable_dir, write_json
+from ..run_config import RunConfig
 from .checkpoints import CHECKPOINT, RUN_RECORD
-from .code import code_digest
-from .errors import UserError, argument_parser, cli
-from .files import atomic_path, read_json, writable_dir, write_json
 from .tracking import RunLogger, git_commit, git_diff, tracking_uri
 
 # This module imports torch only inside functions: pin_cpu_numerics must run before the import.
@@ -44,7 +45,8 @@ def pin_cpu_numerics() -> str | None:
     if "torch" in sys.modules:
         raise UserError("train.portable_numerics pins torch's CPU kernels before torch is "
                         "imported, but this process imported torch already; run the job in a "
-                        "fresh process (python -m pipeline.train) or set portable_numerics false")
+                        "fresh process (python -m pipeline.runs.train) or set portable_numerics "
+                        "false")
     os.environ.update(PORTABLE_ENV)
     import torch
 
@@ -108,14 +110,14 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
             writer.writerow({k: (int(v) if k == "step" else v) for k, v in row.items()})
 
 
-def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
+def load_train_data(run: RunConfig, manifest_path: Path, split_path: Path, device):
     """The run's dataset and labeled split, on the training device (semisup's TrainData)."""
     import torch
     from semisup.data import get_dataset
     from semisup.data.image import image_train_data
     from semisup.data.splits import verify_split
 
-    from .download import read_manifest, verify_files
+    from ..data.download import read_manifest, verify_files
 
     manifest = read_manifest(manifest_path)
     verify_files(manifest, manifest_path.parent)
@@ -123,11 +125,11 @@ def load_train_data(run: dict, manifest_path: Path, split_path: Path, device):
     if split.get("dataset_digest") != manifest["digest"]:
         raise UserError(f"{split_path} was made from other raw data than {manifest_path} "
                         f"describes; delete the split and rerun snakemake to recreate it")
-    spec = get_dataset(run["dataset"])
+    spec = get_dataset(run.dataset)
     data = spec.load(manifest_path.parent, **manifest["options"])
     indices = verify_split(split, str(split_path), num_train=len(data.train_labels))
     train_data = image_train_data(data, torch.tensor(indices), spec.inputs,
-                                  image_augment(run["train"]), run["train"]["channels_last"], device)
+                                  image_augment(run.train), run.train["channels_last"], device)
     return train_data, spec.inputs, data.num_classes, manifest, split
 
 
@@ -158,10 +160,10 @@ AUGMENT_KEYS = {"horizontal_flip": "horizontal_flip", "pad_fraction": "pad_fract
                 "strong_augment": "strong"}   # train key -> ImageAugment field
 
 
-def start_torch(run: dict, device_setting: str, threads: int, device_source: str):
+def start_torch(run: RunConfig, device_setting: str, threads: int, device_source: str):
     """Import torch (after pinning portable numerics, which must come first), set its threads
     and choose the device: what this job really runs on."""
-    if run["train"]["portable_numerics"]:
+    if run.train["portable_numerics"]:
         warning = pin_cpu_numerics()
         if warning:
             print(warning, flush=True)
@@ -171,32 +173,33 @@ def start_torch(run: dict, device_setting: str, threads: int, device_source: str
     return choose_device(device_setting, device_source)
 
 
-def build_trainer(run: dict, data, inputs, num_classes: int, device, logger, name: str,
+def build_trainer(run: RunConfig, data, inputs, num_classes: int, device, logger, name: str,
                   checkpoint_dir: Path):
     import torch
     from semisup.algorithms import build_algorithm
     from semisup.models import build_network
     from semisup.train import Trainer
 
-    config = train_config(run["train"])
-    torch.manual_seed(run["seed"])
-    network = build_network(run["model"], num_classes, inputs, **run["model_options"])
-    algorithm = build_algorithm(run["algorithm"], run["algorithm_params"],
+    config = train_config(run.train)
+    torch.manual_seed(run.seed)
+    network = build_network(run.model, num_classes, inputs, **run.model_options)
+    algorithm = build_algorithm(run.algorithm, run.algorithm_params,
                                 facts=data.facts(num_classes), total_steps=config.steps)
-    return Trainer(network, algorithm, data, config, run["seed"], device, log=logger.log_metrics,
+    return Trainer(network, algorithm, data, config, run.seed, device, log=logger.log_metrics,
                    checkpoint_path=checkpoint_dir / CHECKPOINT,
                    progress=lambda line: print(f"{name}: {line}", flush=True))
 
 
-def mlflow_params(run: dict) -> dict:
+def mlflow_params(run: RunConfig) -> dict:
     """The resolved configuration, flattened: every option of the dataset, algorithm, network and
     training loop, defaults included."""
-    params = {key: run[key] for key in ("study", "dataset", "n_labels", "seed", "algorithm", "model")}
-    for prefix, section in (("dataset", "dataset_options"), (run["algorithm"], "algorithm_params"),
-                            ("model", "model_options"), ("train", "train")):
+    params = {key: getattr(run, key)
+              for key in ("study", "dataset", "n_labels", "seed", "algorithm", "model")}
+    for prefix, section in (("dataset", run.dataset_options), (run.algorithm, run.algorithm_params),
+                            ("model", run.model_options), ("train", run.train)):
         params.update({f"{prefix}.{key}": json.dumps(value, sort_keys=True)
                        if isinstance(value, (dict, list)) else value
-                       for key, value in run[section].items()})
+                       for key, value in section.items()})
     return params
 
 
@@ -208,12 +211,12 @@ def where_this_runs() -> dict:
     return {"host": socket.gethostname(), **slurm}
 
 
-def mlflow_tags(run: dict, provenance: dict, device) -> dict:
+def mlflow_tags(run: RunConfig, provenance: dict, device) -> dict:
     import torch
 
     commit = provenance["git_commit"]
-    return {"algorithm": run["algorithm"], "dataset": run["dataset"], "n_labels": run["n_labels"],
-            "seed": run["seed"], "study": run["study"], **provenance,
+    return {"algorithm": run.algorithm, "dataset": run.dataset, "n_labels": run.n_labels,
+            "seed": run.seed, "study": run.study, **provenance,
             "mlflow.source.git.commit": commit.removesuffix("-dirty"),
             # where this attempt ran (tags, so that a resumed attempt records its own)
             "execution.device": str(device), "execution.threads": torch.get_num_threads(),
@@ -221,24 +224,25 @@ def mlflow_tags(run: dict, provenance: dict, device) -> dict:
             **{f"execution.{key}": value for key, value in where_this_runs().items()}}
 
 
-def open_run(run: dict, provenance: dict, device, checkpoint_dir: Path, split_path: Path,
+def open_run(run: RunConfig, provenance: dict, device, checkpoint_dir: Path, split_path: Path,
              name: str) -> RunLogger:
-    logger = RunLogger(run["study"], name, checkpoint_dir / RUN_RECORD,
+    logger = RunLogger(run.study, name, checkpoint_dir / RUN_RECORD,
                        mlflow_tags(run, provenance, device), mlflow_params(run))
-    logger.log_input(f"{run['dataset']}-{run['n_labels']}-split{run['seed']}",
+    logger.log_input(f"{run.dataset}-{run.n_labels}-split{run.seed}",
                      provenance["split_sha256"], str(split_path.resolve()))
     if provenance["git_commit"].endswith("-dirty"):   # made from uncommitted code: keep the diff
         logger.log_text(git_diff(), "git_diff.patch")
     return logger
 
 
-def write_outputs(out: Path, run: dict, provenance: dict, result, logger: RunLogger, device,
+def write_outputs(out: Path, run: RunConfig, provenance: dict, result, logger: RunLogger, device,
                   started: float) -> None:
     import torch
 
     write_csv(out / "evaluations.csv", result.curve)
     write_csv(out / "train_stats.csv", result.stat_history)
-    write_json(out / "metrics.json", {"metrics": result.metrics, **provenance, "run": run})
+    write_json(out / "metrics.json",
+               {"metrics": result.metrics, **provenance, "run": run.as_dict()})
     write_json(out / "run.json", {"mlflow_run_id": logger.run_id,
                                   "mlflow_tracking_uri": tracking_uri(),
                                   "wall_seconds": round(time.time() - started, 2),
@@ -250,18 +254,30 @@ def write_outputs(out: Path, run: dict, provenance: dict, result, logger: RunLog
         logger.log_artifact(out / artifact)
 
 
-def complete_run(logger: RunLogger, run: dict, result, checkpoint: Path) -> None:
+def complete_run(logger: RunLogger, run: RunConfig, result, checkpoint: Path) -> None:
     """Everything the trainer logged, in MLflow before the outputs are written: the final
     metrics, values a failing store did not take, and the steps a resumed job did before its
     checkpoint (the checkpoint's history holds each logged value)."""
-    logger.log_metrics(run["train"]["steps"], {f"final/{k}": v for k, v in result.metrics.items()})
+    logger.log_metrics(run.train["steps"], {f"final/{k}": v for k, v in result.metrics.items()})
     logger.sync([*result.stat_history, *result.curve], result.resumed_from, checkpoint)
 
 
-@cli
-def main(argv: list[str] | None = None) -> None:
+def run_provenance(run: RunConfig, code: str | None, split: dict, manifest: dict) -> dict:
+    """What identifies the run that made a number (metrics.json, run.json, MLflow tags)."""
+    return {"config_hash": run.config_hash,
+            "code_digest": code or code_digest("pipeline.runs.train", **run.components()),
+            "split_sha256": split["split_sha256"], "dataset_digest": manifest["digest"],
+            "git_commit": git_commit()}
+
+
+def run_name(run: RunConfig) -> str:
+    return f"{run.algorithm}-{run.dataset}-{run.n_labels}-seed{run.seed}"
+
+
+def parse_arguments(argv: list[str] | None):
     parser = argument_parser(__doc__)
-    parser.add_argument("--run-config", required=True, help="the run's resolved config as JSON")
+    parser.add_argument("--run-config", required=True,
+                        help="the run's resolved config as JSON (RunConfig.to_json)")
     parser.add_argument("--manifest", required=True, type=Path)
     parser.add_argument("--split", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path, help="folder of the outputs")
@@ -272,24 +288,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="the config file (or the command line) that set train.device")
     parser.add_argument("--code-digest", help="the digest of the code this run depends on, as "
                         "the workflow computed it (pipeline/code.py); computed here when not given")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
     started = time.time()
     # The log keeps every attempt (the rule appends): each begins with where and when it ran.
     print(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')}: attempt on "
           + ", ".join(f"{k} {v}" for k, v in where_this_runs().items()), flush=True)
-    run = json.loads(args.run_config)
+    run = RunConfig.from_json(args.run_config)
     writable_dir(args.out)   # fail now, not after training
     writable_dir(args.checkpoint_dir)
     device = start_torch(run, args.device, args.threads, args.device_source)
     data, inputs, num_classes, manifest, split = load_train_data(run, args.manifest, args.split,
                                                                  device)
-    provenance = {"config_hash": run["config_hash"],
-                  "code_digest": args.code_digest or code_digest(
-                      "pipeline.train", algorithm=run["algorithm"], model=run["model"],
-                      dataset=run["dataset"]),
-                  "split_sha256": split["split_sha256"], "dataset_digest": manifest["digest"],
-                  "git_commit": git_commit()}
-    name = f"{run['algorithm']}-{run['dataset']}-{run['n_labels']}-seed{run['seed']}"
+    provenance = run_provenance(run, args.code_digest, split, manifest)
+    name = run_name(run)
     logger = open_run(run, provenance, device, args.checkpoint_dir, args.split, name)
     trainer = build_trainer(run, data, inputs, num_classes, device, logger, name,
                             args.checkpoint_dir)

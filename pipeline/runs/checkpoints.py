@@ -2,7 +2,7 @@
 
   checkpoints/<study>/<dataset>-<n_labels>/<algorithm>/seed<k>/<config hash>-<code digest>/
     checkpoint.pt      the trainer's state, every train.checkpoint_every steps and at the last
-    mlflow_run.json    the job's MLflow run (pipeline.tracking.RunLogger)
+    mlflow_run.json    the job's MLflow run (pipeline.runs.tracking.RunLogger)
 
 The config hash and code digest in the path make a changed config or code start afresh instead of
 resuming a stale run. The folder goes only once Snakemake has accepted the job's outputs: the rule
@@ -15,16 +15,18 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from .files import remove_stale_temporaries
+from ..files import remove_stale_temporaries
+from ..run_config import RunConfig
 
 CHECKPOINT = "checkpoint.pt"
 RUN_RECORD = "mlflow_run.json"
 
 
-def checkpoint_dir(study: str, dataset: str, n_labels: int | str, algorithm: str, seed: int | str,
-                   config_hash: str, code_digest: str) -> str:
-    return (f"checkpoints/{study}/{dataset}-{n_labels}/{algorithm}/seed{seed}/"
-            f"{config_hash[:16]}-{code_digest[:12]}")
+def checkpoint_dir(run: RunConfig, code_digest: str) -> str:
+    """The checkpoint folder of `run` trained by the code of digest `code_digest` (the train
+    rule's, pipeline/code.py)."""
+    return (f"checkpoints/{run.study}/{run.dataset}-{run.n_labels}/{run.algorithm}/"
+            f"seed{run.seed}/{run.config_hash[:16]}-{code_digest[:12]}")
 
 
 def remove(folder: Path) -> bool:

@@ -1,7 +1,8 @@
 """Rule `report_pages`: the HTML pages that `snakemake --report` shows beside the figures.
 
   tables.html     every table of the rule `tables`, rendered from its table model
-                  (pipeline/table_model.py) as HTML, with its caption, notes and LaTeX source
+                  (pipeline/reports/table_model.py) as HTML, with its caption, notes and LaTeX
+                  source
   run_times.html  one row per training job: wall time and CPU time and peak memory from the
                   Snakemake `benchmark:` file, steps per second and device from the run's run.json
 
@@ -13,9 +14,10 @@ import csv
 import html
 from pathlib import Path
 
-from .errors import UserError, argument_parser, cli
-from .files import read_json, write_text
-from .names import DISPLAY_NAMES
+from semisup.catalog import display_name
+
+from ..errors import UserError, argument_parser, cli
+from ..files import read_json, write_text
 from .table_model import Table, to_html, to_latex
 
 STYLE = """<style>
@@ -95,7 +97,7 @@ def run_times_page(rows: list[dict]) -> str:
     header = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in RUN_TIME_COLUMNS)
     lines = [f"<tr>{header}</tr>"]
     for index, row in enumerate(rows):
-        row = {**row, "algorithm": DISPLAY_NAMES.get(row["algorithm"], row["algorithm"])}
+        row = {**row, "algorithm": display_name(row["algorithm"])}
         cells = "".join(f"<td>{html.escape(fmt.format(row[key]))}</td>"
                         for key, _, fmt in RUN_TIME_COLUMNS)
         lines.append(f"<tr{MIDRULE if index == 0 else ''}>{cells}</tr>")
@@ -124,7 +126,7 @@ def cell_costs(rows: list[dict]) -> list[str]:
              "<tr><th>labels</th><th>algorithm</th><th>CPU-hours</th><th>GPU-hours</th></tr>"]
     for index, ((n_labels, algorithm), cost) in enumerate(sorted(costs.items())):
         lines.append(f"<tr{MIDRULE if index == 0 else ''}><td>{n_labels}</td>"
-                     f"<td>{html.escape(DISPLAY_NAMES.get(algorithm, algorithm))}</td>"
+                     f"<td>{html.escape(display_name(algorithm))}</td>"
                      f"<td>{cost['CPU']:.4f}</td><td>{cost['GPU']:.4f}</td></tr>")
     return [*lines, "</table>"]
 

@@ -2,15 +2,15 @@
 every metric, with each seed's provenance (MLflow run id, hashes, git commit).
 
 Snakemake starts this rule only once it has recorded the seeds' train jobs as complete, so it is
-also where their checkpoint folders go (--accepted-checkpoints; pipeline/checkpoints.py)."""
+also where their checkpoint folders go (--accepted-checkpoints; pipeline/runs/checkpoints.py)."""
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
 
+from ..errors import argument_parser, cli
+from ..files import read_json, write_json
 from . import checkpoints
-from .errors import argument_parser, cli
-from .files import read_json, write_json
 
 # What identifies the run that made a number, the same on every machine that reproduces it (the
 # MLflow run is found by these tags; its id and the git commit differ from run to run).

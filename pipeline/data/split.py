@@ -7,9 +7,9 @@ from pathlib import Path
 from semisup.data import get_dataset
 from semisup.data.splits import make_split
 
+from ..errors import argument_parser, cli
+from ..files import write_json
 from .download import read_manifest, verify_files
-from .errors import argument_parser, cli
-from .files import write_json
 
 
 @cli

@@ -9,8 +9,8 @@ from pathlib import Path
 from semisup.data import get_dataset
 from semisup.data.registry import sha256_file
 
-from .errors import UserError, argument_parser, cli
-from .files import read_json, write_json
+from ..errors import UserError, argument_parser, cli
+from ..files import read_json, write_json
 
 
 def manifest_for(dataset: str, root: Path, files: list[Path], options: dict) -> dict:

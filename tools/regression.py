@@ -1,11 +1,15 @@
 """The CI regression check: rerun the tiny study of configs/ci.yaml and compare its metrics with
 the committed ones in tests/golden/ci_metrics.json.
 
-  python -m pipeline.regression check    run the ci study in a fresh temporary folder; fail
-                                         naming every metric that moved beyond the tolerance,
-                                         with its expected and actual value
-  python -m pipeline.regression accept   run it and write its metrics as the new expected ones
-                                         (after an intended change; commit the file)
+  uv run python tools/regression.py check    run the ci study in a fresh temporary folder;
+                                             fail naming every metric that moved beyond the
+                                             tolerance, with its expected and actual value
+  uv run python tools/regression.py accept   run it and write its metrics as the new expected
+                                             ones (after an intended change; commit the file)
+
+It runs from any folder: it imports the project's packages (`pipeline`, `semisup`) as installed
+in the project's environment, and finds the Snakefile, configs/ci.yaml and the golden file
+beside them.
 
 `--metrics reports/ci/metrics.json` compares or accepts an existing run's metrics instead of
 running the study. The runs are deterministic on every x86-64 CPU (configs/ci.yaml sets device
@@ -22,16 +26,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import ROOT
-from .errors import UserError, argument_parser, cli
-from .files import read_json, write_json
+from pipeline.config import ROOT, load_params, load_study
+from pipeline.errors import UserError, argument_parser, cli
+from pipeline.files import read_json, write_json
 
 GOLDEN = ROOT / "tests/golden/ci_metrics.json"
 CI_CONFIG = ROOT / "configs/ci.yaml"
 # Absolute tolerance on every metric (error rates and their stds, in %). One test image of the
 # 497 is 0.2 points, so any change in a prediction fails the check.
 TOLERANCE = 1e-6
-ACCEPT_COMMAND = "uv run python -m pipeline.regression accept"
+ACCEPT_COMMAND = "uv run python tools/regression.py accept"
 
 
 class RegressionError(UserError):
@@ -99,8 +103,6 @@ def run_ci_study(workdir: Path, cores: int = 2, extra: tuple[str, ...] = ()) -> 
 
 
 def ci_metrics_path(workdir: Path) -> Path:
-    from .config import load_params, load_study
-
     study = load_study(load_params(ROOT / "params.yaml", CI_CONFIG), source=str(CI_CONFIG))
     return workdir / study.reports_dir / "metrics.json"
 

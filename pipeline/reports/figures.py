@@ -1,0 +1,158 @@
+"""Rule `figures`: a study's figures, each as PDF (for papers) and PNG, and its error curves as CSV.
+
+  error_curves   test error over training per algorithm (mean over seeds, band = min..max),
+                 one panel per label budget; every study gets it.
+  dash_rho, pseudo_labels
+                 the Dash paper's figures (pipeline/reports/dash_paper.py); a study gets those
+                 that its algorithms' cards list (`figures` in each algorithm's module, read by
+                 semisup.catalog).
+
+Each figure picks the runs it draws by their identity (the metrics.json beside each CSV file).
+Outputs are byte-identical across reruns on the same results (pipeline/reports/plotting.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from semisup.catalog import algorithm_cards
+
+from ..errors import UserError, argument_parser, cli
+from ..files import write_text
+from . import dash_paper
+from .plotting import (FigureInputs, Groups, budgets_of, group_runs, label, line_styles,
+                       plot_mean_and_band, pyplot, save, seed_curves)
+
+COMMON_FIGURES = ("error_curves",)   # every study's, of every algorithm
+
+
+def write_curves(groups: Groups, model: str, out_dir: Path) -> list[Path]:
+    """Each (label budget, algorithm): the test error at every evaluation, mean over seeds, as
+    <n_labels>-labels/<algorithm>.csv with columns step, error (for `dvc plots show/diff`)."""
+    import numpy as np
+
+    written = []
+    for (_, n_labels, algorithm), runs in groups.items():
+        steps, errors = seed_curves(runs, f"{model}/error")
+        path = out_dir / f"{n_labels}-labels" / f"{algorithm}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [f"{int(step)},{error:.4f}" for step, error in zip(steps, np.nanmean(errors, 0),
+                                                                strict=True)]
+        write_text(path, "\n".join(["step,error", *rows, ""]))
+        written.append(path)
+    return written
+
+
+def plot_error_curves(inputs: FigureInputs, out_dir: Path) -> list[Path]:
+    """One panel per label budget, one line per algorithm (mean over seeds, band = min..max),
+    and one legend for all panels, in the tables' row order."""
+    plt = pyplot()
+    groups, model = inputs.evaluations, inputs.model
+    budgets = budgets_of(groups)
+    algorithms = list(dict.fromkeys(algorithm for _, _, algorithm in groups))
+    styles = line_styles(algorithms)
+    figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.6), squeeze=False,
+                                sharey=True, layout="constrained")
+    for ax, n_labels in zip(axes[0], budgets, strict=True):
+        cells = {key: runs for key, runs in groups.items() if key[1] == n_labels}
+        for (_, _, algorithm), runs in cells.items():
+            steps, errors = seed_curves(runs, f"{model}/error")
+            plot_mean_and_band(ax, steps, errors, label=label(algorithm), linewidth=1.2,
+                               **styles[algorithm])
+        ax.set_title(f"{', '.join(sorted({dataset for dataset, _, _ in cells}))}, {n_labels} labels")
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"test error (%), {model.upper()} model")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize=7,
+                  ncols=1 if len(algorithms) <= 12 else 2)
+    return save(figure, out_dir, "error_curves")
+
+
+# Every figure by name, in the order a study lists them: (inputs, figures folder) -> files written.
+FIGURES: dict[str, Callable[[FigureInputs, Path], list[Path]]] = {
+    "error_curves": plot_error_curves,
+    "dash_rho": dash_paper.plot_dash_rho,
+    "pseudo_labels": dash_paper.plot_pseudo_labels,
+}
+
+
+def own_figures(algorithm: str) -> tuple[str, ...]:
+    """The figures of an algorithm's own, beyond the error curves (each reads its runs'
+    train_stats.csv): its card's `figures` (semisup.catalog). They decide which figures a study
+    gets, and which algorithms each of them draws."""
+    card = algorithm_cards().get(algorithm)
+    return card.figures if card else ()
+
+
+def figure_algorithms(figure: str, algorithms: list[str]) -> list[str]:
+    """The algorithms of `algorithms` (in their order) that `figure` draws: all of them for a
+    common figure, else those whose card lists it."""
+    if figure in COMMON_FIGURES:
+        return list(algorithms)
+    return [name for name in algorithms if figure in own_figures(name)]
+
+
+def figures_for(algorithms: list[str]) -> list[str]:
+    """The figures a study with these algorithms gets (the Snakefile declares them as outputs)."""
+    return [*COMMON_FIGURES, *(name for name in FIGURES
+                               if name not in COMMON_FIGURES and figure_algorithms(name, algorithms))]
+
+
+def stats_algorithms(algorithms: list[str]) -> list[str]:
+    """The algorithms whose train_stats.csv the figures read: those with figures of their own."""
+    return [name for name in algorithms if own_figures(name)]
+
+
+def draw(figures: list[str], inputs: FigureInputs, out_dir: Path) -> list[Path]:
+    """Each of `figures`, of the algorithms it draws among `inputs.algorithms` (the study's)."""
+    written = []
+    for name in (name for name in FIGURES if name in figures):
+        drawn = figure_algorithms(name, list(inputs.algorithms))
+        if not drawn:
+            having = [algorithm for algorithm in algorithm_cards() if name in own_figures(algorithm)]
+            raise UserError(f"{name} figure: no run given is of an algorithm that has it "
+                            f"({', '.join(having)}); give their evaluations.csv and "
+                            f"train_stats.csv, or leave {name} out of --figures")
+        written += FIGURES[name](replace(inputs, algorithms=tuple(drawn)), out_dir)
+    return written
+
+
+def parse_arguments(argv: list[str] | None):
+    parser = argument_parser(__doc__)
+    parser.add_argument("--evaluations", nargs="+", required=True, type=Path,
+                        help="every run's evaluations.csv, in the study's order")
+    parser.add_argument("--train-stats", nargs="*", default=[], type=Path,
+                        help="train_stats.csv of the runs of the algorithms with figures of their "
+                             "own (their cards' `figures`)")
+    parser.add_argument("--figures", nargs="+", default=["error_curves"], choices=list(FIGURES))
+    parser.add_argument("--runs", nargs="*", default=[], type=Path,
+                        help="every run's metrics.json (its identity and resolved config)")
+    parser.add_argument("--gammas", nargs="+", type=float, default=list(dash_paper.DASH_GAMMAS),
+                        help="gamma values whose rho schedule dash_rho draws")
+    parser.add_argument("--model", default="ema", choices=["ema", "raw"])
+    parser.add_argument("--out", required=True, type=Path, help="figures folder")
+    parser.add_argument("--curves", type=Path, help="folder for the error curves as CSV, "
+                        "<n_labels>-labels/<algorithm>.csv (what `dvc plots` draws)")
+    return parser.parse_args(argv)
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    evaluations = group_runs(args.evaluations)
+    # every figure beyond the common ones reads train_stats.csv
+    train_stats = group_runs(args.train_stats) if set(args.figures) - set(COMMON_FIGURES) else {}
+    study_algorithms = dict.fromkeys(key[2] for key in [*evaluations, *train_stats])
+    inputs = FigureInputs(evaluations=evaluations, train_stats=train_stats, runs=tuple(args.runs),
+                          algorithms=tuple(study_algorithms), model=args.model,
+                          gammas=tuple(args.gammas))
+    written = draw(args.figures, inputs, args.out)
+    if args.curves:
+        written += write_curves(evaluations, args.model, args.curves)
+    print("wrote " + ", ".join(map(str, written)))
+
+
+if __name__ == "__main__":
+    main()

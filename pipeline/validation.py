@@ -1,0 +1,203 @@
+"""Check a study's parameters: against the schema (pipeline/params.schema.yaml, every key
+documented there) and across keys. Each problem is one sentence naming the key, the bad value, what
+is allowed and where it was set (the file, or the command line's --config).
+
+Kept free of torch so that the Snakefile can validate in a fraction of a second. The networks'
+and datasets' names are listed in the schema (enums); the algorithms' names, their hyperparameter
+blocks and the reference keys they refuse come from their cards (semisup.catalog); tests check
+that all of them match the code's registries.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from semisup.catalog import DATASETS, algorithm_cards
+
+from .errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+
+
+
+def foreign_keys() -> dict[tuple[str, ...], str]:
+    """Keys the references use that mean something else here (each algorithm's card names
+    them): the schema rejects them, with this why."""
+    return {("algorithms", name, key): why for name, card in algorithm_cards().items()
+            for key, why in card.foreign_keys.items()}
+
+
+def _integer(checker, instance) -> bool:
+    """An integer is an int: JSON Schema would also take 16.0, which torch then refuses."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# The schema's validator, with integers that are ints.
+Validator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer))
+
+
+def load_schema() -> dict:
+    """params.schema.yaml, with the algorithms' names and hyperparameter blocks from their cards."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    cards = algorithm_cards()
+    schema["properties"]["study"]["properties"]["algorithms"]["items"] = {"enum": list(cards)}
+    schema["properties"]["algorithms"]["properties"] = {
+        name: {"description": card.description, "type": "object", "additionalProperties": False,
+               "required": list(card.hyperparameters), "properties": card.hyperparameters}
+        for name, card in cards.items()}
+    return schema
+
+
+def _key_path(error) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+
+
+TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string",
+              "boolean": "true or false", "array": "a list", "object": "a mapping", "null": "null"}
+
+
+def _allowed(schema: dict) -> str:
+    if "x-allowed" in schema:   # the schema's own words for a pattern
+        return schema["x-allowed"]
+    if "enum" in schema:
+        return "one of " + ", ".join(repr(v) for v in schema["enum"])
+    parts = []
+    kinds = schema.get("type")
+    if kinds:
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        parts.append(" or ".join(TYPE_WORDS.get(kind, kind) for kind in kinds))
+    for word, bound in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                        ("exclusiveMaximum", "<")):
+        if word in schema:
+            parts.append(f"{bound} {schema[word]}")
+    if "pattern" in schema:
+        parts.append(f"matching {schema['pattern']}")
+    return " ".join(parts) or "see pipeline/params.schema.yaml"
+
+
+COMMAND_LINE = "the command line (--config)"
+
+
+def set_on_command_line(command_line: dict | None, key_path) -> bool:
+    """Whether `snakemake --config` set the value at key_path (or a mapping around it)."""
+    node = command_line
+    for part in map(str, key_path):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+        if not isinstance(node, dict):
+            return True
+    return node is not None
+
+
+def describe(error, source: str, command_line: dict | None = None) -> str:
+    """One sentence per schema violation: where, what was found, what is allowed, and which
+    file (or the command line) it came from."""
+    where = _key_path(error)
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        if any(set_on_command_line(command_line, (*error.absolute_path, key)) for key in unknown):
+            source = COMMAND_LINE
+        foreign = foreign_keys()
+        explained = [foreign[(*map(str, error.absolute_path), key)] for key in unknown
+                     if (*map(str, error.absolute_path), key) in foreign]
+        if explained:
+            return f"{source}: " + "; ".join(explained) + "."
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        prefix = f"{where}." if where != "(top level)" else ""
+        return (f"{source}: unknown key {', '.join(prefix + h for h in hints)}. "
+                f"Allowed keys{' under ' + where if prefix else ''}: {', '.join(known)}.")
+    if set_on_command_line(command_line, error.absolute_path):
+        source = COMMAND_LINE
+    if error.validator == "required":
+        return f"{source}: {where} lacks a required key: {error.message}."
+    if error.validator in ("minItems", "uniqueItems"):
+        return f"{source}: {where} = {error.instance!r}: {error.message}."
+    close = (difflib.get_close_matches(error.instance, [str(v) for v in error.schema["enum"]], n=1)
+             if error.validator == "enum" and isinstance(error.instance, str) else [])
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (f"{source}: {where} = {error.instance!r} is not allowed{hint}; it must be "
+            f"{_allowed(error.schema)}.")
+
+
+def validate(config: dict, source: str = "params.yaml", command_line: dict | None = None) -> None:
+    """Raise ConfigError listing every problem, each with key, bad value, what is allowed and
+    where it was set (`command_line`: the `--config` overrides merged into config last)."""
+    validator = Validator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [describe(error, source, command_line) for error in errors]
+    if command_line:
+        source = f"{source} + --config"
+    if not problems:
+        problems = semantic_problems(config, source)
+    if problems:
+        raise ConfigError(" ".join(problems) + " Fix the value(s) and rerun; the schema with "
+                          "every key documented is pipeline/params.schema.yaml.")
+
+
+def semantic_problems(config: dict, source: str) -> list[str]:
+    """Checks that need more than one key."""
+    return [*study_problems(config, source), *steps_problems(config["train"], source),
+            *numerics_problems(config["train"], source)]
+
+
+def study_problems(config: dict, source: str) -> list[str]:
+    """The study's label budgets, algorithms, dataset and network against their settings."""
+    study = config["study"]
+    problems = []
+    classes = DATASETS[study["dataset"]].num_classes
+    for n_labels in study["n_labels"]:
+        if classes and n_labels % classes:
+            problems.append(f"{source}: study.n_labels contains {n_labels}, which is not a multiple "
+                            f"of the {classes} classes of {study['dataset']}; use e.g. "
+                            f"{max(classes, n_labels // classes * classes)}.")
+    for name in study["algorithms"]:
+        if name not in config["algorithms"]:
+            problems.append(f"{source}: study.algorithms lists {name!r}, which has no entry under "
+                            f"`algorithms:` for its hyperparameters; add `algorithms: {{{name}: {{}}}}`.")
+    missing = [f"{section}.{name}" for section, name in (("datasets", study["dataset"]),
+                                                          ("models", study["model"]))
+               if name not in config[section]]
+    if missing:
+        problems.append(f"{source}: {' and '.join(missing)} is missing: every option of the "
+                        f"study's dataset and model must be given (params.yaml lists them all).")
+    elif study["dataset"] == "image_folder" and config["datasets"]["image_folder"]["path"] is None:
+        problems.append(f"{source}: study.dataset is image_folder but datasets.image_folder.path "
+                        f"is null; set it to a folder with one sub-folder of images per class.")
+    return problems
+
+
+def steps_problems(train: dict, source: str) -> list[str]:
+    return [f"{source}: train.{key} = {train[key]} is larger than train.steps = "
+            f"{train['steps']}; make it at most {train['steps']}."
+            for key in ("eval_every", "log_every") if train[key] > train["steps"]]
+
+
+def numerics_problems(train: dict, source: str) -> list[str]:
+    problems = []
+    if train["portable_numerics"] and train["precision"] != "fp32":
+        problems.append(f"{source}: train.portable_numerics is true but train.precision is "
+                        f"{train['precision']!r}; portable numerics need fp32, so set "
+                        f"train.precision to 'fp32' or portable_numerics to false.")
+    if train["portable_numerics"] and train["device"] != "cpu":
+        problems.append(f"{source}: train.portable_numerics is true but train.device is "
+                        f"{train['device']!r}; portable numerics pin CPU code paths only, so set "
+                        f"train.device to 'cpu' or portable_numerics to false.")
+    return problems
+
+
+def enum_of(*keys: str) -> list[str]:
+    """The allowed values the schema lists at a key path (for registry consistency tests)."""
+    node = load_schema()
+    for key in keys:
+        node = node["properties"][key]
+    return node.get("items", node)["enum"]
