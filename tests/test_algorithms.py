@@ -328,6 +328,14 @@ def test_dash_official_switches_to_one_hot_labels_at_rho_min():
 def test_dash_usb_trains_supervised_only_during_warmup_and_takes_rho_hat_from_evaluation():
     algorithm = make("dash", variant="usb", warmup_steps=4, steps_per_epoch=1, rho_hat_model="ema")
     assert [bool(algorithm.views_at(step).unlabeled) for step in range(6)] == [False] * 4 + [True] * 2
+    # a warm-up step sees the labeled batch only and trains on its labels alone
+    warmup_batch = image_batch(algorithm, 0, step=0)
+    assert warmup_batch.unlabeled is None
+    network = tiny_network()
+    warmup = run_step(algorithm, network, warmup_batch, 0)
+    assert set(warmup.stats) == {"loss_sup"}
+    assert torch.equal(warmup.loss, F.cross_entropy(network(warmup_batch.labeled.views[0]).logits,
+                                                    warmup_batch.labeled.labels))
     evaluation(algorithm, 2, 9.0)
     evaluation(algorithm, 4, 0.7)    # the end of warm-up: this one counts
     evaluation(algorithm, 5, 0.1)    # later evaluations do not
