@@ -33,8 +33,8 @@ OPTIONS = default_train_options("digits", steps=8, batch_size=4, uratio=2, eval_
 
 class Probe(Algorithm):
     """Every part of the contract in one step: two labeled and three unlabeled views, a head, a
-    queue and a memory bank, random draws from the step generator (a MixUp-like lambda, noise
-    for a VAT-like direction found with torch.autograd.grad)."""
+    queue and a memory bank, random draws from the step's generators (a MixUp-like lambda on the
+    host, noise on the device, a VAT-like direction found with torch.autograd.grad)."""
 
     name = "probe"
     views = Views(labeled=("weak", "strong"), unlabeled=("weak", "strong", "strong"))
@@ -52,9 +52,11 @@ class Probe(Algorithm):
         (x_lb, x_lb_strong), (x_w, x_s1, x_s2) = batch.labeled.views, batch.unlabeled.views
         out_lb, _, out_w, out_s1, out_s2 = forward_outputs(ctx.network, x_lb, x_lb_strong, x_w,
                                                            x_s1, x_s2, want=("proj",))
-        lam = torch.rand((), generator=ctx.generator)
+        lam = torch.rand((), generator=ctx.host_generator)   # a scalar drawn on the host
+        noise = torch.rand(out_w.logits.shape, generator=ctx.generator)
         mixed = lam * out_s1.heads["proj"] + (1 - lam) * out_s2.heads["proj"]
-        consistency = F.mse_loss(mixed, out_w.heads["proj"].detach())
+        consistency = F.mse_loss(mixed, out_w.heads["proj"].detach()) + 1e-3 * (
+            out_w.logits * noise).mean()
         direction = torch.randn(x_w.shape, generator=ctx.generator).requires_grad_()
         logits_w = out_w.logits.detach()
         perturbed = ctx.network(x_w + 1e-2 * direction).logits
@@ -185,13 +187,39 @@ def test_a_run_that_draws_from_the_step_generator_resumes_bit_for_bit(digits, tm
                            getattr(straight.algorithm, key).rows)
 
 
-def test_the_step_generator_is_its_own_stream(digits):
-    """A step's random draws come from a stream of their own: an algorithm that draws does not
+def test_the_step_generators_are_streams_of_their_own(digits):
+    """A step's random draws come from streams of their own: an algorithm that draws does not
     change the augmentation or the data order of the run."""
     trainer = trainer_for(digits, Probe)
-    seeds = [torch.Generator().manual_seed(s).initial_seed() for s in (1, 2, 3)]
-    assert trainer.step_generator.initial_seed() not in seeds
-    assert trainer.step_generator.initial_seed() != trainer.augment_generator.initial_seed()
+    others = {trainer.augment_generator.initial_seed(), *(
+        sampler.generator.initial_seed() for sampler in (trainer.labeled_sampler,
+                                                         trainer.unlabeled_sampler))}
+    own = {trainer.step_generator.initial_seed(), trainer.host_generator.initial_seed()}
+    assert len(own) == 2 and not own & others
+    assert trainer.host_generator.device.type == "cpu"
+
+
+class EveryLabel(Algorithm):
+    """The fully supervised upper bound's data: every training sample with its label."""
+
+    name = "every_label"
+    views = Views(labeled=("weak",), unlabeled=())
+    labeled_set = "all"
+
+    def training_step(self, ctx: StepContext, batch: StepBatch) -> StepOutput:
+        (x_lb,) = batch.labeled.views
+        return StepOutput(supervised_loss(ctx.network(x_lb).logits, batch.labeled.labels))
+
+
+def test_an_algorithm_can_train_on_every_training_label(digits):
+    trainer = trainer_for(digits, EveryLabel)
+    num_train = len(digits[1].train_labels)
+    assert torch.equal(trainer.data.labeled_indices, torch.arange(num_train))
+    assert trainer.data.facts(10).num_labeled == num_train   # the split has 20
+    seen = set()
+    for _ in range(num_train // 4):
+        seen.update(trainer.next_batch().labeled.indices.tolist())
+    assert max(seen) >= 20 and len(seen) == num_train   # an epoch visits every sample once
 
 
 def test_dash_usb_is_evaluated_at_the_end_of_its_warmup_whatever_eval_every_is(digits):

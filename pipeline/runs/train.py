@@ -176,15 +176,16 @@ def start_torch(run: RunConfig, device_setting: str, threads: int, device_source
 def build_trainer(run: RunConfig, data, inputs, num_classes: int, device, logger, name: str,
                   checkpoint_dir: Path):
     import torch
-    from semisup.algorithms import build_algorithm
+    from semisup.algorithms import ALGORITHMS, build_algorithm
     from semisup.models import build_network
     from semisup.train import Trainer
 
     config = train_config(run.train)
     torch.manual_seed(run.seed)
     network = build_network(run.model, num_classes, inputs, **run.model_options)
+    labeled_set = ALGORITHMS[run.algorithm].labeled_set   # the split's labels, or every one
     algorithm = build_algorithm(run.algorithm, run.algorithm_params,
-                                facts=data.facts(num_classes), total_steps=config.steps)
+                                facts=data.facts(num_classes, labeled_set), total_steps=config.steps)
     return Trainer(network, algorithm, data, config, run.seed, device, log=logger.log_metrics,
                    checkpoint_path=checkpoint_dir / CHECKPOINT,
                    progress=lambda line: print(f"{name}: {line}", flush=True))

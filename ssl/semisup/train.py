@@ -105,7 +105,7 @@ def summarize(curve: list[dict[str, float]], last_k: int) -> dict[str, float]:
 # labeled and the unlabeled samples, the augmentations, and the draws inside a step.
 def stream_seeds(seed: int) -> dict[str, int]:
     return {"labeled": seed * 3 + 1, "unlabeled": seed * 3 + 2, "augment": seed * 3 + 3,
-            "step": 2 ** 32 + seed}
+            "step": 2 ** 32 + seed, "host": 2 ** 33 + seed}
 
 
 class Trainer:
@@ -116,7 +116,8 @@ class Trainer:
                  progress: Callable[[str], None] = lambda line: None):
         self.config, self.seed, self.device = config, seed, device
         self.log, self.progress, self.checkpoint_path = log, progress, checkpoint_path
-        self.data, self.algorithm = data, algorithm.to(device)
+        self.algorithm = algorithm.to(device)
+        self.data = data = data.with_labeled_set(algorithm.labeled_set)
         self.network = self.assemble(network, algorithm)
         self.ema_network = copy.deepcopy(self.network)
         for parameter in self.ema_network.parameters():
@@ -133,6 +134,7 @@ class Trainer:
                                               make_generator(device, seeds["unlabeled"]))
         self.augment_generator = make_generator(device, seeds["augment"])
         self.step_generator = make_generator(device, seeds["step"])
+        self.host_generator = make_generator(torch.device("cpu"), seeds["host"])
         self.extra_evaluations = set(algorithm.evaluation_steps())
         self.step = 0
         self.curve: list[dict[str, float]] = []
@@ -170,7 +172,8 @@ class Trainer:
         batch = self.next_batch()
         ctx = StepContext(network=self.forward_network, step=self.step,
                           generator=self.step_generator,
-                          teacher=self.ema_network if self.algorithm.needs_teacher else None)
+                          teacher=self.ema_network if self.algorithm.needs_teacher else None,
+                          host_generator=self.host_generator)
         with self.autocast():
             output = self.algorithm.training_step(ctx, batch)
         self.optimizer.zero_grad()
@@ -215,6 +218,7 @@ class Trainer:
             "unlabeled_sampler": self.unlabeled_sampler.state_dict(),
             "augment_generator": self.augment_generator.get_state(),
             "step_generator": self.step_generator.get_state(),
+            "host_generator": self.host_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "curve": self.curve, "stat_sums": self.stat_sums, "stat_counts": self.stat_counts,
@@ -235,6 +239,7 @@ class Trainer:
         self.unlabeled_sampler.load_state_dict(state["unlabeled_sampler"])
         self.augment_generator.set_state(state["augment_generator"])
         self.step_generator.set_state(state["step_generator"])
+        self.host_generator.set_state(state["host_generator"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -9,11 +9,14 @@ An algorithm declares
   heads          modules fed with the network's features (a projection, a rotation classifier):
                  the trainer adds them to the network before building the optimizer and the EMA
   needs_teacher  whether a step needs the EMA network (Mean Teacher)
+  labeled_set    "split" (the split's labeled samples) or "all" (every training label: the
+                 fully supervised upper bound)
   state          `state_names` and any shared component it holds (semisup.algorithms.components)
 and implements `training_step(ctx, batch) -> StepOutput`. A step reads the batch, runs the
 network (ctx.network; ctx.teacher), may draw random numbers from ctx.generator (a seeded stream
-that checkpoints carry: MixUp's lambda, VAT's noise) and may call torch.autograd.grad; it never
-touches the optimizer.
+on the training device that checkpoints carry: VAT's noise, a permutation) or, for numbers drawn
+on the host without reading the device (MixUp's lambda), ctx.host_generator (on the CPU, seeded
+and checkpointed too), and may call torch.autograd.grad; it never touches the optimizer.
 
 For the catalog (semisup.catalog reads these without importing torch, so each must be a literal
 in the class body of a registered algorithm): `name`, `display_name`, `reference` (the codebase
@@ -68,8 +71,9 @@ class StepBatch:
 class StepContext:
     network: nn.Module                  # the student (maybe compiled): inputs -> NetOutput
     step: int
-    generator: torch.Generator          # for random draws inside the step; checkpointed
+    generator: torch.Generator          # random draws inside the step, on the training device
     teacher: nn.Module | None = None    # the EMA network, where the algorithm needs it
+    host_generator: torch.Generator | None = None   # draws on the host (CPU); checkpointed
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Algorithm(Stateful):
     foreign_keys: ClassVar[dict[str, str]] = {}
     views: ClassVar[Views] = Views(labeled=("weak",), unlabeled=("weak", "strong"))
     needs_teacher: ClassVar[bool] = False
+    labeled_set: ClassVar[str] = "split"
 
     def __init__(self, *, facts: DataFacts, total_steps: int):
         self.facts = facts

@@ -10,7 +10,7 @@ where a dataset has them) and "test".
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -69,8 +69,19 @@ class TrainData:
     test_labels: Tensor
     unlabeled_labels: Tensor
 
-    def facts(self, num_classes: int) -> DataFacts:
-        counts = torch.bincount(self.train_labels[self.labeled_indices].cpu(), minlength=num_classes)
-        return DataFacts(num_classes=num_classes, num_labeled=len(self.labeled_indices),
-                         num_unlabeled=len(self.unlabeled_labels),
+    def with_labeled_set(self, labeled_set: str) -> TrainData:
+        """The data an algorithm trains on: "split", the split's labeled samples; "all", every
+        training sample with its label (the fully supervised upper bound)."""
+        if labeled_set == "split":
+            return self
+        if labeled_set != "all":
+            raise ValueError(f"labeled_set must be 'split' or 'all', not {labeled_set!r}")
+        every = torch.arange(len(self.train_labels), device=self.labeled_indices.device)
+        return replace(self, labeled_indices=every)
+
+    def facts(self, num_classes: int, labeled_set: str = "split") -> DataFacts:
+        data = self.with_labeled_set(labeled_set)
+        counts = torch.bincount(data.train_labels[data.labeled_indices].cpu(), minlength=num_classes)
+        return DataFacts(num_classes=num_classes, num_labeled=len(data.labeled_indices),
+                         num_unlabeled=len(data.unlabeled_labels),
                          labeled_class_counts=tuple(int(c) for c in counts))
