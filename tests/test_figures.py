@@ -76,11 +76,16 @@ def results(tmp_path, settings) -> dict[str, list[Path]]:
 
 def test_a_study_gets_the_dash_figures_only_with_those_algorithms():
     assert figures.figures_for(["supervised"]) == ["error_curves"]
-    assert figures.figures_for(["supervised", "fixmatch"]) == ["error_curves", "pseudo_labels"]
+    assert figures.figures_for(["supervised", "fixmatch"]) == ["error_curves", "pseudo_labels",
+                                                               "selection"]
+    assert figures.figures_for(["supervised", "flexmatch"]) == ["error_curves", "selection"]
     assert figures.figures_for(["dash", "fixmatch"]) == ["error_curves", "dash_rho",
-                                                         "pseudo_labels"]
-    assert figures.stats_algorithms(["supervised", "dash", "uda", "fixmatch"]) == ["dash",
-                                                                                  "fixmatch"]
+                                                         "pseudo_labels", "selection"]
+    # the algorithms that select pseudo-labels have the selection figure: their stats are read
+    assert figures.stats_algorithms(["supervised", "dash", "meanteacher", "uda", "fixmatch"]) == [
+        "dash", "uda", "fixmatch"]
+    assert figures.figure_algorithms("pseudo_labels", ["uda", "fixmatch", "dash"]) == [
+        "fixmatch", "dash"]   # the Dash paper's comparison only
 
 
 
@@ -149,8 +154,30 @@ def test_rho_hat_and_the_settings_are_what_the_runs_logged(settings, results):
 def make_figures(results, out: Path) -> None:
     figures.main(["--evaluations", *map(str, results["evaluations"]),
                   "--train-stats", *map(str, results["stats"]),
-                  "--figures", "error_curves", "dash_rho", "pseudo_labels",
+                  "--figures", "error_curves", "dash_rho", "pseudo_labels", "selection",
                   "--runs", *map(str, results["dash_runs"]), "--out", str(out)])
+
+
+def test_the_selection_figure_draws_mask_rate_precision_and_wrong_selections(results, tmp_path,
+                                                                             monkeypatch):
+    from pipeline.reports import selection
+
+    runs = plotting.group_runs(results["stats"])
+    steps, precision = selection.panel_values(runs[("digits", 10, "fixmatch")], "precision")
+    # step 30, seed 0: correct 15, wrong 20 -> 15 / 35; seed 1: 16 / 36
+    at = list(steps).index(30)
+    assert precision[:, at].tolist() == pytest.approx([15 / 35, 16 / 36])
+    _, wrong = selection.panel_values(runs[("digits", 10, "fixmatch")], "wrong")
+    assert wrong[:, at].tolist() == [20.0, 20.0]
+    drawn = []
+    monkeypatch.setattr(selection, "plot_mean_and_band",
+                        lambda ax, steps, values, label, **style: drawn.append(label))
+    figures.main(["--evaluations", *map(str, results["evaluations"]), "--train-stats",
+                  *map(str, results["stats"]), "--figures", "selection",
+                  "--out", str(tmp_path / "figures")])
+    assert drawn == ["FixMatch", "Dash"] * 3   # three panels, the study's order
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["selection.pdf",
+                                                                        "selection.png"]
 
 
 def test_figures_are_byte_identical_across_reruns(results, tmp_path):
@@ -158,7 +185,7 @@ def test_figures_are_byte_identical_across_reruns(results, tmp_path):
     make_figures(results, tmp_path / "second")
     names = sorted(path.name for path in (tmp_path / "first").iterdir())
     assert names == ["dash_rho.pdf", "dash_rho.png", "error_curves.pdf", "error_curves.png",
-                     "pseudo_labels.pdf", "pseudo_labels.png"]
+                     "pseudo_labels.pdf", "pseudo_labels.png", "selection.pdf", "selection.png"]
     for name in names:
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
     pdf = (tmp_path / "first/dash_rho.pdf").read_bytes()

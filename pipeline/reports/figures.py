@@ -3,9 +3,11 @@
   error_curves   test error over training per algorithm (mean over seeds, band = min..max),
                  one panel per label budget; every study gets it.
   dash_rho, pseudo_labels
-                 the Dash paper's figures (pipeline/reports/dash_paper.py); a study gets those
-                 that its algorithms' cards list (`figures` in each algorithm's module, read by
-                 semisup.catalog).
+                 the Dash paper's figures (pipeline/reports/dash_paper.py)
+  selection      how every algorithm that selects pseudo-labels selects them: mask rate,
+                 precision, wrong selections (pipeline/reports/selection.py)
+A study gets the figures that its algorithms' cards list (`figures` in each algorithm's module,
+read by semisup.catalog).
 
 Each figure picks the runs it draws by their identity (the metrics.json beside each CSV file).
 Outputs are byte-identical across reruns on the same results (pipeline/reports/plotting.py).
@@ -20,7 +22,7 @@ from semisup.catalog import algorithm_cards
 
 from ..errors import UserError, argument_parser, cli
 from ..files import write_text
-from . import dash_paper
+from . import dash_paper, selection
 from .plotting import (FigureInputs, Groups, budgets_of, group_runs, label, line_styles,
                        plot_mean_and_band, pyplot, save, seed_curves)
 
@@ -75,6 +77,7 @@ FIGURES: dict[str, Callable[[FigureInputs, Path], list[Path]]] = {
     "error_curves": plot_error_curves,
     "dash_rho": dash_paper.plot_dash_rho,
     "pseudo_labels": dash_paper.plot_pseudo_labels,
+    "selection": selection.plot_selection,
 }
 
 

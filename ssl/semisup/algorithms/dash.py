@@ -50,7 +50,7 @@ class Dash(WeakToStrong):
     name = "dash"
     display_name = "Dash"
     reference = "official: idstcv/Dash (on FixMatch-TF); usb: semilearn 0.3.2"
-    figures = ("pseudo_labels", "dash_rho")
+    figures = ("pseudo_labels", "dash_rho", "selection")
     hyperparameters = """
       variant: {enum: [official, usb],
                 description: "official (the paper's code, on FixMatch-TF) or usb (semilearn)."}

@@ -17,7 +17,7 @@ class FixMatch(WeakToStrong):
     name = "fixmatch"
     display_name = "FixMatch"
     reference = "semilearn 0.3.2"
-    figures = ("pseudo_labels",)
+    figures = ("pseudo_labels", "selection")
     hyperparameters = """
       tau: {description: Confidence threshold., type: number, minimum: 0, maximum: 1}
       lambda_u: {description: Weight of the unsupervised loss., type: number, minimum: 0}

@@ -14,6 +14,7 @@ from .weak_to_strong import PseudoLabels, WeakToStrong
 class FlexMatch(WeakToStrong):
     name = "flexmatch"
     display_name = "FlexMatch"
+    figures = ("selection",)
     reference = "semilearn 0.3.2"
     hyperparameters = """
       tau: {description: Upper confidence threshold (scaled per class)., type: number, minimum: 0, maximum: 1}

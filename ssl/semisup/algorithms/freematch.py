@@ -47,6 +47,7 @@ def freematch_fairness_loss(logits_strong: Tensor, mask: Tensor, p_model: Tensor
 class FreeMatch(WeakToStrong):
     name = "freematch"
     display_name = "FreeMatch"
+    figures = ("selection",)
     reference = "semilearn 0.3.2"
     hyperparameters = """
       ema_momentum: {type: number, minimum: 0, exclusiveMaximum: 1,

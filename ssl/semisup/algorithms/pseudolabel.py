@@ -15,6 +15,7 @@ from .masking import confidence_and_pseudo_labels, fixed_threshold_mask, linear_
 class PseudoLabel(Algorithm):
     name = "pseudolabel"
     display_name = "Pseudo-Label"
+    figures = ("selection",)
     reference = "semilearn 0.3.2"
     hyperparameters = """
       tau: {description: Confidence threshold., type: number, minimum: 0, maximum: 1}

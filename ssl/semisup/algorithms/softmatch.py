@@ -16,6 +16,7 @@ from .weak_to_strong import PseudoLabels, WeakToStrong
 class SoftMatch(WeakToStrong):
     name = "softmatch"
     display_name = "SoftMatch"
+    figures = ("selection",)
     reference = "semilearn 0.3.2"
     hyperparameters = """
       ema_momentum: {type: number, minimum: 0, exclusiveMaximum: 1,

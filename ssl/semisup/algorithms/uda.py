@@ -26,6 +26,7 @@ TSA_RULES = ("true_class", "max_probability")
 class UDA(WeakToStrong):
     name = "uda"
     display_name = "UDA"
+    figures = ("selection",)
     reference = "TorchSSL; semilearn 0.3.2 with tsa_rule max_probability, sharpen_targets false"
     hyperparameters = """
       tau: {description: Confidence threshold., type: number, minimum: 0, maximum: 1}
