@@ -48,11 +48,13 @@ LENIENT = {"fixmatch": {"tau": 0.0}, "uda": {"tau": 0.0},
            "meanteacher": {"rampup_fraction": 0.0}}
 
 
-def tiny_network() -> Network:
-    """Conv -> BatchNorm -> ReLU -> pool -> linear on 2x4x4 images."""
+def tiny_network(algorithm=None) -> Network:
+    """Conv -> BatchNorm -> ReLU -> pool -> linear on 2x4x4 images, with the heads `algorithm`
+    declares (as the trainer adds them)."""
     backbone = Features(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), num_features=4)
-    return Network(backbone, nn.Linear(4, NUM_CLASSES))
+    network = Network(backbone, nn.Linear(4, NUM_CLASSES))
+    return network.add_heads(algorithm.heads(network.num_features)) if algorithm else network
 
 
 class ScaledInputs(nn.Module):
@@ -162,7 +164,8 @@ def test_every_registered_algorithm_has_documented_stats():
 @pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
 def test_one_step_returns_a_finite_scalar_loss_and_the_documented_stats(name, params):
     torch.manual_seed(0)
-    algorithm, model = make(name, **params), tiny_network()
+    algorithm = make(name, **params)
+    model = tiny_network(algorithm)
     step = first_ssl_step(algorithm)
     output = run_step(algorithm, model, image_batch(algorithm, 0), step,
                                      teacher_for(algorithm, model))
@@ -180,7 +183,7 @@ def test_the_unsupervised_loss_reaches_the_students_unlabeled_logits(name, param
     view) are the last mu*B rows the model produced; only unsupervised terms touch them."""
     torch.manual_seed(0)
     algorithm = make(name, **{**LENIENT.get(name, {}), **params})
-    model = Recorder(tiny_network())
+    model = Recorder(tiny_network(algorithm))
     step = first_ssl_step(algorithm)
     teacher = teacher_for(algorithm, model.network)
     output = run_step(algorithm, model, image_batch(algorithm, 0), step, teacher)
@@ -199,7 +202,8 @@ def test_state_dict_round_trip_resumes_exactly(name, params):
     short = {"dash": {"warmup_epochs": 2, "warmup_steps": 2, "steps_per_epoch": 1},
              "flexmatch": {"tau": 0.4}}
     params = {**params, **short.get(name, {})}
-    algorithm, model = make(name, **params), tiny_network()
+    algorithm = make(name, **params)
+    model = tiny_network(algorithm)
     teacher = teacher_for(algorithm, model)
     initial_state = make(name, **params).state_dict()
     step = first_ssl_step(algorithm)
