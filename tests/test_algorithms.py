@@ -38,6 +38,7 @@ EXPECTED_STATS = {
     "pseudolabel": SSL | {"threshold", "unsup_weight"},
     "meanteacher": {"loss_sup", "loss_unsup", "unsup_weight"},
     "comatch": SSL | {"loss_contrast"},
+    "simmatch": SSL | {"loss_instance"},
 }
 # (registered name, hyperparameters): every algorithm, and Dash in both variants.
 CASES = [(name, {}) for name in sorted(ALGORITHMS)] + [("dash", {"variant": "usb"})]
@@ -47,7 +48,8 @@ CASE_IDS = [name + ("-" + params["variant"] if params else "") for name, params 
 LENIENT = {"fixmatch": {"tau": 0.0}, "uda": {"tau": 0.0},
            "pseudolabel": {"tau": 0.0, "rampup_fraction": 0.0},
            "meanteacher": {"rampup_fraction": 0.0},
-           "comatch": {"tau": 0.0, "smoothing_start_step": 0, "queue_batches": 1}}
+           "comatch": {"tau": 0.0, "smoothing_start_step": 0, "queue_batches": 1},
+           "simmatch": {"tau": 0.0, "similarity_start_step": 0}}
 # The student's unlabeled logits where they are not the last mu*B rows the model produced:
 # CoMatch's first strong view (its second strong view trains only its projection, contrastively).
 STUDENT_ROWS = {"comatch": slice(-2 * BATCH * MU, -BATCH * MU)}

@@ -1,4 +1,4 @@
-"""CoMatch (and SimMatch): their pieces on hand-made tensors (answers worked out in the comments),
+"""CoMatch and SimMatch: their pieces on hand-made tensors (answers worked out in the comments),
 whole steps on a network whose logits are its inputs and whose projection is their direction,
 where gradients flow and where they must not (queues, banks, targets), the memory's sizing, the
 references' quirks as parameters, a short fit on digits, and no host synchronisation on CUDA.
@@ -14,11 +14,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from semisup.algorithms import Side, StepBatch, StepContext, build_algorithm
 from semisup.algorithms.comatch import graph_contrastive_loss, memory_smoothed, pseudo_label_graph
 from semisup.algorithms.similarity import L2Normalise, QueueAlignment, one_hot, projection_head
+from semisup.algorithms.simmatch import (instance_consistency_loss, teacher_targets,
+                                        updated_bank_rows)
 from semisup.data import get_dataset
 from semisup.data.image import image_train_data
 from semisup.data.modality import DataFacts
@@ -98,6 +101,7 @@ def test_the_projection_head_is_two_layers_and_unit_norm():
     assert (head[0].in_features, head[0].out_features, head[2].out_features) == (6, 6, 64)
     assert torch.allclose(head(torch.randn(5, 6)).norm(dim=1), torch.ones(5))
     assert make("comatch").heads(6)["proj"][2].out_features == 64
+    assert make("simmatch").heads(6)["proj"][2].out_features == 128
 
 
 def test_queue_alignment_counts_the_empty_rows_as_semilearn_or_only_the_filled_ones():
@@ -233,8 +237,117 @@ def test_comatch_sizes_its_memory_at_the_first_step_to_queue_batches_steps_of_sa
         step(algorithm, Retaining(), batch([[1.0, 1.0]], [0], [0], *[[[LN4, 0.0]]] * 3))
 
 
+# ---- SimMatch's pieces --------------------------------------------------------------------------
+def test_simmatch_teacher_scales_similarities_by_class_probabilities_and_aggregates_per_class():
+    # bank labels [0, 1, 0]; q = [.5, .3, .2], p = [.6, .4]:
+    # scaled [.5 * .6, .3 * .4, .2 * .6] = [.30, .12, .12] / .54; aggregated [.5 + .2, .3]
+    teacher, aggregated = teacher_targets(tensor([[0.5, 0.3, 0.2]]), tensor([[0.6, 0.4]]),
+                                          torch.tensor([0, 1, 0]), 2)
+    assert torch.allclose(teacher, tensor([[0.30, 0.12, 0.12]]) / 0.54)
+    assert torch.allclose(aggregated, tensor([[0.7, 0.3]]))
+
+
+def test_the_instance_consistency_loss_is_the_cross_entropy_over_bank_rows():
+    # log softmax([1, 0]) = [-0.313262, -1.313262]; 0.75 * 0.313262 + 0.25 * 1.313262 = 0.563262
+    loss = instance_consistency_loss(tensor([[1.0, 0.0]]), torch.eye(2), tensor([[0.75, 0.25]]),
+                                     T=1.0)
+    assert torch.allclose(loss, torch.tensor(0.563262), atol=1e-6)
+
+
+def test_bank_rows_are_normalised_across_the_batch_as_semilearn_or_per_sample():
+    old, new = torch.eye(2), tensor([[0.0, 1.0], [0.0, 1.0]])
+    # m = 0.5: mixed [[.5, .5], [0, 1]]
+    per_sample = updated_bank_rows(old, new, 0.5, "per_sample")
+    assert torch.allclose(per_sample, tensor([[2 ** -0.5, 2 ** -0.5], [0.0, 1.0]]))
+    # across the batch: column 0 [.5, 0] / .5, column 1 [.5, 1] / 1.118034
+    across = updated_bank_rows(old, new, 0.5, "across_batch")
+    assert torch.allclose(across, tensor([[1.0, 0.447214], [0.0, 0.894427]]), atol=1e-6)
+    assert torch.allclose(across[0].norm(), torch.tensor(1.095445), atol=1e-6)   # not unit
+
+
+# ---- SimMatch's step -----------------------------------------------------------------------------
+def simmatch(**params):
+    algorithm = make("simmatch", tau=0.75, T=0.5, projection_dim=2, alignment_batches=1,
+                     similarity_start_step=1, **params)
+    algorithm.bank.rows, algorithm.bank_labels.rows = torch.eye(2), torch.tensor([0, 1])
+    algorithm.bank_drawn = True
+    return algorithm
+
+
+def simmatch_batch():
+    # labeled [0, 3], [3, 0] with labels 1, 0 at bank rows 0, 1 (CE ln(1 + e^-3) each); weak probs
+    # [[.8, .2], [.2, .8]] (alignment leaves them); strong logits [[2, 0], [0, 2]] (projections e1, e2)
+    return batch([[0.0, 3.0], [3.0, 0.0]], [1, 0], [0, 1], [[LN4, 0.0], [0.0, LN4]],
+                 [[2.0, 0.0], [0.0, 2.0]])
+
+
+def test_simmatch_first_epoch_uses_the_weak_probabilities_and_no_instance_loss():
+    output = step(simmatch(), Retaining(), simmatch_batch(), at=0)
+    sup = math.log(1 + math.exp(-3))
+    # targets p: H([.8, .2], softmax([2, 0])) = L + 0.4; the instance term weighs 0
+    assert torch.allclose(output.stats["loss_unsup"], torch.tensor(L + 0.4))
+    assert torch.allclose(output.loss, torch.tensor(sup + L + 0.4))
+    assert output.stats["loss_instance"] > 0
+
+
+def test_a_simmatch_step_by_hand_after_the_first_epoch():
+    algorithm = simmatch()
+    output = step(algorithm, Retaining(), simmatch_batch(), at=1)
+    a = 1 / (1 + math.exp(-2))   # softmax([e1 . e1, e1 . e2] / 0.5)[0] = 0.880797
+    # targets 0.9 [.8, .2] + 0.1 [a, 1 - a] (bank labels 0, 1); H(t, softmax([2, 0])) = L + 2 t[1]
+    target_1 = 0.9 * 0.2 + 0.1 * (1 - a)
+    assert torch.allclose(output.stats["loss_unsup"], torch.tensor(L + 2 * target_1))
+    # teacher [a .8, (1 - a) .2] normalised; student log softmax([2, 0]) = [-L, -(2 + L)]
+    teacher_1 = (1 - a) * 0.2 / (a * 0.8 + (1 - a) * 0.2)
+    assert torch.allclose(output.stats["loss_instance"], torch.tensor(L + 2 * teacher_1))
+    sup = math.log(1 + math.exp(-3))
+    assert torch.allclose(output.loss, torch.tensor(sup + L + 2 * target_1 + L + 2 * teacher_1))
+    # the bank: rows 0, 1 <- normalised across the batch (0.7 e1 + 0.3 e2, 0.7 e2 + 0.3 e1), the
+    # labels of the batch's labeled samples
+    expected = updated_bank_rows(torch.eye(2), tensor([[0.0, 1.0], [1.0, 0.0]]), 0.7,
+                                 "across_batch")
+    assert torch.allclose(algorithm.bank.rows, expected)
+    assert algorithm.bank_labels.rows.tolist() == [1, 0]
+
+
+def test_simmatch_gradients_reach_the_strong_view_only_and_never_the_bank():
+    algorithm, network = simmatch(), Retaining()
+    output = step(algorithm, network, simmatch_batch(), at=1)
+    output.loss.backward()
+    logits, proj = network.outputs[-1].logits.grad, network.outputs[-1].heads["proj"].grad
+    rows = lambda grad: [g > 0 for g in grad.abs().sum(dim=1).tolist()]
+    # rows: labeled x 2, weak x 2, strong x 2
+    assert rows(logits) == [True, True, False, False, True, True]
+    assert rows(proj) == [False, False, False, False, True, True]
+    for bank in (algorithm.bank, algorithm.bank_labels, algorithm.alignment.batch_means):
+        assert not bank.rows.requires_grad and bank.rows.grad_fn is None
+    # in the first epoch the projections get no gradient at all
+    network = Retaining()
+    step(simmatch(), network, simmatch_batch(), at=0).loss.backward()
+    assert network.outputs[-1].heads["proj"].grad.abs().sum() == 0
+
+
+def test_simmatch_draws_its_initial_bank_from_the_step_generator():
+    algorithm = make("simmatch", num_labeled=3, projection_dim=2)
+    assert not algorithm.bank_drawn
+    step(algorithm, Retaining(), simmatch_batch(), generator=torch.Generator().manual_seed(3))
+    # unit Gaussian rows from the step's generator; the batch then wrote rows 0 and 1
+    drawn = F.normalize(torch.randn((3, 2), generator=torch.Generator().manual_seed(3)), dim=1)
+    assert algorithm.bank_drawn and torch.equal(algorithm.bank.rows[2], drawn[2])
+    assert not torch.equal(algorithm.bank.rows[:2], drawn[:2])
+    state = algorithm.state_dict()
+    algorithm.draw_bank(torch.Generator().manual_seed(4))   # drawn once: a resumed run keeps it
+    assert torch.equal(algorithm.bank.rows, state["bank"]["rows"])
+
+
+def test_simmatch_refuses_an_unknown_bank_normalisation():
+    with pytest.raises(ValueError, match="bank_normalisation"):
+        make("simmatch", bank_normalisation="columns")
+
+
 # ---- the references' keys ------------------------------------------------------------------------
-@pytest.mark.parametrize("name, key, reason", [("comatch", "hard_label", "never read")])
+@pytest.mark.parametrize("name, key, reason", [("simmatch", "K", "one row per labeled sample"),
+                                               ("comatch", "hard_label", "never read")])
 def test_keys_copied_from_usb_that_mean_nothing_here_are_refused_with_the_reason(name, key, reason):
     config = copy.deepcopy(default_params())
     config["algorithms"][name][key] = 40
@@ -253,7 +366,8 @@ def digits(tmp_path_factory):
     return spec, spec.load(root, **options)
 
 
-@pytest.mark.parametrize("name, params", [("comatch", {"smoothing_start_step": 20})])
+@pytest.mark.parametrize("name, params", [("comatch", {"smoothing_start_step": 20}),
+                                          ("simmatch", {"similarity_start_step": 20})])
 def test_a_short_fit_on_digits_beats_chance(digits, name, params):
     spec, data = digits
     options = default_train_options("digits", steps=80, batch_size=16, uratio=2, eval_every=80,
@@ -276,7 +390,8 @@ def test_a_short_fit_on_digits_beats_chance(digits, name, params):
 # ---- CUDA: no host synchronisation with every part on ---------------------------------------------
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name, params", [("comatch", {"smoothing_start_step": 0,
-                                                       "queue_batches": 1})])
+                                                       "queue_batches": 1}),
+                                          ("simmatch", {"similarity_start_step": 0})])
 def test_a_step_with_smoothing_and_similarities_on_reads_nothing_back_on_cuda(name, params):
     cuda = torch.device("cuda")
     algorithm = make(name, num_labeled=4, num_classes=3, **params).to(cuda)
