@@ -37,6 +37,8 @@ EXPECTED_STATS = {
     "uda": SSL | {"threshold", "tsa_threshold"},
     "pseudolabel": SSL | {"threshold", "unsup_weight"},
     "meanteacher": {"loss_sup", "loss_unsup", "unsup_weight"},
+    "comatch": SSL | {"loss_contrast"},
+    "simmatch": SSL | {"loss_instance"},
 }
 # (registered name, hyperparameters): every algorithm, and Dash in both variants.
 CASES = [(name, {}) for name in sorted(ALGORITHMS)] + [("dash", {"variant": "usb"})]
@@ -45,14 +47,21 @@ CASE_IDS = [name + ("-" + params["variant"] if params else "") for name, params 
 # so that a missing gradient cannot hide behind an empty mask.
 LENIENT = {"fixmatch": {"tau": 0.0}, "uda": {"tau": 0.0},
            "pseudolabel": {"tau": 0.0, "rampup_fraction": 0.0},
-           "meanteacher": {"rampup_fraction": 0.0}}
+           "meanteacher": {"rampup_fraction": 0.0},
+           "comatch": {"tau": 0.0, "smoothing_start_step": 0, "queue_batches": 1},
+           "simmatch": {"tau": 0.0, "similarity_start_step": 0}}
+# The student's unlabeled logits where they are not the last mu*B rows the model produced:
+# CoMatch's first strong view (its second strong view trains only its projection, contrastively).
+STUDENT_ROWS = {"comatch": slice(-2 * BATCH * MU, -BATCH * MU)}
 
 
-def tiny_network() -> Network:
-    """Conv -> BatchNorm -> ReLU -> pool -> linear on 2x4x4 images."""
+def tiny_network(algorithm=None) -> Network:
+    """Conv -> BatchNorm -> ReLU -> pool -> linear on 2x4x4 images, with the heads `algorithm`
+    declares (as the trainer adds them)."""
     backbone = Features(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), num_features=4)
-    return Network(backbone, nn.Linear(4, NUM_CLASSES))
+    network = Network(backbone, nn.Linear(4, NUM_CLASSES))
+    return network.add_heads(algorithm.heads(network.num_features)) if algorithm else network
 
 
 class ScaledInputs(nn.Module):
@@ -162,7 +171,8 @@ def test_every_registered_algorithm_has_documented_stats():
 @pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
 def test_one_step_returns_a_finite_scalar_loss_and_the_documented_stats(name, params):
     torch.manual_seed(0)
-    algorithm, model = make(name, **params), tiny_network()
+    algorithm = make(name, **params)
+    model = tiny_network(algorithm)
     step = first_ssl_step(algorithm)
     output = run_step(algorithm, model, image_batch(algorithm, 0), step,
                                      teacher_for(algorithm, model))
@@ -177,10 +187,11 @@ def test_one_step_returns_a_finite_scalar_loss_and_the_documented_stats(name, pa
                          ids=[i for i in CASE_IDS if i != "supervised"])
 def test_the_unsupervised_loss_reaches_the_students_unlabeled_logits(name, params):
     """The student's unlabeled logits (strong view; Pseudo-Label's weak view; Mean Teacher's second
-    view) are the last mu*B rows the model produced; only unsupervised terms touch them."""
+    view) are the last mu*B rows the model produced (else STUDENT_ROWS says where); only
+    unsupervised terms touch them."""
     torch.manual_seed(0)
     algorithm = make(name, **{**LENIENT.get(name, {}), **params})
-    model = Recorder(tiny_network())
+    model = Recorder(tiny_network(algorithm))
     step = first_ssl_step(algorithm)
     teacher = teacher_for(algorithm, model.network)
     output = run_step(algorithm, model, image_batch(algorithm, 0), step, teacher)
@@ -188,7 +199,7 @@ def test_the_unsupervised_loss_reaches_the_students_unlabeled_logits(name, param
     if "mask_rate" in output.stats:
         assert output.stats["mask_rate"] > 0
     grads = torch.cat([o.grad if o.grad is not None else torch.zeros_like(o) for o in model.outputs])
-    unlabeled_grads = grads[-BATCH * MU:]
+    unlabeled_grads = grads[STUDENT_ROWS.get(name, slice(-BATCH * MU, None))]
     assert (unlabeled_grads.abs().sum(dim=1) > 0).all()
 
 
@@ -199,7 +210,8 @@ def test_state_dict_round_trip_resumes_exactly(name, params):
     short = {"dash": {"warmup_epochs": 2, "warmup_steps": 2, "steps_per_epoch": 1},
              "flexmatch": {"tau": 0.4}}
     params = {**params, **short.get(name, {})}
-    algorithm, model = make(name, **params), tiny_network()
+    algorithm = make(name, **params)
+    model = tiny_network(algorithm)
     teacher = teacher_for(algorithm, model)
     initial_state = make(name, **params).state_dict()
     step = first_ssl_step(algorithm)

@@ -51,6 +51,12 @@ CASES["dash"] = ("dash", {**DEFAULT_PARAMS["dash"], "variant": "official", "warm
 CASES["dash-usb"] = ("dash", {**DEFAULT_PARAMS["dash"], "variant": "usb", "warmup_steps": 3,
                               "steps_per_epoch": 3})
 CASES["dash-usb-initial"] = ("dash", {**CASES["dash-usb"][1], "rho_hat_model": "initial_weights"})
+# CoMatch's memory smoothing and SimMatch's similarities from step 4 (semilearn: 1024), a memory
+# of 2 steps and an alignment queue of 4 batches that wrap within the run.
+CASES["comatch"] = ("comatch", {**DEFAULT_PARAMS["comatch"], "tau": 0.5, "smoothing_start_step": 4,
+                                "queue_batches": 2, "alignment_batches": 4})
+CASES["simmatch"] = ("simmatch", {**DEFAULT_PARAMS["simmatch"], "tau": 0.5,
+                                  "similarity_start_step": 4, "alignment_batches": 4})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -123,8 +129,10 @@ def uninterrupted(digits):
 
 # ---- in-process resume -----------------------------------------------------------------------
 # Killed at step 10 (resumed from 9), and for the algorithms whose state changes early also at
-# step 6 (resumed from 3: FlexMatch's first records, Dash's warm-up just over).
-KILLS = [(case, 10) for case in CASES] + [(case, 5) for case in ("flexmatch", "dash", "dash-usb")]
+# step 6 (resumed from 3: FlexMatch's first records, Dash's warm-up just over, CoMatch's and
+# SimMatch's similarities not yet on).
+KILLS = [(case, 10) for case in CASES] + [(case, 5) for case in ("flexmatch", "dash", "dash-usb",
+                                                                  "comatch", "simmatch")]
 
 
 @pytest.mark.parametrize("case,die_at", KILLS)
