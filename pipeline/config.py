@@ -94,7 +94,8 @@ def canonical_hash(data) -> str:
 # runs made before it: while a run holds that value, the option is left out of its hash (not out
 # of its config), so adding an option renames no earlier run and keeps its MLflow history.
 HASH_NEUTRAL = {("train", "optimizer"): "sgd", ("train", "layer_decay"): 1.0,
-                ("train", "lr_schedule"): "cosine", ("train", "lr_warmup_steps"): 0}
+                ("train", "lr_schedule"): "cosine", ("train", "lr_warmup_steps"): 0,
+                ("algorithm_params", "batchnorm"): "joint"}   # Mean Teacher's
 
 
 def run_hash(run: dict) -> str:

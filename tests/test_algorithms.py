@@ -509,6 +509,28 @@ def test_mean_teacher_compares_the_student_with_the_teacher_not_with_itself():
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def test_mean_teacher_separate_batchnorm_batches_are_semilearns():
+    """batchnorm separate: the labeled images alone update the running statistics, and the
+    student's unlabeled logits are those of its views normalised alone."""
+    torch.manual_seed(0)
+    algorithm, student = make("meanteacher", batchnorm="separate", rampup_fraction=0.0), tiny_network()
+    batch = image_batch(algorithm, 0)
+    labeled_only, alone = copy.deepcopy(student), copy.deepcopy(student)
+    labeled_only(batch.labeled.views[0])
+    recorder = Recorder(student)
+    run_step(algorithm, recorder, batch, 0, teacher=teacher_for(algorithm, student))
+    bn, expected = student.backbone[1], labeled_only.backbone[1]
+    assert torch.equal(bn.running_mean, expected.running_mean) and bn.num_batches_tracked.item() == 1
+    with frozen_batchnorm_statistics(alone):
+        assert torch.allclose(recorder.outputs[-1], alone(batch.unlabeled.views[1]).logits)
+    # the same weights and views: only the BatchNorm batches differ
+    joint = make("meanteacher", batchnorm="joint", rampup_fraction=0.0)
+    network, teacher = tiny_network(), teacher_for(joint, student)
+    losses = [run_step(each, copy.deepcopy(network), batch, 0, copy.deepcopy(teacher)).loss
+              for each in (joint, algorithm)]
+    assert not torch.equal(*losses)
+
+
 def test_pseudo_label_leaves_batchnorm_statistics_to_the_labeled_pass():
     torch.manual_seed(0)
     algorithm, model = make("pseudolabel"), tiny_network()
