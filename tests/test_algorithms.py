@@ -37,6 +37,9 @@ EXPECTED_STATS = {
     "uda": SSL | {"threshold", "tsa_threshold"},
     "pseudolabel": SSL | {"threshold", "unsup_weight"},
     "meanteacher": {"loss_sup", "loss_unsup", "unsup_weight"},
+    "mixmatch": {"loss_sup", "loss_unsup", "unsup_weight", "mixup_lambda"},
+    "remixmatch": {"loss_sup", "loss_unsup", "loss_pre_mixup", "loss_rotation", "unsup_weight",
+                   "mixup_lambda"},
 }
 # (registered name, hyperparameters): every algorithm, and Dash in both variants.
 CASES = [(name, {}) for name in sorted(ALGORITHMS)] + [("dash", {"variant": "usb"})]
@@ -45,14 +48,17 @@ CASE_IDS = [name + ("-" + params["variant"] if params else "") for name, params 
 # so that a missing gradient cannot hide behind an empty mask.
 LENIENT = {"fixmatch": {"tau": 0.0}, "uda": {"tau": 0.0},
            "pseudolabel": {"tau": 0.0, "rampup_fraction": 0.0},
-           "meanteacher": {"rampup_fraction": 0.0}}
+           "meanteacher": {"rampup_fraction": 0.0},
+           "mixmatch": {"rampup_fraction": 0.0}, "remixmatch": {"rampup_fraction": 0.0}}
 
 
-def tiny_network() -> Network:
-    """Conv -> BatchNorm -> ReLU -> pool -> linear on 2x4x4 images."""
+def tiny_network(algorithm=None) -> Network:
+    """Conv -> BatchNorm -> ReLU -> pool -> linear on 2x4x4 images, with the heads `algorithm`
+    declares (as the trainer adds them)."""
     backbone = Features(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), num_features=4)
-    return Network(backbone, nn.Linear(4, NUM_CLASSES))
+    network = Network(backbone, nn.Linear(4, NUM_CLASSES))
+    return network.add_heads(algorithm.heads(network.num_features)) if algorithm else network
 
 
 class ScaledInputs(nn.Module):
@@ -97,7 +103,7 @@ def make(name, num_unlabeled=NUM_UNLABELED, num_classes=NUM_CLASSES, num_labeled
 def run_step(algorithm, network, batch, step, teacher=None):
     """One training step as the trainer calls it."""
     ctx = StepContext(network=network, step=step, generator=torch.Generator().manual_seed(step),
-                      teacher=teacher)
+                      teacher=teacher, host_generator=torch.Generator().manual_seed(step))
     return algorithm.training_step(ctx, batch)
 
 
@@ -162,7 +168,8 @@ def test_every_registered_algorithm_has_documented_stats():
 @pytest.mark.parametrize("name,params", CASES, ids=CASE_IDS)
 def test_one_step_returns_a_finite_scalar_loss_and_the_documented_stats(name, params):
     torch.manual_seed(0)
-    algorithm, model = make(name, **params), tiny_network()
+    algorithm = make(name, **params)
+    model = tiny_network(algorithm)
     step = first_ssl_step(algorithm)
     output = run_step(algorithm, model, image_batch(algorithm, 0), step,
                                      teacher_for(algorithm, model))
@@ -180,7 +187,7 @@ def test_the_unsupervised_loss_reaches_the_students_unlabeled_logits(name, param
     view) are the last mu*B rows the model produced; only unsupervised terms touch them."""
     torch.manual_seed(0)
     algorithm = make(name, **{**LENIENT.get(name, {}), **params})
-    model = Recorder(tiny_network())
+    model = Recorder(tiny_network(algorithm))
     step = first_ssl_step(algorithm)
     teacher = teacher_for(algorithm, model.network)
     output = run_step(algorithm, model, image_batch(algorithm, 0), step, teacher)
@@ -199,7 +206,8 @@ def test_state_dict_round_trip_resumes_exactly(name, params):
     short = {"dash": {"warmup_epochs": 2, "warmup_steps": 2, "steps_per_epoch": 1},
              "flexmatch": {"tau": 0.4}}
     params = {**params, **short.get(name, {})}
-    algorithm, model = make(name, **params), tiny_network()
+    algorithm = make(name, **params)
+    model = tiny_network(algorithm)
     teacher = teacher_for(algorithm, model)
     initial_state = make(name, **params).state_dict()
     step = first_ssl_step(algorithm)
