@@ -1,4 +1,4 @@
-"""MixMatch and ReMixMatch: their shared MixUp and rotation pieces, each loss on hand-made
+"""MixMatch, ReMixMatch and CRMatch: their shared MixUp and rotation pieces, each loss on hand-made
 tensors worked out by hand, where gradients flow and where they must not, which forwards move the
 BatchNorm statistics, and a short fit on the digits. (Every algorithm's shared checks, state
 round-trip included, are in test_algorithms.py; kill-and-resume through the trainer in
@@ -271,6 +271,63 @@ def test_remixmatch_trains_its_rotation_head_and_moves_batchnorm_in_the_first_ch
         context(with_batchnorm(without)), image_batch(without)).stats
 
 
+# ---- CRMatch --------------------------------------------------------------------------------------
+def crmatch_by_hand(**params):
+    algorithm = make("crmatch", tau=0.8, **params)
+    network = logits_are_inputs(algorithm)
+    with torch.no_grad():   # the feature head d = identity; rotation logits 0 (loss ln 4)
+        network.heads["feature_distance"].weight.copy_(torch.eye(2))
+        network.heads["feature_distance"].bias.zero_()
+        if "rotation" in network.heads:
+            nn.init.zeros_(network.heads["rotation"][2].weight)
+            nn.init.zeros_(network.heads["rotation"][2].bias)
+    # weak: softmax([2, 0]) = [0.881, 0.119] passes tau 0.8 (class 0); softmax([0, 1]) = [0.269,
+    # 0.731] does not. strong: [1, 1] for both.
+    weak = as_images([[2.0, 0.0], [0.0, 1.0]]).requires_grad_()
+    views = [weak, as_images([[1.0, 1.0], [1.0, 1.0]])]
+    views += [as_images([[0.0, 0.0], [0.0, 0.0]])] if len(algorithm.views.unlabeled) == 3 else []
+    step_batch = batch(as_images([[0.0, 0.0]]), [0], *views)
+    return algorithm, weak, algorithm.training_step(context(network), step_batch)
+
+
+def test_crmatch_loss_by_hand():
+    *_, output = crmatch_by_hand()
+    # sup = H(0, softmax([0, 0])) = ln 2; unsup = (H(0, softmax([1, 1])) * 1 + ... * 0) / 2 = ln 2 / 2
+    # feature = (max(0, cos([1, 1], [2, 0])) * 1 + 0) / 2 = 0.707107 / 2; rotation = ln 4
+    # loss = ln 2 + ln 2 / 2 + 0.353553 + ln 4 = 2.779569
+    assert output.stats["mask_rate"] == 0.5
+    assert output.stats["loss_unsup"].item() == pytest.approx(math.log(2) / 2, abs=1e-6)
+    assert output.stats["loss_feature"].item() == pytest.approx(math.sqrt(0.5) / 2, abs=1e-6)
+    assert output.stats["loss_rotation"].item() == pytest.approx(math.log(4), abs=1e-6)
+    assert output.loss.item() == pytest.approx(2.779569, abs=1e-5)
+
+
+def test_crmatch_feature_distance_pushes_both_views_of_confident_samples_only():
+    _, weak, output = crmatch_by_hand()
+    output.loss.backward()
+    # the weak view's gradient comes from the feature term alone (its pseudo-label is detached):
+    # the confident sample's, not the masked-out one's
+    assert weak.grad[0].abs().sum() > 0 and weak.grad[1].abs().sum() == 0
+
+
+def test_crmatch_without_rotation_has_no_rotation_head_view_or_loss():
+    algorithm, _, output = crmatch_by_hand(lambda_rot=0.0)
+    assert algorithm.views.unlabeled == ("weak", "strong") and set(algorithm.heads(2)) == {"feature_distance"}
+    assert "loss_rotation" not in output.stats
+    # ln 2 + ln 2 / 2 + 0.353553
+    assert output.loss.item() == pytest.approx(1.5 * math.log(2) + math.sqrt(0.5) / 2, abs=1e-5)
+
+
+def test_crmatch_runs_every_image_as_one_batchnorm_batch_with_four_turns_of_b_images():
+    torch.manual_seed(0)
+    algorithm = make("crmatch", counts=(1, 1, 1))
+    network = with_batchnorm(algorithm)
+    sizes = []
+    network.register_forward_hook(lambda module, inputs, output: sizes.append(len(output.logits)))
+    algorithm.training_step(context(network), image_batch(algorithm, labeled=2, unlabeled=6))
+    assert sizes == [2 + 6 + 6 + 4 * 2] and batchnorm_updates(network) == 1
+
+
 # ---- a short fit on the digits --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
@@ -283,9 +340,11 @@ def digits(tmp_path_factory):
 
 # The published unlabeled weights assume a ramp over 2^20 steps: at full weight within 100 steps the
 # untrained network's own guesses take over (MixMatch and ReMixMatch predict one class for some 100
-# steps before they recover), so this short fit takes a tenth of them.
+# steps before they recover), so this short fit takes a tenth of them; CRMatch a threshold its
+# predictions reach.
 SHORT_FIT = {"mixmatch": ({"lambda_u": 10.0}, 1),
-             "remixmatch": ({"lambda_u": 0.15, "lambda_pre_mixup": 0.05}, 1)}
+             "remixmatch": ({"lambda_u": 0.15, "lambda_pre_mixup": 0.05}, 1),
+             "crmatch": ({"tau": 0.7}, 2)}
 
 
 @pytest.fixture
