@@ -39,6 +39,10 @@ EXPECTED_STATS = {
     "meanteacher": {"loss_sup", "loss_unsup", "unsup_weight"},
     "comatch": SSL | {"loss_contrast"},
     "simmatch": SSL | {"loss_instance"},
+    "mixmatch": {"loss_sup", "loss_unsup", "unsup_weight", "mixup_lambda"},
+    "remixmatch": {"loss_sup", "loss_unsup", "loss_pre_mixup", "loss_rotation", "unsup_weight",
+                   "mixup_lambda"},
+    "crmatch": SSL | {"threshold", "loss_feature", "loss_rotation"},
 }
 # (registered name, hyperparameters): every algorithm, and Dash in both variants.
 CASES = [(name, {}) for name in sorted(ALGORITHMS)] + [("dash", {"variant": "usb"})]
@@ -49,10 +53,15 @@ LENIENT = {"fixmatch": {"tau": 0.0}, "uda": {"tau": 0.0},
            "pseudolabel": {"tau": 0.0, "rampup_fraction": 0.0},
            "meanteacher": {"rampup_fraction": 0.0},
            "comatch": {"tau": 0.0, "smoothing_start_step": 0, "queue_batches": 1},
-           "simmatch": {"tau": 0.0, "similarity_start_step": 0}}
+           "simmatch": {"tau": 0.0, "similarity_start_step": 0},
+           "mixmatch": {"rampup_fraction": 0.0}, "remixmatch": {"rampup_fraction": 0.0},
+           "crmatch": {"tau": 0.0}}
 # The student's unlabeled logits where they are not the last mu*B rows the model produced:
-# CoMatch's first strong view (its second strong view trains only its projection, contrastively).
-STUDENT_ROWS = {"comatch": slice(-2 * BATCH * MU, -BATCH * MU)}
+# CoMatch's first strong view (its second strong view trains only its projection, contrastively);
+# CRMatch's strong view (its one forward ends with the 4 B rotated images, seen by its rotation
+# head only).
+STUDENT_ROWS = {"comatch": slice(-2 * BATCH * MU, -BATCH * MU),
+                "crmatch": slice(-4 * BATCH - BATCH * MU, -4 * BATCH)}
 
 
 def tiny_network(algorithm=None) -> Network:
@@ -106,7 +115,7 @@ def make(name, num_unlabeled=NUM_UNLABELED, num_classes=NUM_CLASSES, num_labeled
 def run_step(algorithm, network, batch, step, teacher=None):
     """One training step as the trainer calls it."""
     ctx = StepContext(network=network, step=step, generator=torch.Generator().manual_seed(step),
-                      teacher=teacher)
+                      teacher=teacher, host_generator=torch.Generator().manual_seed(step))
     return algorithm.training_step(ctx, batch)
 
 

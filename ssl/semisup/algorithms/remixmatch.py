@@ -1,0 +1,131 @@
+"""ReMixMatch (Berthelot et al., 2020), as semilearn 0.3.2 runs it: the weak prediction is aligned
+to the labeled class distribution (distribution alignment, an EMA of the unlabeled predictions)
+and sharpened into the guess; one MixUp mixes the labeled images and three unlabeled views (two
+strong, one weak); cross-entropy on the mixed rows, a pre-mixup cross-entropy of the first strong
+view against the guess, and a rotation-prediction loss on the first strong view turned by a random
+multiple of 90 degrees.
+
+  q      = sharpen(p(x_w) * p_lb / p_model, T)                  (renormalised; float64)
+  x~, y~ = MixUp([x_lb, x_s0, x_s1, x_w], [onehot(y), q, q, q])
+  loss   = H(y~_lb, p(x~_lb)) + ramp * (lambda_pre_mixup H(q, p(x_s0)) + lambda_u H(y~_u, p(x~_u)))
+           + lambda_rot H(k, p_rot(rot_k(x_s0)))                 (ramp = clip(t / (r T_total)))
+
+semilearn's own behaviour, followed here: p_lb (from the labeled class counts) is float64, so the
+aligned probabilities, the guess and the three losses against it are float64; the term semilearn
+calls "KL" is this cross-entropy (the same gradient, not the same value); the ramp covers it too
+but not the rotation loss; the alignment's momentum is its hook's default, 0.999 (a parameter
+here). The weak and strong views are each their own BatchNorm batch with frozen running
+statistics; the mixed batch goes through in chunks of the labeled batch size, only the first
+updating them (no interleaving). The forwards semilearn makes only for logging (the labeled
+images, the second strong view) are left out.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import register
+from .base import (Algorithm, StepBatch, StepContext, StepOutput, Views, cross_entropy_per_sample,
+                   frozen_batchnorm_statistics, scalar)
+from .components import DistributionAlignment
+from .masking import linear_rampup
+from .mixup import chunked_logits, mix, mixup_draw, one_hot, sharpen_probabilities
+from .rotation import NUM_ROTATIONS, rotate_randomly
+
+
+class LabeledPriorAlignment(DistributionAlignment):
+    """Distribution alignment to the labeled class distribution, kept in float64 as semilearn's
+    (a numpy array), so the aligned probabilities are float64."""
+
+    def __init__(self, labeled_class_counts: tuple[int, ...], momentum: float):
+        super().__init__(len(labeled_class_counts), momentum)
+        counts = torch.tensor(labeled_class_counts, dtype=torch.float64)
+        self.p_target = counts / counts.sum()
+
+
+@register
+class ReMixMatch(Algorithm):
+    name = "remixmatch"
+    display_name = "ReMixMatch"
+    reference = "semilearn 0.3.2"
+    hyperparameters = """
+      T: {type: number, exclusiveMinimum: 0, description: Sharpening temperature of the guess.}
+      mixup_alpha: {type: number, minimum: 0,
+                    description: "MixUp's lambda ~ Beta(alpha, alpha); 0: no mixing."}
+      lambda_u: {type: number, minimum: 0, description: "Final weight of the mixed unlabeled
+                 cross-entropy (semilearn's ulb_loss_ratio)."}
+      lambda_pre_mixup:
+        type: number
+        minimum: 0
+        description: >-
+          Final weight of the cross-entropy of the first strong view against the guess
+          (semilearn's kl_loss_ratio: its "KL" term is this cross-entropy, ramped like lambda_u).
+      lambda_rot:
+        type: number
+        minimum: 0
+        description: >-
+          Weight of the rotation loss, not ramped (semilearn's rot_loss_ratio); 0 leaves the
+          rotation head out.
+      rampup_fraction: {type: number, minimum: 0, maximum: 1,
+                        description: Linear ramp-up of the unlabeled weights over this fraction of the steps.}
+      alignment_momentum:
+        type: number
+        minimum: 0
+        exclusiveMaximum: 1
+        description: >-
+          EMA momentum of the mean unlabeled prediction p_model (0.999: the default of
+          semilearn's DistAlignEMAHook, which its ReMixMatch keeps; no config key sets it).
+    """
+    views = Views(labeled=("weak",), unlabeled=("weak", "strong", "strong"))
+
+    def __init__(self, *, T: float, mixup_alpha: float, lambda_u: float, lambda_pre_mixup: float,
+                 lambda_rot: float, rampup_fraction: float, alignment_momentum: float, **base):
+        super().__init__(**base)
+        self.T, self.mixup_alpha, self.rampup_fraction = T, mixup_alpha, rampup_fraction
+        self.lambda_u, self.lambda_pre_mixup, self.lambda_rot = lambda_u, lambda_pre_mixup, lambda_rot
+        self.alignment = LabeledPriorAlignment(self.facts.labeled_class_counts, alignment_momentum)
+
+    def heads(self, num_features: int) -> dict[str, nn.Module]:
+        return {"rotation": nn.Linear(num_features, NUM_ROTATIONS)} if self.lambda_rot > 0 else {}
+
+    def training_step(self, ctx: StepContext, batch: StepBatch) -> StepOutput:
+        (x_lb,), (x_w, x_s0, x_s1) = batch.labeled.views, batch.unlabeled.views
+        num_labeled = len(batch.labeled.labels)
+        with torch.no_grad(), frozen_batchnorm_statistics(ctx.network):
+            probs_w = torch.softmax(ctx.network(x_w).logits.float(), dim=-1)
+            guess = sharpen_probabilities(self.alignment(probs_w), self.T)
+        with frozen_batchnorm_statistics(ctx.network):
+            logits_s0 = ctx.network(x_s0).logits
+        loss_rot = self.rotation_loss(ctx, x_s0)
+
+        targets = torch.cat([one_hot(batch.labeled.labels, self.num_classes, guess.dtype),
+                             guess, guess, guess])
+        lam, permutation = mixup_draw(ctx, len(targets), self.mixup_alpha)
+        mixed_x, mixed_y = mix(lam, permutation, torch.cat([x_lb, x_s0, x_s1, x_w]), targets)
+        logits = chunked_logits(ctx.network, mixed_x, num_labeled)
+
+        loss_sup = cross_entropy_per_sample(logits[0], mixed_y[:num_labeled]).mean()
+        loss_unsup = cross_entropy_per_sample(torch.cat(logits[1:]), mixed_y[num_labeled:]).mean()
+        loss_pre_mixup = cross_entropy_per_sample(logits_s0, guess).mean()
+        ramp = linear_rampup(ctx.step, self.total_steps, self.rampup_fraction)
+        loss = (loss_sup + self.lambda_pre_mixup * ramp * loss_pre_mixup
+                + self.lambda_u * ramp * loss_unsup)
+        if loss_rot is not None:
+            loss = loss + self.lambda_rot * loss_rot
+
+        stats = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(),
+                 "loss_pre_mixup": loss_pre_mixup.detach(), "unsup_weight": scalar(ramp, loss_sup),
+                 "mixup_lambda": scalar(lam, loss_sup)}
+        if loss_rot is not None:
+            stats["loss_rotation"] = loss_rot.detach()
+        return StepOutput(loss, stats)
+
+    def rotation_loss(self, ctx: StepContext, x_s0: Tensor) -> Tensor | None:
+        """H(k, p_rot(rot_k(x_s0))), each image turned by its own random k (frozen statistics)."""
+        if self.lambda_rot <= 0:
+            return None
+        rotated, turns = rotate_randomly(x_s0, ctx.generator)
+        with frozen_batchnorm_statistics(ctx.network):
+            logits_rot = ctx.network(rotated, want=("rotation",)).heads["rotation"]
+        return F.cross_entropy(logits_rot, turns)
