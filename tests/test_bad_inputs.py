@@ -113,7 +113,8 @@ BAD_CONFIGS = {
     "wrong type": ({"train": {"lr": "fast"}},
                    ["train.lr = 'fast' is not allowed", "it must be a number"]),
     "unknown algorithm": ({"study": {"algorithms": ["fixmath"]}},
-                          ["study.algorithms.0 = 'fixmath'", "(did you mean 'fixmatch'?)", "one of 'dash'"]),
+                          ["study.algorithms.0 = 'fixmath'", "(did you mean 'fixmatch'?)",
+                           "it must be one of '"]),   # the list grows with the registry
     "unknown dataset": ({"study": {"dataset": "mnist"}},
                         ["study.dataset = 'mnist'", "one of 'digits', 'digits_rgb32', 'cifar10'"]),
     "n_labels not a multiple of the classes": (
