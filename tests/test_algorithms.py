@@ -37,6 +37,8 @@ EXPECTED_STATS = {
     "uda": SSL | {"threshold", "tsa_threshold"},
     "pseudolabel": SSL | {"threshold", "unsup_weight"},
     "meanteacher": {"loss_sup", "loss_unsup", "unsup_weight"},
+    "pimodel": {"loss_sup", "loss_unsup", "unsup_weight"},
+    "vat": {"loss_sup", "loss_unsup", "loss_entropy", "unsup_weight"},
 }
 # (registered name, hyperparameters): every algorithm, and Dash in both variants.
 CASES = [(name, {}) for name in sorted(ALGORITHMS)] + [("dash", {"variant": "usb"})]
@@ -45,7 +47,8 @@ CASE_IDS = [name + ("-" + params["variant"] if params else "") for name, params 
 # so that a missing gradient cannot hide behind an empty mask.
 LENIENT = {"fixmatch": {"tau": 0.0}, "uda": {"tau": 0.0},
            "pseudolabel": {"tau": 0.0, "rampup_fraction": 0.0},
-           "meanteacher": {"rampup_fraction": 0.0}}
+           "meanteacher": {"rampup_fraction": 0.0}, "pimodel": {"rampup_fraction": 0.0},
+           "vat": {"rampup_fraction": 0.0}}
 
 
 def tiny_network() -> Network:
