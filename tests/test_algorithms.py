@@ -39,6 +39,8 @@ EXPECTED_STATS = {
     "meanteacher": {"loss_sup", "loss_unsup", "unsup_weight"},
     "pimodel": {"loss_sup", "loss_unsup", "unsup_weight"},
     "vat": {"loss_sup", "loss_unsup", "loss_entropy", "unsup_weight"},
+    "adamatch": SSL | {"threshold"},
+    "defixmatch": SSL | {"threshold", "loss_anti", "mask_rate_labeled"},
 }
 # (registered name, hyperparameters): every algorithm, and Dash in both variants.
 CASES = [(name, {}) for name in sorted(ALGORITHMS)] + [("dash", {"variant": "usb"})]
@@ -48,7 +50,7 @@ CASE_IDS = [name + ("-" + params["variant"] if params else "") for name, params 
 LENIENT = {"fixmatch": {"tau": 0.0}, "uda": {"tau": 0.0},
            "pseudolabel": {"tau": 0.0, "rampup_fraction": 0.0},
            "meanteacher": {"rampup_fraction": 0.0}, "pimodel": {"rampup_fraction": 0.0},
-           "vat": {"rampup_fraction": 0.0}}
+           "vat": {"rampup_fraction": 0.0}, "adamatch": {"tau": 0.0}, "defixmatch": {"tau": 0.0}}
 
 
 def tiny_network() -> Network:

@@ -1,7 +1,7 @@
-"""Pi-model and VAT: their losses on hand-made tensors, where gradients flow and where they
-must not, BatchNorm statistics, the random probe's stream, and a short fit on the digits. (Every
-algorithm's one-step, gradient, state round-trip and kill-and-resume tests are in
-test_algorithms.py and test_resume.py.)"""
+"""Pi-model, VAT, AdaMatch and DeFixMatch: their losses and masks on hand-made tensors, where
+gradients flow and where they must not, BatchNorm statistics, the random probe's stream, the
+running distributions, and a short fit on the digits. (Every algorithm's one-step, gradient,
+state round-trip and kill-and-resume tests are in test_algorithms.py and test_resume.py.)"""
 from __future__ import annotations
 
 import copy
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from semisup.algorithms import Side, StepBatch, StepContext, build_algorithm
+from semisup.algorithms.adamatch import relative_threshold
 from semisup.algorithms.vat import entropy_with_logits, kl_with_logits, l2_normalize
 from semisup.data import get_dataset
 from semisup.data.image import image_train_data
@@ -193,6 +194,102 @@ def test_vat_refuses_inputs_it_cannot_perturb_and_unknown_precisions():
         run_step(make("vat"), logits_are_inputs(), batch, 0)
 
 
+# ---- AdaMatch ---------------------------------------------------------------------------------
+def test_adamatch_relative_threshold_by_hand():
+    # mean max p over the labeled batch = (0.9 + 0.5) / 2 = 0.7; 0.95 * 0.7 = 0.665
+    probs = torch.tensor([[0.9, 0.1], [0.5, 0.5]])
+    assert relative_threshold(probs, 0.95).item() == pytest.approx(0.665)
+
+
+def adamatch_batch():
+    # labeled p [0.8, 0.1, 0.1] and [0.4, 0.3, 0.3]; unlabeled weak p [0.7, 0.2, 0.1] and
+    # [0.2, 0.5, 0.3]; strong p of sample 0 [0.5, 0.25, 0.25]
+    labeled = log(torch.tensor([[0.8, 0.1, 0.1], [0.4, 0.3, 0.3]]))
+    weak = log(torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]]))
+    strong = log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
+    return logit_batch(weak, strong, labeled=labeled, labels=torch.tensor([0, 1]))
+
+
+def test_adamatch_step_by_hand():
+    # Threshold 0.95 * mean(0.8, 0.4) = 0.57. With momentum 0.5: p_target = 0.5 * 1/3 + 0.5 *
+    # mean labeled p [0.6, 0.2, 0.2] = [0.466667, 0.266667, 0.266667]; p_model = the first
+    # batch's mean [0.45, 0.35, 0.2]. Aligned sample 0: [0.7 * 1.037037, 0.2 * 0.761905,
+    # 0.1 * 1.333333] = [0.725926, 0.152381, 0.133333] / 1.011640 -> q = 0.717573 >= 0.57,
+    # class 0. Sample 1: [0.207407, 0.380952, 0.4] / 0.988360 -> q = 0.404711 < 0.57 (and its
+    # class moved from 1 to 2). loss_unsup = -ln 0.5 / 2 = 0.346574.
+    algorithm = make("adamatch", ema_momentum=0.5)
+    output = run_step(algorithm, logits_are_inputs(), adamatch_batch(), 0)
+    assert output.stats["threshold"].item() == pytest.approx(0.57, abs=1e-6)
+    assert torch.allclose(algorithm.alignment.p_target, torch.tensor([0.466667, 0.266667, 0.266667]))
+    assert torch.allclose(algorithm.alignment.p_model, torch.tensor([0.45, 0.35, 0.2]))
+    assert output.stats["mask_rate"].item() == 0.5
+    assert output.stats["loss_unsup"].item() == pytest.approx(0.346574, abs=1e-5)
+    # the next batch is folded into both running averages (an EMA from here on)
+    run_step(algorithm, logits_are_inputs(), adamatch_batch(), 1)
+    assert torch.allclose(algorithm.alignment.p_target,
+                          0.5 * torch.tensor([0.466667, 0.266667, 0.266667])
+                          + 0.5 * torch.tensor([0.6, 0.2, 0.2]))
+    assert torch.allclose(algorithm.alignment.p_model, torch.tensor([0.45, 0.35, 0.2]))
+
+
+def test_adamatch_checkpoints_both_running_distributions():
+    algorithm = make("adamatch", ema_momentum=0.5)
+    run_step(algorithm, logits_are_inputs(), adamatch_batch(), 0)
+    state = algorithm.state_dict()["alignment"]
+    assert set(state) == {"p_model", "p_target", "started"}
+    resumed = make("adamatch", ema_momentum=0.5)
+    resumed.load_state_dict(copy.deepcopy(algorithm.state_dict()))
+    assert torch.equal(resumed.alignment.p_target, algorithm.alignment.p_target)
+
+
+def test_adamatch_trains_the_strong_view_only():
+    algorithm, model = make("adamatch", tau=0.0), Recorder(logits_are_inputs())
+    run_step(algorithm, model, adamatch_batch(), 0).loss.backward()
+    (logits,) = model.outputs   # one pass: labeled, weak, strong
+    assert (logits.grad[:2].abs().sum(dim=1) > 0).all()
+    assert (logits.grad[2:4] == 0).all()
+    assert (logits.grad[4:].abs().sum(dim=1) > 0).all()
+
+
+# ---- DeFixMatch -------------------------------------------------------------------------------
+def defixmatch_batch():
+    # Labeled (label 1): weak p [0.96, 0.02, 0.02], strong p [0.5, 0.25, 0.25]. Unlabeled weak
+    # p [0.96, 0.02, 0.02] and [0.5, 0.3, 0.2]; strong p [0.8, 0.1, 0.1] and [0.1, 0.1, 0.8].
+    confident = log(torch.tensor([[0.96, 0.02, 0.02]]))
+    labeled_strong = log(torch.tensor([[0.5, 0.25, 0.25]]))
+    weak = log(torch.tensor([[0.96, 0.02, 0.02], [0.5, 0.3, 0.2]]))
+    strong = log(torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]]))
+    return StepBatch(Side([confident, labeled_strong], torch.tensor([1]), torch.arange(1)),
+                     Side([weak, strong], torch.tensor([0, 2]), torch.arange(2)))
+
+
+def test_defixmatch_loss_by_hand():
+    # sup = (-ln 0.02 - ln 0.25) / 2 = (3.912023 + 1.386294) / 2 = 2.649159.
+    # Unlabeled: sample 0 passes (q 0.96, class 0), sample 1 does not: -ln 0.8 / 2 = 0.111572.
+    # Anti: the labeled image's own prediction (class 0, q 0.96), not its label 1:
+    # -ln 0.5 / 1 = 0.693147. loss = 2.649159 + 0.5 * (0.111572 - 0.693147) = 2.358371.
+    output = run_step(make("defixmatch"), logits_are_inputs(), defixmatch_batch(), 0)
+    assert output.stats["loss_sup"].item() == pytest.approx(2.649159, abs=1e-5)
+    assert output.stats["loss_unsup"].item() == pytest.approx(0.111572, abs=1e-5)
+    assert output.stats["loss_anti"].item() == pytest.approx(0.693147, abs=1e-5)
+    assert output.stats["mask_rate"].item() == 0.5 and output.stats["mask_rate_labeled"].item() == 1.0
+    assert output.loss.item() == pytest.approx(2.358371, abs=1e-5)
+
+
+def test_defixmatch_pseudo_labels_carry_no_gradient_and_the_anti_term_pushes_back():
+    model = Recorder(logits_are_inputs())
+    run_step(make("defixmatch"), model, defixmatch_batch(), 0).loss.backward()
+    (logits,) = model.outputs   # one pass: labeled weak, labeled strong, unlabeled weak, strong
+    p = torch.softmax(logits.detach(), -1)
+    label = F.one_hot(torch.tensor(1), 3)
+    # labeled weak row: half the supervised gradient only (its prediction is detached)
+    assert torch.allclose(logits.grad[0], (p[0] - label) / 2, atol=1e-6)
+    # labeled strong row: half the supervised gradient minus lambda_u times the anti term's
+    pseudo = F.one_hot(torch.tensor(0), 3)
+    assert torch.allclose(logits.grad[1], (p[1] - label) / 2 - 0.5 * (p[1] - pseudo), atol=1e-6)
+    assert (logits.grad[2:4] == 0).all()
+
+
 # ---- a short fit on the digits ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
@@ -211,7 +308,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", ["pimodel", "vat"])
+@pytest.mark.parametrize("name", ["pimodel", "vat", "adamatch", "defixmatch"])
 def test_a_short_fit_on_the_digits_beats_chance(digits, one_thread, name):
     spec, data = digits
     uratio = default_params()["algorithm_overrides"].get(name, {}).get("uratio", 2)
