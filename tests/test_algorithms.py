@@ -41,6 +41,7 @@ EXPECTED_STATS = {
     "vat": {"loss_sup", "loss_unsup", "loss_entropy", "unsup_weight"},
     "adamatch": SSL | {"threshold"},
     "defixmatch": SSL | {"threshold", "loss_anti", "mask_rate_labeled"},
+    "fullysupervised": {"loss_sup"},
 }
 # (registered name, hyperparameters): every algorithm, and Dash in both variants.
 CASES = [(name, {}) for name in sorted(ALGORITHMS)] + [("dash", {"variant": "usb"})]
@@ -178,8 +179,11 @@ def test_one_step_returns_a_finite_scalar_loss_and_the_documented_stats(name, pa
         assert not value.requires_grad, key
 
 
-@pytest.mark.parametrize("name,params", [c for c in CASES if c[0] != "supervised"],
-                         ids=[i for i in CASE_IDS if i != "supervised"])
+LABELS_ONLY = ("supervised", "fullysupervised")
+
+
+@pytest.mark.parametrize("name,params", [c for c in CASES if c[0] not in LABELS_ONLY],
+                         ids=[i for i in CASE_IDS if i not in LABELS_ONLY])
 def test_the_unsupervised_loss_reaches_the_students_unlabeled_logits(name, params):
     """The student's unlabeled logits (strong view; Pseudo-Label's weak view; Mean Teacher's second
     view) are the last mu*B rows the model produced; only unsupervised terms touch them."""

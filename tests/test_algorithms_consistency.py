@@ -1,6 +1,6 @@
-"""Pi-model, VAT, AdaMatch and DeFixMatch: their losses and masks on hand-made tensors, where
-gradients flow and where they must not, BatchNorm statistics, the random probe's stream, the
-running distributions, and a short fit on the digits. (Every algorithm's one-step, gradient,
+"""Pi-model, VAT, AdaMatch, DeFixMatch and the fully supervised baseline: their losses and masks
+on hand-made tensors, where gradients flow and where they must not, BatchNorm statistics, the
+random probe's stream, and a short fit on the digits. (Every algorithm's one-step, gradient,
 state round-trip and kill-and-resume tests are in test_algorithms.py and test_resume.py.)"""
 from __future__ import annotations
 
@@ -290,6 +290,18 @@ def test_defixmatch_pseudo_labels_carry_no_gradient_and_the_anti_term_pushes_bac
     assert (logits.grad[2:4] == 0).all()
 
 
+# ---- fully supervised -------------------------------------------------------------------------
+def test_fully_supervised_trains_on_every_label_without_an_unlabeled_batch():
+    algorithm = make("fullysupervised")
+    assert algorithm.labeled_set == "all" and algorithm.views.unlabeled == ()
+    batch = image_batch(algorithm, 0)
+    network = tiny_network()
+    output = run_step(algorithm, network, batch, 0)
+    expected = F.cross_entropy(copy.deepcopy(network)(batch.labeled.views[0]).logits,
+                               batch.labeled.labels)
+    assert torch.allclose(output.loss, expected) and set(output.stats) == {"loss_sup"}
+
+
 # ---- a short fit on the digits ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
@@ -308,7 +320,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", ["pimodel", "vat", "adamatch", "defixmatch"])
+@pytest.mark.parametrize("name", ["pimodel", "vat", "adamatch", "defixmatch", "fullysupervised"])
 def test_a_short_fit_on_the_digits_beats_chance(digits, one_thread, name):
     spec, data = digits
     uratio = default_params()["algorithm_overrides"].get(name, {}).get("uratio", 2)
@@ -322,7 +334,7 @@ def test_a_short_fit_on_the_digits_beats_chance(digits, one_thread, name):
     torch.manual_seed(0)
     network = build_network("small_cnn", 10, spec.inputs, **default_params()["models"]["small_cnn"])
     algorithm = build_algorithm(name, default_params()["algorithms"][name],
-                                facts=train_data.facts(10),
+                                facts=train_data.facts(10, "all" if name == "fullysupervised" else "split"),
                                 total_steps=80)
     result = Trainer(network, algorithm, train_data, train_config(options), 0,
                      torch.device("cpu")).fit()
