@@ -168,8 +168,8 @@ def adversarial_direction(algorithm, network, images, seed=0):
 
 def test_vat_float64_power_iteration_resolves_semilearns_xi():
     """With xi = 1e-6 the float64 iteration finds the direction float32 finds with a probe it
-    resolves (xi = 0.01), and the direction does not move when the images move by one part in
-    1e7 (in float32 it is partly rounding noise: ALGORITHMS.md)."""
+    resolves (xi = 0.01); the direction does not move when the images move by one part in 1e7
+    (in float32 it is partly rounding noise: ALGORITHMS.md), nor under bf16 autocast."""
     torch.manual_seed(0)
     network, images = tiny_network().eval(), 3 * torch.randn(8, 2, 4, 4)
     double = make("vat", power_iteration_precision="float64")
@@ -181,6 +181,9 @@ def test_vat_float64_power_iteration_resolves_semilearns_xi():
     assert (F.cosine_similarity(direction, adversarial_direction(resolved, network, images)) > 0.99).all()
     moved = adversarial_direction(double, network, images * (1 + 1e-7))
     assert (F.cosine_similarity(direction, moved) > 0.9999).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # the paper settings' autocast: off inside
+        under_bf16 = adversarial_direction(double, network, images)
+    assert (F.cosine_similarity(direction, under_bf16) > 0.9999).all()
     assert all(parameter.dtype == torch.float32 for parameter in network.parameters())
 
 

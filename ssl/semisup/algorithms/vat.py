@@ -1,9 +1,9 @@
 """VAT (Miyato et al., 2018), as semilearn 0.3.2 runs it: the labeled loss, plus lambda_u times a
 linear ramp-up clip(t / (0.4 T_total)) times the local distributional smoothness
-KL(p(x) || p(x + eps * d_adv)), plus 0.06 times the entropy of p(x), on one weak view of the
-unlabeled images. d_adv comes from one power iteration: the gradient of KL(p(x) || p(x + xi d))
-at d random (unit L2 norm per sample), normalised. mu = 1 is set through the training config
-(`uratio`), not here.
+KL(p(x) || p(x + eps * d_adv)), plus lambda_entropy (0.06) times the entropy of p(x), on one
+weak view of the unlabeled images. d_adv comes from one power iteration: the gradient of
+KL(p(x) || p(x + xi d)) at d random (unit L2 norm per sample), normalised. mu = 1 is set through
+the training config (`uratio`), not here.
 
 As in semilearn: the labeled batch and the unlabeled passes are separate forward passes, and
 only the labeled pass updates the BatchNorm running statistics (the clean unlabeled pass and
@@ -11,10 +11,13 @@ both perturbed passes leave them untouched); the target p(x) is detached in both
 entropy term carries the gradient of the clean unlabeled pass.
 
 `power_iteration_precision` (ALGORITHMS.md): with semilearn's xi = 1e-6, x + xi d rounds back to
-x in float32 for most pixels (one part in 1e8 is below float32's resolution near 1), so the
-direction semilearn finds is mostly rounding noise. `float32` reproduces it; `float64` runs the
-power iteration (the perturbed pass and its gradient) in double precision, where xi d is
-resolved, which is the paper's method. A larger xi in float32 is another way to resolve it.
+x in float32 for most pixels (one part in 1e8 is below float32's resolution near 1), and under
+bf16 autocast for all of them, so the direction semilearn finds is mostly rounding noise (on an
+untrained WRN-28-2, moving the images by one part in 1e7 turns it to a cosine of 0.1-0.7 with
+itself). `float32` reproduces it; `float64` runs the power iteration (the clean and the probed
+pass and the gradient) in double precision with autocast off, where xi d is resolved: the
+paper's method (there the same move leaves the direction unchanged, and it agrees with float32's
+at a resolvable xi = 0.1 to a cosine of 0.99). A larger xi in float32 is another way.
 """
 from __future__ import annotations
 
@@ -77,8 +80,8 @@ class VAT(Algorithm):
       power_iteration_precision:
         description: >-
           float32: the power iteration in the network's precision (semilearn 0.3.2; with xi 1e-6
-          its direction is mostly float32 rounding noise); float64: in double precision, where
-          xi d is resolved (the paper's method).
+          its direction is mostly rounding noise, in float32 and even more under bf16); float64:
+          in double precision with autocast off, where xi d is resolved (the paper's method).
         enum: [float32, float64]
       lambda_u: {description: Final weight of the smoothness (KL) loss., type: number, minimum: 0}
       lambda_entropy:
