@@ -43,6 +43,11 @@ EXPECTED_STATS = {
     "remixmatch": {"loss_sup", "loss_unsup", "loss_pre_mixup", "loss_rotation", "unsup_weight",
                    "mixup_lambda"},
     "crmatch": SSL | {"threshold", "loss_feature", "loss_rotation"},
+    "pimodel": {"loss_sup", "loss_unsup", "unsup_weight"},
+    "vat": {"loss_sup", "loss_unsup", "loss_entropy", "unsup_weight"},
+    "adamatch": SSL | {"threshold"},
+    "defixmatch": SSL | {"threshold", "loss_anti", "mask_rate_labeled"},
+    "fullysupervised": {"loss_sup"},
 }
 # (registered name, hyperparameters): every algorithm, and Dash in both variants.
 CASES = [(name, {}) for name in sorted(ALGORITHMS)] + [("dash", {"variant": "usb"})]
@@ -51,7 +56,8 @@ CASE_IDS = [name + ("-" + params["variant"] if params else "") for name, params 
 # so that a missing gradient cannot hide behind an empty mask.
 LENIENT = {"fixmatch": {"tau": 0.0}, "uda": {"tau": 0.0},
            "pseudolabel": {"tau": 0.0, "rampup_fraction": 0.0},
-           "meanteacher": {"rampup_fraction": 0.0},
+           "meanteacher": {"rampup_fraction": 0.0}, "pimodel": {"rampup_fraction": 0.0},
+           "vat": {"rampup_fraction": 0.0}, "adamatch": {"tau": 0.0}, "defixmatch": {"tau": 0.0},
            "comatch": {"tau": 0.0, "smoothing_start_step": 0, "queue_batches": 1},
            "simmatch": {"tau": 0.0, "similarity_start_step": 0},
            "mixmatch": {"rampup_fraction": 0.0}, "remixmatch": {"rampup_fraction": 0.0},
@@ -192,8 +198,11 @@ def test_one_step_returns_a_finite_scalar_loss_and_the_documented_stats(name, pa
         assert not value.requires_grad, key
 
 
-@pytest.mark.parametrize("name,params", [c for c in CASES if c[0] != "supervised"],
-                         ids=[i for i in CASE_IDS if i != "supervised"])
+LABELS_ONLY = ("supervised", "fullysupervised")
+
+
+@pytest.mark.parametrize("name,params", [c for c in CASES if c[0] not in LABELS_ONLY],
+                         ids=[i for i in CASE_IDS if i not in LABELS_ONLY])
 def test_the_unsupervised_loss_reaches_the_students_unlabeled_logits(name, params):
     """The student's unlabeled logits (strong view; Pseudo-Label's weak view; Mean Teacher's second
     view) are the last mu*B rows the model produced (else STUDENT_ROWS says where); only

@@ -47,6 +47,7 @@ CASES["fixmatch"] = ("fixmatch", {**DEFAULT_PARAMS["fixmatch"], "tau": 0.5})
 CASES["flexmatch"] = ("flexmatch", {**DEFAULT_PARAMS["flexmatch"], "tau": 0.5})
 CASES["pseudolabel"] = ("pseudolabel", {**DEFAULT_PARAMS["pseudolabel"], "tau": 0.5})
 CASES["crmatch"] = ("crmatch", {**DEFAULT_PARAMS["crmatch"], "tau": 0.5})
+CASES["defixmatch"] = ("defixmatch", {**DEFAULT_PARAMS["defixmatch"], "tau": 0.5})
 CASES["dash"] = ("dash", {**DEFAULT_PARAMS["dash"], "variant": "official", "warmup_epochs": 1,
                           "steps_per_epoch": 3})
 CASES["dash-usb"] = ("dash", {**DEFAULT_PARAMS["dash"], "variant": "usb", "warmup_steps": 3,
