@@ -134,7 +134,10 @@ def figure_report(name):
 
 
 onstart:
-    shell(f"python -m pipeline.runs.tracking init --experiment {shlex.quote(STUDY.name)}")
+    # Jobs on a cluster's nodes: a SQLite store on a network file system is refused.
+    hosts = "" if workflow.local_exec else "--jobs-on-other-hosts"
+    experiment = shlex.quote(STUDY.name)
+    shell(f"python -m pipeline.runs.tracking init --experiment {experiment} {hosts}")
     warning = cpu_training_warning(
         STUDY.config["train"],
         len(N_LABELS) * len(ALGORITHMS) * len(SEEDS),

@@ -279,11 +279,14 @@ def test_gpu_asked_for_where_none_exists(finished, capsys):
 
 def test_unreachable_mlflow_server_stops_the_training_job_and_keeps_results(
         finished, monkeypatch, capsys):
+    """After waiting SSL_REPRO_TRACKING_WAIT for it (a server that restarts comes back)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", UNREACHABLE)
+    monkeypatch.setenv("SSL_REPRO_TRACKING_WAIT", "1")
     workdir, _ = finished
     code, stderr = call(train.main, train_argv(workdir), capsys)
     check_user_error(code, stderr, finished, "cannot reach the MLflow tracking server",
                      "fix MLFLOW_TRACKING_URI")
+    assert "waiting up to 1 s (SSL_REPRO_TRACKING_WAIT) for the MLflow tracking server" in stderr
 
 
 

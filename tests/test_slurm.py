@@ -1,7 +1,10 @@
 """The CI study on a real SLURM cluster through profiles/slurm (snakemake-executor-plugin-slurm):
 every training job is a SLURM job, the metrics equal the golden file, and a training job
 cancelled (`scancel`) mid-run is resubmitted and resumes from its checkpoint into the same MLflow
-run, its log keeping both attempts.
+run, its log keeping both attempts. The jobs track to an `mlflow server` on PostgreSQL with served
+artifacts, as on a real cluster (profiles/README.md), where tools/postgres_server.sh's server
+answers (.ci/run starts it), else to a SQLite file; either way each job is one MLflow run holding
+its params, tags, split, every value once and its outputs (tests/tracking_servers.py).
 
 Needs a cluster that answers: `sudo tools/slurm_cluster.sh start` makes a one-node one on this
 machine (.ci/run does), with its config in /var/tmp/ssl-repro-slurm/slurm.conf (or SLURM_CONF).
@@ -19,6 +22,7 @@ import pytest
 from pipeline.config import ROOT
 from pipeline.files import read_json
 from regression import GOLDEN, check, ci_metrics_path   # tools/regression.py (pyproject.toml)
+from tracking_servers import MlflowServer, assert_study_tracked, database, postgres_url
 
 CLUSTER_CONF = Path("/var/tmp/ssl-repro-slurm/slurm.conf")
 
@@ -36,6 +40,7 @@ def cluster_env() -> dict[str, str] | None:
 
 
 ENV = cluster_env()
+POSTGRES = postgres_url() if ENV is not None else None
 pytestmark = [pytest.mark.slurm, pytest.mark.slow,
               pytest.mark.skipif(ENV is None, reason="no SLURM cluster answers (sinfo); start one "
                                  "with `sudo tools/slurm_cluster.sh start`")]
@@ -65,10 +70,27 @@ def cancel_a_training_job_mid_run(workdir: Path, snakemake: subprocess.Popen) ->
     raise AssertionError("no training job checkpointed within 5 minutes")
 
 
-def test_the_ci_study_on_slurm_matches_the_golden_metrics_and_a_cancelled_job_resumes(tmp_path):
+@pytest.fixture
+def tracking_uri(tmp_path):
+    """An `mlflow server` on PostgreSQL where one answers, else a SQLite file."""
+    if POSTGRES is None:
+        print("no PostgreSQL server answers: the jobs track to a SQLite file")
+        yield f"sqlite:///{tmp_path}/mlflow.db"
+        return
+    with database(POSTGRES) as backend:
+        server = MlflowServer(backend, tmp_path / "artifacts", tmp_path / "server.log")
+        server.start()
+        try:
+            yield server.uri
+        finally:
+            server.stop()
+
+
+def test_the_ci_study_on_slurm_matches_the_golden_metrics_and_a_cancelled_job_resumes(
+        tmp_path, tracking_uri):
     from mlflow.tracking import MlflowClient
 
-    env = {**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+    env = {**ENV, "MLFLOW_TRACKING_URI": tracking_uri,
            "SSL_REPRO_TRAIN_MEM_MB": "2000", "SSL_REPRO_TRAIN_RUNTIME": "10"}
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
                "--profile", str(ROOT / "profiles/slurm"), "--configfile",
@@ -81,12 +103,12 @@ def test_the_ci_study_on_slurm_matches_the_golden_metrics_and_a_cancelled_job_re
     assert snakemake.returncode == 0, output[-5000:]
 
     check(read_json(GOLDEN), read_json(ci_metrics_path(tmp_path)), source="the ci study on SLURM")
-    tracking = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = tracking.search_runs([tracking.get_experiment_by_name("ci").experiment_id])
-    assert len(runs) == 6 and all(run.info.status == "FINISHED" for run in runs)   # one per job
+    # one FINISHED run per job, with everything it logged (read through the server, if one)
+    runs = assert_study_tracked(MlflowClient(tracking_uri), tmp_path, tmp_path / "downloaded")
+    assert len(runs) == 6
     for run_json in (tmp_path / "results/ci").rglob("run.json"):
         info = json.loads(run_json.read_text())
-        [run] = [run for run in runs if run.info.run_id == info["mlflow_run_id"]]
+        run = runs[info["mlflow_run_id"]]
         # a SLURM job, linked both ways: the MLflow tags name the job and its node
         assert info["slurm_job_id"] == run.data.tags["execution.slurm_job_id"]
         assert run.data.tags["execution.host"] == info["host"]

@@ -14,8 +14,10 @@ import pytest
 
 from pipeline.config import RunConfig
 from pipeline.errors import UserError
+from pipeline.runs import tracking
 from pipeline.runs.tracking import RunLogger
-from pipeline.runs.tracking_store import client, store_error, store_identity
+from pipeline.runs.tracking_store import (check_sqlite_location, client, file_system, store_error,
+                                          store_identity, waiting)
 
 
 @pytest.fixture
@@ -215,6 +217,42 @@ def test_a_store_that_stays_away_stops_the_job_with_one_paragraph(store: Path, m
     assert logger.run_id in message and "rerun snakemake" in message
 
 
+def answers(*outcomes):
+    """A store call that fails with, or returns, each of `outcomes` in turn."""
+    outcomes = list(outcomes)
+
+    def call():
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+    return call
+
+
+def test_a_server_that_restarts_is_waited_for_and_a_refusal_is_not(monkeypatch, capsys):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILABLE
+
+    monkeypatch.setattr("pipeline.runs.tracking_store.WAIT_POLL", 0.01)
+    database_away = MlflowException("too many 503 error responses",
+                                    error_code=TEMPORARILY_UNAVAILABLE)
+    server_away = ConnectionRefusedError("Connection refused")
+    uri = "http://mlflow-host:5000"
+    assert waiting(uri, 60, answers(database_away, server_away, "run"), "open") == "run"
+    assert capsys.readouterr().err.count("waiting up to 60 s (SSL_REPRO_TRACKING_WAIT)") == 1
+    with pytest.raises(UserError, match=r"cannot open the MLflow tracking server .* 503"):
+        waiting(uri, 0.05, answers(*[database_away] * 100), "open")   # away for good
+    capsys.readouterr()
+    refused = MlflowException("Invalid Host header - possible DNS rebinding attack detected",
+                              error_code=PERMISSION_DENIED)
+    with pytest.raises(UserError, match="start it with `--allowed-hosts mlflow-host:5000`"):
+        waiting(uri, 60, answers(refused, "run"), "open")   # at once: no waiting for a 403
+    locked = sqlite3.OperationalError("database is locked")
+    with pytest.raises(UserError, match="stayed locked"):   # SQLite's own retry is elsewhere
+        waiting("sqlite:///mlflow.db", 60, answers(locked, "run"), "open")
+    assert "waiting" not in capsys.readouterr().err
+
+
 def reconnect(logger: RunLogger) -> None:
     """Close this process's pooled connections to the store (MLflow keeps one store object per
     URI for the life of a process): the next request opens the file by its name again."""
@@ -302,3 +340,64 @@ def test_a_full_disk_is_called_full():
     error = sqlite3.OperationalError("database or disk is full")
     message = str(store_error("sqlite:///mlflow.db", error, "write to"))
     assert "its disk is full" in message and "Free space there" in message
+
+
+# ---- a SQLite store on a network file system: refused on a cluster, a warning on one machine ----
+def mount_table(tmp_path: Path, fstype: str) -> Path:
+    """A mount table, as /proc/self/mountinfo, where `tmp_path`/shared is a mount of `fstype`."""
+    table = tmp_path / "mountinfo"
+    table.write_text("22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+                     f"40 22 0:50 / {os.path.realpath(tmp_path)}/shared rw,relatime shared:9 - "
+                     f"{fstype} fileserver:/export rw,vers=4.2\n"
+                     "41 22 0:51 / /mnt/my\\040share rw - lustre 10.0.0.1@tcp:/fs rw\n")
+    return table
+
+
+def test_a_path_is_on_the_file_system_of_its_deepest_mount(tmp_path):
+    table = mount_table(tmp_path, "nfs4")
+    assert file_system(tmp_path / "shared" / "mlflow.db", table) == "nfs4"
+    assert file_system(tmp_path / "shared", table) == "nfs4"
+    assert file_system(tmp_path / "sharedx" / "mlflow.db", table) == "ext4"
+    assert file_system(Path("/mnt/my share/mlflow.db"), table) == "lustre"   # \040: a space
+
+
+@pytest.fixture
+def on_nfs(tmp_path, monkeypatch) -> Path:
+    """`tmp_path`/shared, on NFS as far as the mount table says."""
+    monkeypatch.setattr("pipeline.runs.tracking_store.MOUNTINFO", mount_table(tmp_path, "nfs4"))
+    (tmp_path / "shared").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/shared/mlflow.db")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    return tmp_path / "shared"
+
+
+def test_a_sqlite_store_on_nfs_is_refused_before_a_cluster_study_starts(on_nfs, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        tracking.main(["init", "--experiment", "x", "--jobs-on-other-hosts"])
+    message = " ".join(capsys.readouterr().err.split())
+    assert exit_.value.code == 2 and "Traceback" not in message
+    assert f"{on_nfs}/mlflow.db is a SQLite file on a network file system (nfs4)" in message
+    assert "can corrupt it" in message and "Nothing was started" in message
+    assert "`mlflow server` on PostgreSQL" in message and "profiles/README.md" in message
+    assert not (on_nfs / "mlflow.db").exists()
+
+
+def test_a_sqlite_store_on_nfs_is_a_warning_when_every_job_runs_on_this_machine(on_nfs, capsys):
+    tracking.main(["init", "--experiment", "x"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("warning: the MLflow tracking store") and "(nfs4)" in err
+    assert "every job runs on this machine, so it goes on" in err
+    assert (on_nfs / "mlflow.db").exists()
+
+
+def test_a_training_job_of_a_slurm_allocation_refuses_a_sqlite_store_on_nfs(on_nfs, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    with pytest.raises(UserError, match=r"on a network file system \(nfs4\)"):
+        RunLogger("exp", "run", on_nfs / "mlflow_run.json", {}, {})
+    monkeypatch.delenv("SLURM_JOB_ID")
+    RunLogger("exp", "run", on_nfs / "mlflow_run.json", {}, {})   # one machine: it goes on
+
+
+def test_a_server_or_a_sqlite_file_on_a_local_disk_is_never_questioned(on_nfs):
+    assert check_sqlite_location("http://mlflow-host:5000", other_hosts=True) is None
+    assert check_sqlite_location(f"sqlite:///{on_nfs.parent}/mlflow.db", other_hosts=True) is None

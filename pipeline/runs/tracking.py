@@ -11,6 +11,10 @@ memory and go out when it answers again. Before a job writes its outputs, `sync`
 still lacks (values it could not take, and the steps a resumed job did before its checkpoint,
 from the checkpoint's history), waiting up to SSL_REPRO_TRACKING_WAIT seconds (default 300) for
 the store; failing that, the job stops with its last checkpoint kept, and a rerun completes it.
+A value sent again (the store took it, its answer was lost) is stored once: MLflow keys a value by
+key, step, timestamp and value, and a kept value keeps its timestamp. The job's other requests
+(opening its run, the split, artifacts, ending the run) wait as long for an HTTP server that does
+not answer or answers 5xx (it restarts, or its database does): only metric values never wait.
 """
 from __future__ import annotations
 
@@ -25,8 +29,8 @@ from pathlib import Path
 from ..errors import UserError, argument_parser, cli
 from ..files import read_json, write_json
 from ..run_config import RunConfig
-from .tracking_store import (DEFAULT_URI, client, retry, store_error, store_identity,
-                             tracking_uri)
+from .tracking_store import (DEFAULT_URI, WAIT_POLL, check_sqlite_location, client, retry,
+                             store_error, store_identity, tracking_uri, tracking_wait, waiting)
 
 # The project folder (pipeline/runs/ is two levels down): the git repository a run records.
 PROJECT = Path(__file__).resolve().parents[2]
@@ -46,7 +50,6 @@ HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 RETRY_EVERY = 10.0   # seconds between attempts to reach a store that stopped answering
 BATCH = 1000         # MLflow's limit of metric values per log_batch
-DEFAULT_WAIT = 300.0
 
 
 def experiment_id(tracking, name: str) -> str:
@@ -96,20 +99,23 @@ class RunLogger:
                  params: dict[str, object]):
         for key, value in HTTP_SETTINGS.items():
             os.environ.setdefault(key, value)
-        self.uri, self.record = tracking_uri(), record
-        self.tracking = client()
+        self.uri, self.record, self.wait = tracking_uri(), record, tracking_wait()
+        # a SQLite file on a network file system, written from a cluster's nodes: refused
+        check_sqlite_location(self.uri, other_hosts=bool(os.environ.get("SLURM_JOB_ID")))
+        self.tracking = client(self.wait)   # a server that restarts is waited for
         self._logged: dict[str, set[int]] = {}
         self._pending: list = []          # metric values the store has not taken yet
         self._failure: tuple[int, str] | None = None   # (step, error) since the store failed
         self._next_attempt = 0.0
         self.failed_writes = False        # some write failed: `sync` checks the whole history
         self.step = 0
-        try:
-            self._open(experiment, run_name, tags, params)
-        except UserError:
-            raise
-        except Exception as error:  # any other failure of the store at the start
-            raise store_error(self.uri, error, "start this job's run in") from error
+        # Started again whole when the server fails midway: every step of it is idempotent.
+        waiting(self.uri, self.wait, lambda: self._open(experiment, run_name, tags, params),
+                "start this job's run in")
+
+    def _call(self, action, what: str, doing: str):
+        """A write to the store, waited for while the server restarts (`waiting`)."""
+        return waiting(self.uri, self.wait, lambda: retry(action, what), doing)
 
     def _open(self, experiment: str, run_name: str, tags: dict[str, str],
               params: dict[str, object]) -> None:
@@ -238,7 +244,7 @@ class RunLogger:
         """Before the outputs: log what the store lacks of `history` (rows with a `step`: what
         the trainer logged). Checked value by value when the job resumed from a checkpoint or a
         write failed; waits for a store that does not answer, then stops the job."""
-        wait = float(os.environ.get("SSL_REPRO_TRACKING_WAIT", DEFAULT_WAIT))
+        wait = self.wait
         deadline, told = time.monotonic() + wait, False
         while True:
             try:
@@ -256,7 +262,7 @@ class RunLogger:
                           f"tracking store {self.uri!r} to answer again", file=sys.stderr,
                           flush=True)
                     told = True
-                time.sleep(min(RETRY_EVERY, max(deadline - time.monotonic(), 0.1)))
+                time.sleep(min(WAIT_POLL, max(deadline - time.monotonic(), 0.1)))
         if self._failure:
             print("the MLflow tracking store answers again: every value is logged",
                   file=sys.stderr, flush=True)
@@ -291,25 +297,27 @@ class RunLogger:
         dataset = Dataset(name=name, digest=digest[:36], source_type="http",
                           source=json.dumps({"url": f"file://{source}"}))
         entity = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])
-        retry(lambda: self.tracking.log_inputs(self.run_id, datasets=[entity]), "log input")
+        self._call(lambda: self.tracking.log_inputs(self.run_id, datasets=[entity]), "log input",
+                   "log the split as an input to")
 
     def log_artifact(self, path: Path) -> None:
-        try:
-            retry(lambda: self.tracking.log_artifact(self.run_id, str(path)), "log artifact")
-        except Exception as error:  # the store's disk is full, the server went away, ...
-            raise store_error(self.uri, error, f"log {path.name} as an artifact to") from error
+        """(A full disk, a server away for good: one paragraph.)"""
+        self._call(lambda: self.tracking.log_artifact(self.run_id, str(path)), "log artifact",
+                   f"log {path.name} as an artifact to")
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        retry(lambda: self.tracking.log_text(self.run_id, text, artifact_file), "log artifact")
+        self._call(lambda: self.tracking.log_text(self.run_id, text, artifact_file),
+                   "log artifact", f"log {artifact_file} as an artifact to")
 
-    def finish(self, status: str = "FINISHED") -> None:
-        retry(lambda: self.tracking.set_terminated(self.run_id, status=status), "end run")
+    def finish(self) -> None:
+        self._call(lambda: self.tracking.set_terminated(self.run_id, status="FINISHED"),
+                   "end run", "end this job's run in")
 
     def fail(self) -> None:
-        """Mark the run FAILED if the store can take it (the job is stopping for another reason,
-        which is what it reports)."""
+        """Mark the run FAILED if the store can take it now (the job is stopping for another
+        reason, which is what it reports: no waiting)."""
         try:
-            self.finish("FAILED")
+            retry(lambda: self.tracking.set_terminated(self.run_id, status="FAILED"), "end run")
         except Exception as error:  # noqa: BLE001 - the job's own error is the one to report
             print(f"(the MLflow run {self.run_id} could not be marked FAILED: "
                   f"{type(error).__name__}: {str(error)[:200]})", file=sys.stderr)
@@ -319,14 +327,14 @@ class RunLogger:
         another config or code) `superseded_by` this run: the reports now hold this run's
         numbers. Returns their ids."""
         query = " and ".join(f"tags.{key} = '{getattr(run, key)}'" for key in CELL_TAGS)
-        earlier = retry(lambda: self.tracking.search_runs(
+        earlier = self._call(lambda: self.tracking.search_runs(
             [self.experiment_id], filter_string=f"{query} and attributes.status = 'FINISHED'",
-            max_results=1000), "search runs")
+            max_results=1000), "search runs", "search the runs of this table cell in")
         superseded = [run.info.run_id for run in earlier if run.info.run_id != self.run_id
                       and "superseded_by" not in run.data.tags]
         for run_id in superseded:
-            retry(lambda run_id=run_id: self.tracking.set_tag(run_id, "superseded_by", self.run_id),
-                  "tag superseded run")
+            self._call(lambda run_id=run_id: self.tracking.set_tag(
+                run_id, "superseded_by", self.run_id), "tag superseded run", "tag a run in")
         return superseded
 
 
@@ -335,8 +343,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argument_parser("MLflow helpers")
     parser.add_argument("command", choices=["init"])
     parser.add_argument("--experiment", required=True)
+    parser.add_argument("--jobs-on-other-hosts", action="store_true",
+                        help="the jobs run on other hosts (a cluster): a SQLite store on a "
+                        "network file system is refused")
     args = parser.parse_args(argv)
-    tracking = client()   # creates the SQLite schema on first use
+    warning = check_sqlite_location(tracking_uri(), args.jobs_on_other_hosts)
+    if warning:
+        print(warning, file=sys.stderr)
+    tracking = client()   # creates the SQLite schema on first use; no waiting: seconds
     try:
         experiment_id(tracking, args.experiment)
     except Exception as error:  # reported as one paragraph

@@ -1,23 +1,28 @@
 """The MLflow tracking store: which one, opening it, and what to say when that fails.
 
 The tracking URI is `sqlite:///mlflow.db` in the working directory unless MLFLOW_TRACKING_URI
-is set (e.g. an `mlflow server` on a cluster). A new SQLite store is built under a temporary name
-and renamed into place once MLflow has created its whole schema, so that a process killed while
-creating it (`python -m pipeline.runs.tracking init`, the Snakefile's onstart) leaves no half-built
-store. Processes take turns opening a SQLite store (a file lock), so that they never race to
-migrate it, and writes retry with backoff while SQLite is busy. An HTTP server that does not answer
-is reported within seconds. Every failure to open a store is one paragraph that says which of these
-it is: unreachable, locked, full, half-built, or refused (with MLflow's whole message).
+is set (on a cluster: an `mlflow server` on PostgreSQL, profiles/README.md). A new SQLite store is
+built under a temporary name and renamed into place once MLflow has created its whole schema, so
+that a process killed while creating it (`python -m pipeline.runs.tracking init`, the Snakefile's
+onstart) leaves no half-built store. Processes take turns opening a SQLite store (a file lock), so
+that they never race to migrate it, and writes retry with backoff while SQLite is busy. A SQLite
+file on a network file system is refused when the jobs run on other hosts (a cluster), and warned
+about on one machine. An HTTP server that does not answer is reported within seconds, or waited
+for (`waiting`: a training job waits SSL_REPRO_TRACKING_WAIT seconds for a server that restarts).
+Every failure to open a store is one paragraph that says which of these it is: unreachable,
+locked, full, half-built, or refused (with MLflow's whole message).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import re
 import sqlite3
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -31,10 +36,27 @@ from ..files import remove_stale_temporaries
 DEFAULT_URI = "sqlite:///mlflow.db"
 T = TypeVar("T")
 SQLITE_SIDE_FILES = ("", "-journal", "-wal", "-shm")   # a database and SQLite's files beside it
+HTTP = ("http://", "https://")
+DEFAULT_WAIT = 300.0   # seconds a training job waits for a store that does not answer
+WAIT_POLL = 2.0        # seconds between two tries while waiting
+MOUNTINFO = Path("/proc/self/mountinfo")
+# File systems shared over a network, by the names the kernel's mount table gives them. SQLite's
+# locks rely on POSIX file locks, which these provide unreliably or not at all across hosts (NFS's
+# lock manager, Lustre without `-o flock`, a `nolock` mount that keeps locks on one client), and
+# their caches let a host read pages another host has changed: writers on several hosts corrupt
+# the database or stall on 'database is locked'.
+NETWORK_FILE_SYSTEMS = frozenset({
+    "nfs", "nfs4", "lustre", "gpfs", "beegfs", "ceph", "fuse.ceph-fuse", "glusterfs",
+    "fuse.glusterfs", "cifs", "smb3", "smbfs", "afs", "panfs", "wekafs", "fuse.sshfs"})
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+def tracking_wait() -> float:
+    """SSL_REPRO_TRACKING_WAIT: how long a training job waits for a store that does not answer."""
+    return float(os.environ.get("SSL_REPRO_TRACKING_WAIT", DEFAULT_WAIT))
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -70,10 +92,14 @@ def retry(action: Callable[[], T], what: str, attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
+class ServerUnreachable(UserError):
+    """An HTTP tracking server did not answer at all."""
+
+
 def check_server_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail within seconds when an HTTP tracking server does not answer: MLflow's own client
     retries a refused connection for minutes before giving up."""
-    if not uri.startswith(("http://", "https://")):
+    if not uri.startswith(HTTP):
         return
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
@@ -81,7 +107,7 @@ def check_server_reachable(uri: str, timeout: float = 5.0) -> None:
         return   # it answered (e.g. 401 behind authentication): reachable
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise UserError(
+        raise ServerUnreachable(
             f"cannot reach the MLflow tracking server {uri!r} (MLFLOW_TRACKING_URI): {reason}. "
             f"Start the server or fix MLFLOW_TRACKING_URI; unset it to use the default "
             f"{DEFAULT_URI} in the working directory") from error
@@ -121,23 +147,95 @@ def create_sqlite_store(path: Path) -> None:
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
 
 
-def client():
-    """An MlflowClient on the tracking URI; a store that cannot be opened is a user error."""
+def server_unavailable(uri: str, error: BaseException) -> bool:
+    """A failure that an HTTP tracking server gets over by itself: no answer (it is restarting),
+    or an answer 5xx (its database is restarting). Not a refusal (4xx), nor any SQLite error."""
+    if not uri.startswith(HTTP):
+        return False
+    if isinstance(error, ServerUnreachable | OSError):   # requests' errors are OSErrors
+        return True
+    status = getattr(error, "get_http_status_code", None)   # an MlflowException
+    return status is not None and status() >= 500
+
+
+def waiting(uri: str, wait: float, action: Callable[[], T], doing: str) -> T:
+    """`action()`, tried again every WAIT_POLL seconds for up to `wait` seconds while it fails as
+    an HTTP server that restarts does (one line says so); any other failure, or the last one, is
+    one paragraph: the job cannot `doing` (open, write to) the store."""
+    deadline, told = time.monotonic() + wait, False
+    while True:
+        try:
+            return action()
+        except Exception as error:  # waited for, or reported as one paragraph
+            if not server_unavailable(uri, error) or time.monotonic() >= deadline:
+                if isinstance(error, UserError):
+                    raise
+                raise store_error(uri, error, doing) from error
+            if not told:
+                print(f"waiting up to {wait:.0f} s (SSL_REPRO_TRACKING_WAIT) for the MLflow "
+                      f"tracking server {uri!r} to answer ({type(error).__name__}: "
+                      f"{' '.join(str(error).split())[:200]})", file=sys.stderr, flush=True)
+                told = True
+        time.sleep(min(WAIT_POLL, max(deadline - time.monotonic(), 0.1)))
+
+
+def client(wait: float = 0.0):
+    """An MlflowClient on the tracking URI; a store that cannot be opened is a user error. An HTTP
+    server that does not answer is waited for up to `wait` seconds."""
     uri = tracking_uri()
+    return waiting(uri, wait, lambda: open_store(uri), "open")
+
+
+def open_store(uri: str):
     check_server_reachable(uri)   # before importing mlflow: seconds, not minutes
     from mlflow.tracking import MlflowClient
 
     path = sqlite_path(uri)
-    try:
-        with sqlite_schema_lock(path):   # opening the store creates or migrates its schema
-            if path is not None and not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                create_sqlite_store(path)
-            tracking = MlflowClient(uri)
-            retry(lambda: tracking.search_experiments(max_results=1), "reach the tracking store")
-    except Exception as error:  # any failure to open the store is reported
-        raise store_error(uri, error, "open") from error
+    with sqlite_schema_lock(path):   # opening the store creates or migrates its schema
+        if path is not None and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            create_sqlite_store(path)
+        tracking = MlflowClient(uri)
+        retry(lambda: tracking.search_experiments(max_results=1), "reach the tracking store")
     return tracking
+
+
+def file_system(path: Path, mountinfo: Path | None = None) -> str | None:
+    """The type of the file system that holds `path` (that of the deepest mount point above its
+    real path, in the kernel's mount table); None without a mount table (not Linux)."""
+    try:
+        table = (mountinfo or MOUNTINFO).read_text().splitlines()
+    except OSError:
+        return None
+    real, deepest, kind = os.path.realpath(path), "", None
+    for line in table:   # ID parent major:minor root MOUNT-POINT options [optional...] - TYPE ...
+        fields = line.split()
+        mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(deepest):   # a later mount hides an earlier one
+            deepest, kind = mount_point, fields[fields.index("-") + 1]
+    return kind
+
+
+def check_sqlite_location(uri: str, other_hosts: bool) -> str | None:
+    """A SQLite store on a network file system: refused (UserError) when the jobs run on other
+    hosts (`other_hosts`: a cluster); on one machine, whose processes share one client's locks,
+    a warning to print. None for any other store."""
+    path = sqlite_path(uri)
+    kind = file_system(path) if path is not None else None
+    if kind not in NETWORK_FILE_SYSTEMS:
+        return None
+    what = (f"the MLflow tracking store {path.resolve()} is a SQLite file on a network file "
+            f"system ({kind}). SQLite relies on file locks that such file systems do not give "
+            f"reliably across hosts, and jobs writing to one SQLite file from several hosts can "
+            f"corrupt it (every run of the study with it) or stall on 'database is locked'")
+    server = ("start an `mlflow server` on PostgreSQL and export MLFLOW_TRACKING_URI=http://<its "
+              "host>:<port> before snakemake (profiles/README.md, 'MLflow on a cluster')")
+    if other_hosts:
+        raise UserError(f"{what}, as this study's jobs would: they run on the cluster's nodes. "
+                        f"Nothing was started. To track a study on a cluster, {server}")
+    return (f"warning: {what}. Here every job runs on this machine, so it goes on; to run "
+            f"the study on a cluster, {server}")
 
 
 def store_error(uri: str, error: BaseException, doing: str) -> UserError:
@@ -160,7 +258,14 @@ def store_error(uri: str, error: BaseException, doing: str) -> UserError:
         half_built = half_built_store(path, error)
         if half_built:
             return UserError(half_built)
-    if uri.startswith(("http://", "https://")):
+    if uri.startswith(HTTP) and "Invalid Host header" in str(error):
+        return UserError(
+            f"cannot {doing} the MLflow tracking server {uri!r}: it refuses requests made to "
+            f"this host name ({detail}). An `mlflow server` accepts only localhost and private IP "
+            f"addresses unless told otherwise: start it with `--allowed-hosts "
+            f"{urllib.parse.urlsplit(uri).netloc}` (profiles/README.md), or use its IP address "
+            f"in MLFLOW_TRACKING_URI")
+    if uri.startswith(HTTP):
         return UserError(
             f"cannot {doing} the MLflow tracking server {uri!r}: it answered with an error "
             f"({detail}). Its own log says more; fix the server or MLFLOW_TRACKING_URI (unset, "
