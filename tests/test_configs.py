@@ -12,8 +12,16 @@ DASH_STUDIES = {
     "dash-svhn": ("svhn", [40, 250, 1000], "wrn_28_2", 5e-4),
     "dash-stl10": ("stl10", [40, 250, 1000], "wrn_37_2", 5e-4),
 }
-DASH_COMPARISON = {"supervised", "pseudolabel", "meanteacher", "uda", "fixmatch", "flexmatch",
-                   "dash"}
+DASH_COMPARISON = {"supervised", "pimodel", "pseudolabel", "meanteacher", "mixmatch", "uda",
+                   "remixmatch", "fixmatch", "flexmatch", "dash"}
+USB_CLASSIC = {
+    # config: (dataset, label budgets, network, weight decay)
+    "usb-classic-cifar10": ("cifar10", [40, 250, 4000], "wrn_28_2", 5e-4),
+    "usb-classic-cifar100": ("cifar100", [400, 2500, 10000], "wrn_28_2", 1e-3),
+    "usb-classic-svhn": ("svhn", [40, 250, 1000], "wrn_28_2", 5e-4),
+    "usb-classic-stl10": ("stl10", [40, 250, 1000], "wrn_37_2", 5e-4),
+}
+USB_MU_1 = {"pseudolabel", "meanteacher", "pimodel", "vat", "mixmatch", "remixmatch"}
 
 
 def study_of(name: str):
@@ -26,7 +34,7 @@ def test_every_config_is_a_valid_study(name):
     study_of(name)
 
 
-@pytest.mark.parametrize("name", [*sorted(DASH_STUDIES), "gpu-smoke"])
+@pytest.mark.parametrize("name", [*sorted(DASH_STUDIES), *sorted(USB_CLASSIC), "gpu-smoke"])
 def test_study_is_named_after_its_file(name):
     assert study_of(name).name == name
 
@@ -50,7 +58,8 @@ def test_dash_study_trains_with_the_published_protocol(name):
     assert (train["momentum"], train["nesterov"], train["ema_decay"]) == (0.9, True, 0.999)
     assert (train["eval_every"], train["last_k"]) == (1024, 20)
     assert (train["precision"], train["channels_last"], train["device"]) == ("bf16", True, "auto")
-    assert config["algorithm_overrides"]["pseudolabel"]["uratio"] == 1
+    assert all(config["algorithm_overrides"][name]["uratio"] == 1
+               for name in ("pseudolabel", "pimodel", "mixmatch", "remixmatch"))
     dash = config["algorithms"]["dash"]
     assert dash["variant"] == "official"
     assert (dash["steps_per_epoch"], dash["warmup_epochs"]) == (1024, 10)
@@ -84,3 +93,47 @@ def test_gpu_smoke_study_is_short_and_on_cuda():
     assert config["train"]["steps"] <= 1000 and config["train"]["device"] == "cuda"
     assert (config["train"]["precision"], config["train"]["channels_last"]) == ("bf16", True)
     assert study_of("gpu-smoke").reports_dir == "reports/gpu-smoke"
+
+
+@pytest.mark.parametrize("name", sorted(USB_CLASSIC))
+def test_usb_classic_study_runs_all_19_algorithms_with_usbs_protocol(name):
+    from semisup.catalog import algorithm_cards
+
+    study = study_of(name)
+    config, dataset, budgets, model, weight_decay = study.config, *USB_CLASSIC[name]
+    assert sorted(config["study"]["algorithms"]) == sorted(algorithm_cards())
+    assert len(config["study"]["algorithms"]) == 19
+    assert (config["study"]["dataset"], config["study"]["n_labels"], config["study"]["model"],
+            config["study"]["seeds"]) == (dataset, budgets, model, [0, 1, 2])
+    assert config["models"][model] == {"variant": "semilearn"}
+    train = config["train"]
+    assert (train["steps"], train["batch_size"], train["uratio"], train["lr"]) == (2 ** 20, 64, 7, 0.03)
+    assert (train["weight_decay"], train["ema_decay"], train["eval_every"]) == (weight_decay, 0.999,
+                                                                               5120)
+    assert train["strong_augment"] == "usb"
+    assert {key for key, value in config["algorithm_overrides"].items()
+            if value.get("uratio") == 1} == USB_MU_1
+    # what USB's runs do where we differ by a named parameter
+    assert config["algorithms"]["uda"]["tsa_rule"] == "max_probability"
+    assert config["algorithms"]["meanteacher"]["batchnorm"] == "separate"
+    assert config["algorithms"]["dash"]["variant"] == "usb"
+    assert config["reports"] == {"dir": None, "selection": "best", "model": "ema",
+                                 "published": "reference/published_results.csv"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(USB_CLASSIC))
+def test_usb_classic_study_dry_runs_offline_every_algorithm_budget_and_seed(name, tmp_path):
+    """`snakemake -n` plans 3 budgets x 19 algorithms x 3 seeds = 171 training runs, offline (the
+    download is planned, not made)."""
+    import re
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile",
+                             str(ROOT / "Snakefile"), "--configfile", str(CONFIGS / f"{name}.yaml"),
+                             "--cores", "2", "--dry-run", "--quiet", "rules"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.MULTILINE))
+    assert counts["train"] == "171" and counts["evaluate"] == "57"
