@@ -53,12 +53,12 @@ def run_ours(args) -> dict:
     input_seconds = time_steps(trainer.next_batch, device, args.warmup, input_batches)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step_seconds = time_steps(step, device, args.warmup, args.steps)
+    step_seconds = time_steps(step, device, args.warmup, args.steps) if args.steps else None
     return {"pipeline": "ssl-repro", "device": args.device, "steps": args.steps,
             "warmup": args.warmup, "images_per_step": args.batch * (1 + 2 * args.uratio),
             "input_batches": input_batches, "load_before": load_before,
             "input_per_second": input_batches / input_seconds,
-            "steps_per_second": args.steps / step_seconds,
+            "steps_per_second": args.steps / step_seconds if args.steps else None,
             "peak_memory_mb": (torch.cuda.max_memory_allocated(device) / 2 ** 20
                                if device.type == "cuda" else None)}
 
@@ -93,20 +93,30 @@ def one_run(pipeline: str, args) -> dict:
 
 
 def summarize(records: list[dict]) -> dict:
-    """Median over the runs of each pipeline, and ssl-repro's ratio to semilearn."""
+    """Median over the runs of each pipeline (of the figures they have), and ssl-repro's ratio to
+    semilearn."""
+    keys = ("input_per_second", "steps_per_second")
     summary = {}
     for pipeline in ("semilearn", "ssl-repro"):
         runs = [r for r in records if r["pipeline"] == pipeline and "error" not in r]
         if runs:
-            summary[pipeline] = {key: statistics.median(r[key] for r in runs)
-                                 for key in ("input_per_second", "steps_per_second")}
-            memory = [r["peak_memory_mb"] for r in runs if r.get("peak_memory_mb")]
-            summary[pipeline]["peak_memory_mb"] = max(memory) if memory else None
+            summary[pipeline] = {key: median([r[key] for r in runs]) for key in keys}
+            summary[pipeline]["peak_memory_mb"] = max(
+                (r["peak_memory_mb"] for r in runs if r.get("peak_memory_mb")), default=None)
             summary[pipeline]["runs"] = len(runs)
     if len(summary) == 2:
-        summary["ratio"] = {key: summary["ssl-repro"][key] / summary["semilearn"][key]
-                            for key in ("input_per_second", "steps_per_second")}
+        summary["ratio"] = {key: (summary["ssl-repro"][key] / summary["semilearn"][key]
+                                  if summary["semilearn"][key] else None) for key in keys}
     return summary
+
+
+def median(values: list) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
+def figure(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def report(records: list[dict], summary: dict, images_per_step: int) -> None:
@@ -116,18 +126,20 @@ def report(records: list[dict], summary: dict, images_per_step: int) -> None:
         if "error" in record:
             print(f"{record['pipeline']:10s} FAILED: {record['error']}")
             continue
-        memory = record.get("peak_memory_mb")
-        memory = "-" if memory is None else f"{memory:,.0f}"
-        print(f"{record['pipeline']:10s} {record['input_per_second']:16.2f} "
-              f"{record['steps_per_second']:9.3f} {record['steps_per_second'] * images_per_step:9,.0f}"
-              f" {memory:>8s}  {record['load_before']}")
+        rate = record["steps_per_second"]
+        print(f"{record['pipeline']:10s} {record['input_per_second']:16.2f} {figure(rate, '9.3f'):>9s} "
+              f"{figure(rate and rate * images_per_step, '9,.0f'):>9s} "
+              f"{figure(record.get('peak_memory_mb'), ',.0f'):>8s}  {record['load_before']}")
     for pipeline, figures in summary.items():
         if pipeline != "ratio":
             print(f"median {pipeline}: input {figures['input_per_second']:.2f} batches/s, step "
-                  f"{figures['steps_per_second']:.3f} steps/s over {figures['runs']} run(s)")
+                  f"{figure(figures['steps_per_second'], '.3f')} steps/s over {figures['runs']} run(s)")
     if "ratio" in summary:
-        print(f"ratio ssl-repro / semilearn: input pipeline {summary['ratio']['input_per_second']:.1f}x, "
-              f"whole step {summary['ratio']['steps_per_second']:.2f}x")
+        ratio = summary["ratio"]
+        step = "" if ratio["steps_per_second"] is None else (
+            f", whole step {ratio['steps_per_second']:.2f}x")
+        print(f"ratio ssl-repro / semilearn: input pipeline "
+              f"{figure(ratio['input_per_second'], '.1f')}x{step}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -137,7 +149,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     parser.add_argument("--semilearn-site", type=Path, help="folder with semilearn installed")
     parser.add_argument("--rounds", type=int, default=2, help="processes of each pipeline")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps (0: input only)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--input-batches", type=int, help="timed input batches (default: --steps)")
     parser.add_argument("--batch", type=int, default=64)

@@ -182,9 +182,9 @@ def measure(algorithm, args) -> dict:
     input_seconds = timed(input_only, input_batches, args.warmup, args.device)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step_seconds = timed(step, args.steps, args.warmup, args.device)
+    step_seconds = timed(step, args.steps, args.warmup, args.device) if args.steps else None
     return {"input_per_second": input_batches / input_seconds,
-            "steps_per_second": args.steps / step_seconds,
+            "steps_per_second": args.steps / step_seconds if args.steps else None,
             "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2 ** 20
                                if args.device == "cuda" else None)}
 
@@ -192,7 +192,8 @@ def measure(algorithm, args) -> dict:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
-    parser.add_argument("--steps", type=int, default=50, help="timed steps (and input batches)")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="timed steps (0: input batches only)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--input-batches", type=int, help="timed input batches (default: --steps)")
     parser.add_argument("--batch", type=int, default=64, help="labeled batch size B")
