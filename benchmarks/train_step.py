@@ -15,7 +15,7 @@ schedule and the EMA update (semisup.train.update_ema); only the data path, prec
 format and compilation differ.
 
     python benchmarks/train_step.py [--device cpu|cuda ...] [--steps N] [--warmup N]
-        [--batch 64] [--uratio 7] [--workers N] [--threads N] [--compile]
+        [--batch 64] [--uratio 7] [--workers N] [--threads N] [--compile] [--pipelines a b]
         [--dataset-size N] [--augment-repeats N]
 
 Timing: --warmup untimed steps (DataLoader worker start-up, cuDNN autotuning, compilation), then
@@ -298,32 +298,42 @@ def benchmark_device(device: torch.device, args) -> None:
           f"{size} synthetic 32x32x3 images ({n_labels} labeled); {warmup} warm-up + {steps} "
           f"timed steps per pipeline; torch threads {torch.get_num_threads()}; "
           f"(a) DataLoader workers {args.workers}; (b) compile {args.compile}")
-    rows = []
-    pipelines = (
+    pipelines = [pipeline for pipeline in (
         ("(a) conventional", "PIL per image in workers, fp32", ConventionalStep,
          (images_hwc, labels)),
         ("(b) ssl-repro", ("on-device batched aug, bf16 autocast, channels_last"
                            if device.type == "cuda" else "on-device batched aug, fp32")
          + (", compiled" if args.compile else ""), SslReproStep,
          (images_nchw, torch.from_numpy(labels))),
-    )
-    for name, description, make, data in pipelines:
-        load_before = load_average()
-        step = make(*data, n_labels, args, device, warmup + steps)
-        seconds = time_steps(step, device, warmup, steps)
-        rows.append((name, description, steps / seconds, load_before))
-        step.close()
-        del step
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    print(f"{'pipeline':17s} {'what':58s} {'steps/s':>8s} {'images/s':>9s} {'s/step':>7s}  "
-          f"load before (1/5/15 min)")
-    for name, description, rate, load in rows:
+    ) if pipeline[0][1] in args.pipelines]
+    rows = [time_pipeline(pipeline, device, args, n_labels, warmup, steps) for pipeline in pipelines]
+    print(f"{'pipeline':17s} {'what':58s} {'steps/s':>8s} {'images/s':>9s} {'s/step':>7s} "
+          f"{'peak MB':>8s}  load before (1/5/15 min)")
+    for name, description, rate, memory, load in rows:
         print(f"{name:17s} {description:58s} {rate:8.3f} {rate * images_per_step:9,.0f} "
-              f"{1 / rate:7.3f}  {load}")
-    print(f"ratio (b)/(a): {rows[1][2] / rows[0][2]:.2f}x   (load after: {load_average()})")
+              f"{1 / rate:7.3f} {memory:>8s}  {load}")
+    if len(rows) == 2:
+        print(f"ratio (b)/(a): {rows[1][2] / rows[0][2]:.2f}x   (load after: {load_average()})")
     if args.augment_repeats > 0:
         benchmark_augmentation(device, images_nchw, args)
+
+
+def time_pipeline(pipeline, device: torch.device, args, n_labels: int, warmup: int,
+                  steps: int) -> tuple:
+    """(name, description, steps/s, peak GPU memory in MB or '-', load average before)."""
+    name, description, make, data = pipeline
+    load_before = load_average()
+    step = make(*data, n_labels, args, device, warmup + steps)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = time_steps(step, device, warmup, steps)
+    memory = (f"{torch.cuda.max_memory_allocated(device) / 2 ** 20:,.0f}"
+              if device.type == "cuda" else "-")
+    step.close()
+    del step
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return name, description, steps / seconds, memory, load_before
 
 
 def benchmark_augmentation(device: torch.device, images_nchw: torch.Tensor, args) -> None:
@@ -362,6 +372,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch CPU threads of the training process (default: all cores)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in (b)")
+    parser.add_argument("--pipelines", nargs="+", choices=["a", "b"], default=["a", "b"],
+                        help="which pipelines to time: a (conventional), b (ssl-repro)")
     parser.add_argument("--model", default="wrn_28_2")
     parser.add_argument("--dataset-size", type=int,
                         help="synthetic images (default: 10000 on CPU, 50000 on CUDA)")
