@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from pipeline.config import ROOT
 
@@ -138,7 +139,8 @@ def test_slurm_dry_run_plans_the_study_without_slurm_or_data(snakemake, name):
 def test_slurm_training_jobs_ask_for_a_gpu_in_the_gpu_partition(snakemake):
     output = snakemake["slurm dash-cifar10"]["output"]
     train = jobs(output, "train")
-    assert len(train) == 3 * 7 * 3
+    study = yaml.safe_load((ROOT / "configs/dash-cifar10.yaml").read_text())["study"]
+    assert len(train) == len(study["n_labels"]) * len(study["algorithms"]) * len(study["seeds"])
     assert threads(output, "train") == {4}   # the study's train.threads: its CPUs on SLURM
     for resources in train:
         assert resources["gpu"] == "1" and "cpus_per_task" not in resources
