@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 from pipeline.code import code_digest
-from pipeline.config import command_line_overrides, deep_merge, load_study, setting_source
+from pipeline.config import (
+    command_line_overrides,
+    deep_merge,
+    load_params,
+    load_study,
+    setting_source,
+)
 from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.reports.figures import figures_for, stats_algorithms
 from pipeline.runs.checkpoints import checkpoint_dir
@@ -27,6 +33,10 @@ configfile: Path(workflow.basedir) / "params.yaml"
 try:
     # `--config` values once more, as numbers and booleans (Snakemake leaves nested ones strings).
     COMMAND_LINE = command_line_overrides(workflow.config_settings.config_args)
+    # params.yaml and each --configfile read again, strictly: Snakemake's reading keeps the last
+    # of a key given twice; this one refuses it, naming the file and both lines.
+    CONFIG_FILES = [Path(workflow.basedir, "params.yaml"), *(workflow.overwrite_configfiles or [])]
+    load_params(*CONFIG_FILES)
     config.update(deep_merge(config, COMMAND_LINE))
     # Name every file the merged config came from, so an error points at the right one.
     STUDY = load_study(

@@ -138,6 +138,11 @@ def snakemake_runs(finished) -> dict[str, subprocess.CompletedProcess]:
         jobs[name] = subprocess.Popen([*SNAKEMAKE, "--configfile", configfile.name], cwd=workdir,
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True)
+    # A key given twice: Snakemake's own reading would keep the last value silently.
+    (workdir / "twice.yaml").write_text(yaml.safe_dump(STUDY) + "study:\n  seeds: [0]\n")
+    jobs["key given twice"] = subprocess.Popen(
+        [*SNAKEMAKE, "--configfile", "twice.yaml"], cwd=workdir, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # A valid config, but the tracking server is down; seed 1 still has to be trained.
     jobs["unreachable MLflow"] = subprocess.Popen(
         [*SNAKEMAKE, "--configfile", "study.yaml", "--",
@@ -157,6 +162,16 @@ def test_bad_config_stops_snakemake_before_any_job(snakemake_runs, finished, nam
     check_user_error(result.returncode, result.stderr, finished, *BAD_CONFIGS[name][1],
                      "pipeline/params.schema.yaml")
     assert "Building DAG" not in result.stderr   # stopped while reading the config
+
+
+def test_a_config_file_with_a_key_given_twice_stops_snakemake_before_any_job(snakemake_runs,
+                                                                            finished):
+    result = snakemake_runs["key given twice"]
+    dumped = yaml.safe_dump(STUDY).splitlines()
+    first, second = dumped.index("study:") + 1, len(dumped) + 1
+    check_user_error(result.returncode, result.stderr, finished, "twice.yaml: the key 'study' is "
+                     f"given twice in one mapping (lines {first} and {second})", "Keep one of them")
+    assert "Building DAG" not in result.stderr
 
 
 def test_unreachable_mlflow_server_stops_snakemake_in_seconds(snakemake_runs, finished):
