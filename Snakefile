@@ -18,8 +18,8 @@ from pipeline.config import (
 from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.reports.figures import figures_for, stats_algorithms
 from pipeline.runs.checkpoints import checkpoint_dir
+from pipeline.workflow.inputs import check_existing_inputs, lost_outputs
 from pipeline.workflow import (
-    checked_split,
     cpu_training_warning,
     gpu_visible,
     set_job_environment,
@@ -46,6 +46,9 @@ try:
         ),
         command_line=COMMAND_LINE,
     )
+    if workflow.is_main_process:
+        # a split or manifest edited by hand, refused whatever has run (pipeline/workflow/inputs.py)
+        check_existing_inputs(STUDY)
 except USER_ERRORS as error:
     report_error(error)
     sys.exit(2)
@@ -197,10 +200,7 @@ rule split:
 rule train:
     input:
         manifest=lambda w: STUDY.manifest_path(w.dataset),
-        # checked before Snakemake removes this job's outputs (pipeline/workflow.py)
-        split=lambda w: checked_split(
-            STUDY.split_path(w.dataset, w.n_labels, w.seed), STUDY.manifest_path(w.dataset)
-        ),
+        split=lambda w: STUDY.split_path(w.dataset, w.n_labels, w.seed),
     output:
         metrics=f"{RUN}/metrics.json",
         run=f"{RUN}/run.json",
@@ -330,6 +330,17 @@ rule report_pages:
         " --run-times-html {output.run_times} > {log} 2>&1"
 
 
+# A file of the chain deleted by hand while files made from it are still there: Snakemake alone
+# would not remake it ("Nothing to be done"); requested here, it is made again with everything
+# that follows from it (pipeline/workflow/inputs.py).
+LOST = lost_outputs(
+    STUDY,
+    train_files=list(rules.train.output),
+    summary=rules.evaluate.output.summary,
+    reports=[*rules.tables.output, *rules.figures.output],
+)
+
+
 # Every output of the report rules: Snakemake reruns a rule for a missing output only when that
 # output is requested, so a newly added output is made on the next run.
 rule all:
@@ -338,3 +349,4 @@ rule all:
         rules.tables.output,
         rules.figures.output,
         rules.report_pages.output,
+        LOST,

@@ -316,8 +316,9 @@ def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path):
 
 
 @pytest.mark.parametrize("edit", ["drop digest", "drop shapes", "other files"])
-def test_a_manifest_that_the_download_rule_did_not_write(finished, data_copy, capsys, edit):
-    from pipeline.workflow import checked_split
+def test_a_manifest_that_the_download_rule_did_not_write(finished, data_copy, capsys, edit,
+                                                         monkeypatch):
+    from pipeline.workflow.inputs import check_existing_inputs
 
     manifest_file = data_copy / MANIFEST
     manifest = json.loads(manifest_file.read_text())
@@ -330,7 +331,9 @@ def test_a_manifest_that_the_download_rule_did_not_write(finished, data_copy, ca
                 "Delete it and rerun snakemake"]
     code, stderr = call(train.main, train_argv(finished[0], data=data_copy), capsys)
     check_user_error(code, stderr, finished, *expected)
-    # the same check while Snakemake builds the DAG, before it removes any output
+    # the same check when the Snakefile is read, before Snakemake plans any job
+    monkeypatch.chdir(data_copy)
     with pytest.raises(UserError) as error:
-        checked_split(str(data_copy / SPLIT), str(manifest_file))
-    assert expected[0] in str(error.value)
+        check_existing_inputs(load_study(deep_merge(load_params(ROOT / "params.yaml"), STUDY)))
+    assert f"the dataset manifest {MANIFEST} is not one that the download rule wrote" \
+        in str(error.value)

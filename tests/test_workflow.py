@@ -1,45 +1,17 @@
 """End to end: Snakemake runs a tiny study in a temporary folder; the table, a figure and the
 MLflow runs exist; a second run does nothing; a bad config stops before any job starts."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import snakemake
 from pipeline.config import ROOT
 from pipeline.errors import UserError
 
 # End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-
-TINY = {
-    "study": {"name": "tiny", "n_labels": [10], "seeds": [0, 1],
-              "algorithms": ["supervised", "fixmatch"]},
-    "train": {"steps": 6, "batch_size": 8, "uratio": 2, "eval_every": 3, "log_every": 2,
-              "checkpoint_every": 3, "last_k": 2},
-}
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
-    return subprocess.run([*SNAKEMAKE, *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("study")
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    # as a profile's set-threads would: the job gets 2 threads while params say 1
-    result = snakemake(workdir, "--cores", "2", "--configfile", "tiny.yaml",
-                       "--set-threads", "train=2")
-    assert result.returncode == 0, result.stderr[-4000:]
-    return workdir
 
 
 def test_study_writes_table_figures_and_metrics_under_its_own_name(tiny_study):

@@ -1,4 +1,4 @@
-"""pipeline/workflow.py: what the Snakefile computes besides the config, on small hand-made
+"""pipeline/workflow/__init__.py: what the Snakefile computes besides the config, on small hand-made
 inputs."""
 import os
 

@@ -1,6 +1,7 @@
 """What the Snakefile computes besides the validated config, while it builds the DAG: the
-environment its jobs run in, a local dataset folder's fingerprint (a download param), the check of
-an existing split before Snakemake removes any output, and the warning before long CPU runs.
+environment its jobs run in, a local dataset folder's fingerprint (a download param) and the
+warning before long CPU runs. The checks of the study's files before any job is planned are in
+pipeline/workflow/inputs.py.
 
 Jobs run `python -m pipeline.<stage>.<step>`: the Python that runs Snakemake (the project's locked
 environment) comes first on PATH, and PYTHONPATH points at this workflow's own `pipeline` and
@@ -37,30 +38,6 @@ def source_fingerprint(options: dict) -> str:
             digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
                           .encode())
     return digest.hexdigest()
-
-
-def checked_split(split_path: str, manifest_path: str) -> str:
-    """The train rule's split input, checked when it exists (a hand-edited split: indices,
-    duplicates, its sha256) while Snakemake builds the DAG, before it removes any output of the
-    jobs that read it. Returns split_path."""
-    import json
-
-    from semisup.data.splits import verify_split
-
-    from .data.download import read_manifest
-    from .errors import UserError
-
-    split, manifest = Path(split_path), Path(manifest_path)
-    if not (split.exists() and manifest.exists()):
-        return split_path   # made by this run
-    num_train = read_manifest(manifest)["shapes"]["train_images"][0]
-    try:
-        content = json.loads(split.read_text())
-    except ValueError as error:   # not JSON
-        raise UserError(f"the split file {split_path} is not valid JSON ({error}); delete it and "
-                        f"rerun snakemake to recreate it") from error
-    verify_split(content, split_path, num_train)
-    return split_path
 
 
 LONG_CPU_RUN_STEPS = 100_000   # a paper study's runs (2^20 steps) take days each on a CPU
