@@ -19,6 +19,7 @@ from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.reports.figures import figures_for, stats_algorithms
 from pipeline.runs.checkpoints import checkpoint_dir
 from pipeline.workflow.inputs import check_existing_inputs, lost_outputs
+from pipeline.workflow.overrides import check_overrides
 from pipeline.workflow import (
     cpu_training_warning,
     gpu_visible,
@@ -47,6 +48,8 @@ try:
         command_line=COMMAND_LINE,
     )
     if workflow.is_main_process:
+        # a one-off override that would overwrite the study's reports (pipeline/workflow/overrides.py)
+        check_overrides(STUDY, [Path(f) for f in CONFIG_FILES], COMMAND_LINE)
         # a split or manifest edited by hand, refused whatever has run (pipeline/workflow/inputs.py)
         check_existing_inputs(STUDY)
 except USER_ERRORS as error:

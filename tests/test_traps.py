@@ -1,6 +1,6 @@
-"""The traps of a first hour, through Snakemake on the tiny finished study (tests/conftest.py): an
-edited input is refused with the project's one paragraph whatever has run before, and the advice
-of an error works when followed.
+"""The traps of a first hour, through Snakemake on the tiny finished study (tests/conftest.py): a
+one-off override never overwrites a study's reports; an edited input is refused with the
+project's one paragraph whatever has run before; and the advice of an error works when followed.
 Independent calls run at once (tests/conftest.py: snakemake_all)."""
 import hashlib
 import json
@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import snakemake, snakemake_all
+import yaml
+
+from conftest import TINY, snakemake, snakemake_all
 from semisup.data.splits import indices_sha256
 
 # End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
@@ -52,6 +54,32 @@ def edit_split(path: Path, edit) -> None:
 
 def copy_of(study: Path, folder: Path) -> Path:
     return Path(shutil.copytree(study, folder, symlinks=True))
+
+
+def test_a_one_off_override_never_overwrites_the_reports(tiny_copy):
+    tiny_study = tiny_copy
+    (tiny_study / "tweak.yaml").write_text(yaml.safe_dump({"train": {"steps": 8}}))
+    (tiny_study / "tiny-edited.yaml").write_text(yaml.safe_dump(
+        {**TINY, "train": {**TINY["train"], "steps": 8}}))   # the study's own file, edited
+    dry = ["--cores", "2", "--dry-run", "--configfile"]
+    results = snakemake_all({
+        "steps": (tiny_study, [*dry, "tiny.yaml", "--config", 'train={"steps": 8}']),
+        "seeds": (tiny_study, [*dry, "tiny.yaml", "--config", 'study={"seeds": [0]}']),
+        "file": (tiny_study, [*dry, "tiny.yaml", "tweak.yaml"]),
+        "named": (tiny_study, [*dry, "tiny.yaml", "--config", 'train={"steps": 8}',
+                               'study={"name": "tiny-try"}']),
+        "overwrite": (tiny_study, [*dry, "tiny.yaml", "--config", 'train={"steps": 8}',
+                                   'reports={"overwrite": true}']),
+        "edited": (tiny_study, [*dry, "tiny-edited.yaml"])})
+    refused(results["steps"], "--config changes what the study 'tiny' computes (train.steps: 6 "
+            "-> 8)", "would overwrite reports/tiny/", """--config study='{"name": "tiny-try"}'""")
+    refused(results["seeds"], "(study.seeds: [0, 1] -> [0])")
+    refused(results["file"], "--configfile tweak.yaml changes what the study 'tiny' computes")
+    for name in ("named", "overwrite", "edited"):
+        assert results[name].returncode == 0, results[name].stderr[-3000:]
+    assert "reports/tiny-try/tables/main.tex" in results["named"].stdout
+    for name in ("overwrite", "edited"):   # the study's reports are rewritten, as asked
+        assert "reports/tiny/tables/main.tex" in results[name].stdout
 
 
 def test_an_edited_split_is_refused_whatever_has_run(tiny_study, tmp_path):
