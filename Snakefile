@@ -2,9 +2,11 @@
 # `snakemake --cores all` runs the study in params.yaml; `--configfile configs/<study>.yaml`
 # merges another study on top of it. Every rule is a thin call of a `pipeline` module:
 # `python -m pipeline.<stage>.<module>` (data, runs, reports).
+import itertools
 import json
 import shlex
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 from pipeline.code import code_digest
@@ -25,6 +27,7 @@ from pipeline.workflow import (
     gpu_visible,
     set_job_environment,
     source_fingerprint,
+    write_run_configs,
 )
 
 
@@ -75,6 +78,8 @@ RESULTS = STUDY.results_dir
 REPORTS = STUDY.reports_dir
 RUN = f"{RESULTS}/{{dataset}}-{{n_labels}}/{{algorithm}}/seed{{seed}}"
 TRAIN_JOB = "{dataset}-{n_labels}-{algorithm}-seed{seed}"  # a train job's logs and benchmark
+# a train job's resolved run config (its --run-config), written when the workflow starts
+RUN_CONFIG = f"{RESULTS}/run_configs/{TRAIN_JOB}.json"
 # run_times.html lies outside the committed reports/: its times differ from run to run.
 REPORT_PAGES = [f"{REPORTS}/report/tables.html", f"{RESULTS}/report/run_times.html"]
 # reports.published: published numbers to put beside ours in tables/published.tex (a path relative
@@ -118,6 +123,16 @@ def run_of(wildcards, seed=None):
     return STUDY.run_config(wildcards.dataset, wildcards.n_labels, wildcards.algorithm, seed)
 
 
+def run_config_files():
+    """Every train job's --run-config file and its RunConfig."""
+    return {
+        RUN_CONFIG.format(dataset=DATASET, n_labels=n, algorithm=a, seed=s): run_of(
+            Namespace(dataset=DATASET, n_labels=n, algorithm=a, seed=s)
+        )
+        for n, a, s in itertools.product(N_LABELS, ALGORITHMS, SEEDS)
+    }
+
+
 def train_code(run):
     """The digest of the code that trains `run` (pipeline/code.py): a change reruns it."""
     return code_digest("pipeline.runs.train", **run.components())
@@ -150,6 +165,7 @@ def figure_report(name):
 
 
 onstart:
+    write_run_configs(run_config_files())
     shell(f"python -m pipeline.runs.tracking init --experiment {shlex.quote(STUDY.name)}")
     warning = cpu_training_warning(
         STUDY.config["train"],
@@ -217,7 +233,9 @@ rule train:
     resources:
         gpu=1 if EXECUTION["device"] != "cpu" else 0,
     params:
+        # the run config itself: a changed one reruns the job (the job reads it from run_config_file)
         run_config=lambda w: run_of(w).to_json(),
+        run_config_file=lambda w: RUN_CONFIG.format(**dict(w.items())),
         code=lambda w: train_code(run_of(w)),
         # outside the declared outputs, so that a killed job keeps them; removed by `evaluate`
         checkpoints=checkpoints,
@@ -228,7 +246,7 @@ rule train:
         attempts=f"logs/{STUDY.name}/train/attempts/{TRAIN_JOB}.log",
     shell:
         "mkdir -p $(dirname {params.attempts}) &&"
-        " python -m pipeline.runs.train --run-config {params.run_config:q}"
+        " python -m pipeline.runs.train --run-config {params.run_config_file}"
         " --manifest {input.manifest} --split {input.split} --out $(dirname {output.metrics})"
         " --checkpoint-dir {params.checkpoints} --device {params.device} --threads {threads}"
         " --device-source {params.device_source}"

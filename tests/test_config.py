@@ -330,3 +330,14 @@ def test_the_same_key_in_two_mappings_or_overriding_a_yaml_merge_is_not_a_duplic
     study.write_text("base: &base {steps: 20, lr: 0.1}\ntrain:\n  <<: *base\n  steps: 30\n"
                      "eval:\n  steps: 5\n")
     assert load_params(study)["train"] == {"steps": 30, "lr": 0.1}
+
+
+def test_a_train_job_reads_its_run_config_from_the_file_the_workflow_wrote(params, tmp_path):
+    run = load_study(params).run_config("digits", 10, "fixmatch", 0)
+    path = tmp_path / "digits-10-fixmatch-seed0.json"
+    path.write_text(json.dumps(run.as_dict(), indent=2))
+    assert RunConfig.read(str(path)) == run
+    assert RunConfig.read(run.to_json()) == run   # the JSON itself, for a run started by hand
+    with pytest.raises(ConfigError, match=r"the run config file .*missing\.json is missing; "
+                                          r"rerun snakemake, which writes"):
+        RunConfig.read(str(tmp_path / "missing.json"))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import snakemake
+from conftest import snakemake, snakemake_all
 from pipeline.config import ROOT
 from pipeline.errors import UserError
 
@@ -85,14 +85,26 @@ def test_bad_config_stops_before_any_job(tmp_path):
 
 
 def test_command_line_numbers_and_booleans_reach_the_jobs_as_such(tmp_path):
-    """The README's `--config train='{"steps": 200}'`: Snakemake reads nested values as strings;
-    the workflow reads them again as the numbers and booleans they are."""
-    result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--printshellcmds", "--config",
-                       'train={"steps": 200, "nesterov": false}', "study={\"seeds\": [7]}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    train_commands = [line for line in result.stdout.splitlines() if "pipeline.runs.train" in line]
-    assert train_commands and all('"steps": 200' in line and '"nesterov": false' in line
-                                  and '"seed": 7' in line for line in train_commands)
+    """A `--config` value: Snakemake reads nested values as strings; the workflow reads them
+    again as the numbers and booleans they are, into each run's config file, written when the
+    workflow starts (here with --until download, which trains nothing). A train job's command
+    line names that file: it is short, and Snakemake's progress lines are not buried under it."""
+    overrides = ["--config", 'train={"steps": 200, "nesterov": false}', 'study={"seeds": [7]}']
+    (tmp_path / "dry").mkdir()
+    results = snakemake_all({
+        "run": (tmp_path, ["--cores", "1", "--until", "download", *overrides]),
+        "dry": (tmp_path / "dry", ["--cores", "1", "--dry-run", "--printshellcmds", *overrides])})
+    assert results["run"].returncode == 0, results["run"].stderr[-3000:]
+    files = sorted((tmp_path / "results/digits/run_configs").glob("*.json"))
+    assert len(files) == 2 * 9   # label budgets x algorithms x the one seed
+    for path in files:
+        run = json.loads(path.read_text())
+        assert (run["train"]["steps"], run["train"]["nesterov"], run["seed"]) == (200, False, 7)
+    commands = [line for line in results["dry"].stdout.splitlines()
+                if "pipeline.runs.train" in line]
+    assert len(commands) == 18
+    assert all("--run-config results/digits/run_configs/digits-" in line and len(line) < 700
+               and '"steps"' not in line for line in commands)
 
 
 def test_a_bad_command_line_value_is_blamed_on_the_command_line(tmp_path):

@@ -40,6 +40,20 @@ def source_fingerprint(options: dict) -> str:
     return digest.hexdigest()
 
 
+def write_run_configs(runs: dict) -> None:
+    """Each train job's --run-config file (path -> RunConfig), written when the workflow starts,
+    so that a job's command line is short; rewritten only when it changed. (A changed run config
+    still reruns its job: the train rule has the config itself as a parameter.)"""
+    import json
+
+    from ..files import write_text
+
+    for path, run in runs.items():
+        text = json.dumps(run.as_dict(), indent=2, sort_keys=True) + "\n"
+        if not Path(path).is_file() or Path(path).read_text() != text:
+            write_text(path, text)
+
+
 LONG_CPU_RUN_STEPS = 100_000   # a paper study's runs (2^20 steps) take days each on a CPU
 
 
