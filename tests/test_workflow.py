@@ -1,6 +1,7 @@
 """End to end: Snakemake runs a tiny study in a temporary folder; the table, a figure and the
 MLflow runs exist; a second run does nothing; a bad config stops before any job starts."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -133,11 +134,14 @@ def image_study(workdir: Path, folder: Path, name: str) -> str:
 
 
 def test_an_image_folder_study_has_its_own_data_and_reruns_when_the_images_change(tmp_path):
-    """Two studies on two folders get two data keys; changing an image reruns its download."""
+    """Two studies on two folders get two data keys (one holds an image whose name is not
+    UTF-8); changing an image reruns its download."""
     from pipeline.config import deep_merge, load_params, load_study
 
     folders = [image_folder(tmp_path / f"images{i}", {"red": (200, 0, 0), "blue": (0, 0, 200)})
                for i in (1, 2)]
+    # a file name that is not UTF-8 (the DAG's folder fingerprint once failed on it)
+    os.rename(folders[0] / "blue" / "4.png", os.fsencode(folders[0] / "blue") + b"/\xe9t\xe9.png")
     studies = [load_study(deep_merge(load_params(ROOT / "params.yaml"),
                                      yaml.safe_load((tmp_path / image_study(tmp_path, f, f"s{i}"))
                                                     .read_text())))

@@ -35,8 +35,10 @@ def source_fingerprint(options: dict) -> str:
     for path in sorted(Path(folder).rglob("*")):
         if path.is_file():
             stat = path.stat()
-            digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
-                          .encode())
+            # the name as the file system holds it: a name that is not UTF-8 (Python reads it with
+            # surrogates, which str.encode refuses) counts as its bytes, a UTF-8 one as before
+            digest.update(os.fsencode(path.relative_to(folder))
+                          + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
