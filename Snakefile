@@ -20,11 +20,10 @@ from pipeline.config import (
 from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.reports.figures import figures_for, stats_algorithms
 from pipeline.runs.checkpoints import checkpoint_dir
+from pipeline.workflow.devices import device_warning, gpu_visible
 from pipeline.workflow.inputs import check_existing_inputs, lost_outputs
 from pipeline.workflow.overrides import check_overrides
 from pipeline.workflow import (
-    cpu_training_warning,
-    gpu_visible,
     set_job_environment,
     source_fingerprint,
     write_run_configs,
@@ -66,6 +65,22 @@ EXECUTION = STUDY.execution()
 DEVICE_SOURCE = setting_source(
     ("train", "device"), workflow.overwrite_configfiles or [], COMMAND_LINE, Path(workflow.basedir)
 )
+
+# Training jobs that want a GPU this machine lacks, or that would take hours each on its CPU: said
+# now, so that a dry run says it too (pipeline/workflow/devices.py).
+if workflow.is_main_process:
+    WARNING = device_warning(
+        STUDY.config["train"],
+        STUDY.config["study"]["model"],
+        len(STUDY.config["study"]["n_labels"])
+        * len(STUDY.config["study"]["algorithms"])
+        * len(STUDY.config["study"]["seeds"]),
+        workflow.local_exec,
+        gpu_visible(),
+        DEVICE_SOURCE,
+    )
+    if WARNING:
+        print(WARNING, file=sys.stderr)
 
 # ---- the study's plan: every algorithm x label budget x seed, then its reports -----------------
 DATASET = STUDY.dataset
@@ -167,14 +182,6 @@ def figure_report(name):
 onstart:
     write_run_configs(run_config_files())
     shell(f"python -m pipeline.runs.tracking init --experiment {shlex.quote(STUDY.name)}")
-    warning = cpu_training_warning(
-        STUDY.config["train"],
-        len(N_LABELS) * len(ALGORITHMS) * len(SEEDS),
-        workflow.local_exec,
-        gpu_visible(),
-    )
-    if warning:
-        print(warning, file=sys.stderr)
 
 
 # `snakemake --report reports/<study>/report.html` (after a run) bundles the outputs marked report(...)

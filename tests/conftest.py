@@ -27,10 +27,11 @@ def snakemake_command(workdir: Path, *args: str) -> tuple[list[str], dict]:
     return [*SNAKEMAKE, *args], env
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    command, env = snakemake_command(workdir, *args)
-    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=600)
+def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`snakemake args` in workdir; `env`: variables to set besides this process's."""
+    command, environment = snakemake_command(workdir, *args)
+    return subprocess.run(command, cwd=workdir, env={**environment, **(env or {})},
+                          capture_output=True, text=True, timeout=600)
 
 
 def snakemake_all(calls: dict[str, tuple[Path, list[str]]]) -> dict[str, subprocess.CompletedProcess]:

@@ -163,9 +163,14 @@ def test_an_image_folder_study_has_its_own_data_and_reruns_when_the_images_chang
 def test_the_documented_offline_download_command_plans_the_download_only(tmp_path):
     """profiles/README.md: `snakemake --cores 1 --until download --configfile <paper study>`."""
     result = snakemake(tmp_path, "--cores", "1", "--until", "download", "--dry-run",
-                       "--configfile", str(ROOT / "configs/dash-cifar10.yaml"))
+                       "--configfile", str(ROOT / "configs/dash-cifar10.yaml"),
+                       env={"CUDA_VISIBLE_DEVICES": ""})   # as on a machine without a GPU
     assert result.returncode == 0, result.stderr[-3000:]
     assert "download" in result.stdout and "rule train" not in result.stdout
+    # the dry run says what its training jobs would cost here (pipeline/workflow/devices.py)
+    said = " ".join(result.stderr.split())
+    assert "warning: 63 training run(s) of 1,048,576 steps each (wrn_28_2, 960 images a step)" \
+        in said and "days. They want a GPU" in said
 
 
 def test_a_gpu_study_on_a_machine_without_one_names_its_config_file(tmp_path):
@@ -174,8 +179,11 @@ def test_a_gpu_study_on_a_machine_without_one_names_its_config_file(tmp_path):
     from pipeline.runs.train import choose_device
 
     result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--printshellcmds",
-                       "--configfile", str(ROOT / "configs/gpu-smoke.yaml"))
+                       "--configfile", str(ROOT / "configs/gpu-smoke.yaml"),
+                       env={"CUDA_VISIBLE_DEVICES": ""})   # as on a machine without a GPU
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "ask for a GPU (train.device 'cuda', set in configs/gpu-smoke.yaml) and this machine " \
+        "shows none" in " ".join(result.stderr.split())
     assert "--device cuda --threads" in result.stdout
     assert "--device-source configs/gpu-smoke.yaml" in result.stdout
     import torch

@@ -2,18 +2,34 @@
 inputs."""
 import os
 
-from pipeline.workflow import cpu_training_warning, source_fingerprint
+from pipeline.workflow import source_fingerprint
+from pipeline.workflow.devices import device_warning
 
-PAPER = {"device": "auto", "steps": 2**20}
+PAPER = {"device": "auto", "steps": 2**20, "batch_size": 64, "uratio": 7, "threads": 4}
 
 
-def test_a_long_study_on_this_cpu_is_announced_before_it_starts():
-    warning = cpu_training_warning(PAPER, 12, local=True, gpu=False)
-    assert "12 training run(s) of 1,048,576 steps" in warning and "each run takes days" in warning
-    assert cpu_training_warning(PAPER, 12, local=True, gpu=True) is None        # a GPU box
-    assert cpu_training_warning(PAPER, 12, local=False, gpu=False) is None      # SLURM
-    assert cpu_training_warning({**PAPER, "device": "cpu"}, 1, local=False, gpu=True)
-    assert cpu_training_warning({"device": "cpu", "steps": 300}, 54, local=True, gpu=False) is None
+def test_a_long_study_on_a_cpu_is_announced_with_an_estimate():
+    warning = device_warning(PAPER, "wrn_28_2", 63, local=True, gpu=False)
+    # 960 images a step at 0.028 core-seconds each (benchmarks/README.md), on 4 threads
+    assert "63 training run(s) of 1,048,576 steps each (wrn_28_2, 960 images a step)" in warning
+    assert "about 6.8 s a step with 4 thread(s)" in warning and "about 83 days" in warning
+    assert "They want a GPU" in warning
+    huge = device_warning({**PAPER, "steps": 10**12}, "wrn_28_2", 1, local=True, gpu=False)
+    assert "about 215,627 years" in huge
+    assert device_warning(PAPER, "wrn_28_2", 63, local=True, gpu=True) is None     # a GPU box
+    assert device_warning(PAPER, "wrn_28_2", 63, local=False, gpu=False) is None   # SLURM
+    assert device_warning({**PAPER, "device": "cpu"}, "wrn_28_2", 1, local=False, gpu=True)
+    digits = {"device": "cpu", "steps": 300, "batch_size": 16, "uratio": 4, "threads": 1}
+    assert device_warning(digits, "small_cnn", 54, local=True, gpu=False) is None
+
+
+def test_a_study_that_asks_for_a_gpu_this_machine_lacks_is_told_so():
+    warning = device_warning({**PAPER, "device": "cuda"}, "wrn_28_2", 3, local=True, gpu=False,
+                             device_source="configs/gpu-smoke.yaml")
+    assert "3 training job(s) ask for a GPU (train.device 'cuda', set in configs/gpu-smoke.yaml)" \
+        in warning and "this machine shows none" in warning
+    assert device_warning({**PAPER, "device": "cuda"}, "wrn_28_2", 3, local=False, gpu=False) \
+        is None   # SLURM's GPU nodes
 
 
 def test_the_fingerprint_of_a_folder_changes_with_its_files_only(tmp_path):

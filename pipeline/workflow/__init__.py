@@ -1,7 +1,8 @@
 """What the Snakefile computes besides the validated config, while it builds the DAG: the
 environment its jobs run in, a local dataset folder's fingerprint (a download param) and the
-warning before long CPU runs. The checks of the study's files before any job is planned are in
-pipeline/workflow/inputs.py.
+train jobs' run config files. Beside it: the checks of the study's files before any job is
+planned (inputs.py), of one-off overrides (overrides.py), and the warnings about where the
+training jobs would run (devices.py).
 
 Jobs run `python -m pipeline.<stage>.<step>`: the Python that runs Snakemake (the project's locked
 environment) comes first on PATH, and PYTHONPATH points at this workflow's own `pipeline` and
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -54,28 +54,3 @@ def write_run_configs(runs: dict) -> None:
         text = json.dumps(run.as_dict(), indent=2, sort_keys=True) + "\n"
         if not Path(path).is_file() or Path(path).read_text() != text:
             write_text(path, text)
-
-
-LONG_CPU_RUN_STEPS = 100_000   # a paper study's runs (2^20 steps) take days each on a CPU
-
-
-def gpu_visible() -> bool:
-    """Whether this machine shows a CUDA GPU (without importing torch)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return any(d.strip() not in ("", "-1") for d in visible.split(","))
-    return shutil.which("nvidia-smi") is not None
-
-
-def cpu_training_warning(train: dict, n_runs: int, local: bool, gpu: bool) -> str | None:
-    """A warning before a study trains long runs on this machine's CPU (train.device 'cpu', or
-    'auto' without a GPU here and jobs run locally); None otherwise."""
-    device = train["device"]
-    on_cpu = device == "cpu" or (device == "auto" and local and not gpu)
-    if not on_cpu or train["steps"] < LONG_CPU_RUN_STEPS:
-        return None
-    return (f"warning: {n_runs} training run(s) of {train['steps']:,} steps each are about to run "
-            f"on this machine's CPU (train.device {device!r}, no GPU here): a WRN runs about 1 "
-            f"step/s on a CPU core (benchmarks/README.md), so each run takes days. Stop now "
-            f"(Ctrl-C) and run on a GPU machine or a cluster (profiles/README.md), or shorten "
-            f"the runs (--config train='{{\"steps\": 2000}}').")
