@@ -216,3 +216,19 @@ def test_the_error_curves_are_written_as_csv_for_dvc_plots(results, tmp_path):
     # supervised: seeds 0 and 1 at step 10 -> 80 - 5 - 0 and 80 - 5 - 1: mean 74.5
     lines = (tmp_path / "plots/10-labels/supervised.csv").read_text().splitlines()
     assert lines[:2] == ["step,error", "10,74.5000"]
+
+
+def test_a_users_image_folder_is_named_after_the_study_in_the_figure_titles(results, tmp_path,
+                                                                          monkeypatch):
+    for path in results["dash_runs"]:   # as if the study were `my_images` on an image folder
+        run = json.loads(path.read_text())
+        run["run"].update(dataset="image_folder", study="my_images")
+        path.write_text(json.dumps(run))
+    assert plotting.data_names(tuple(results["dash_runs"])) == {"image_folder": "my_images"}
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda figure, out_dir, stem: drawn.append(figure) or [])
+    inputs = plotting.FigureInputs(evaluations={("image_folder", 10, "dash"): [[
+        {"step": 10.0, "ema/error": 50.0}]]}, train_stats={}, runs=tuple(results["dash_runs"]),
+        algorithms=("dash",))
+    figures.plot_error_curves(inputs, tmp_path)
+    assert [ax.get_title() for ax in drawn[0].axes] == ["my_images, 10 labels"]

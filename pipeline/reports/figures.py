@@ -23,8 +23,8 @@ from semisup.catalog import algorithm_cards
 from ..errors import UserError, argument_parser, cli
 from ..files import write_text
 from . import dash_paper, selection
-from .plotting import (FigureInputs, Groups, budgets_of, group_runs, label, line_styles,
-                       plot_mean_and_band, pyplot, save, seed_curves)
+from .plotting import (FigureInputs, Groups, budgets_of, data_names, group_runs, label,
+                       line_styles, plot_mean_and_band, pyplot, save, seed_curves)
 
 COMMON_FIGURES = ("error_curves",)   # every study's, of every algorithm
 
@@ -54,6 +54,7 @@ def plot_error_curves(inputs: FigureInputs, out_dir: Path) -> list[Path]:
     budgets = budgets_of(groups)
     algorithms = list(dict.fromkeys(algorithm for _, _, algorithm in groups))
     styles = line_styles(algorithms)
+    names = data_names(inputs.runs)
     figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.6), squeeze=False,
                                 sharey=True, layout="constrained")
     for ax, n_labels in zip(axes[0], budgets, strict=True):
@@ -62,7 +63,8 @@ def plot_error_curves(inputs: FigureInputs, out_dir: Path) -> list[Path]:
             steps, errors = seed_curves(runs, f"{model}/error")
             plot_mean_and_band(ax, steps, errors, label=label(algorithm), linewidth=1.2,
                                **styles[algorithm])
-        ax.set_title(f"{', '.join(sorted({dataset for dataset, _, _ in cells}))}, {n_labels} labels")
+        data = sorted({names.get(dataset, dataset) for dataset, _, _ in cells})
+        ax.set_title(f"{', '.join(data)}, {n_labels} labels")
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"test error (%), {model.upper()} model")
