@@ -24,6 +24,7 @@ from pipeline.workflow.devices import device_warning, gpu_visible
 from pipeline.workflow.inputs import check_existing_inputs, lost_outputs
 from pipeline.workflow.overrides import check_overrides
 from pipeline.workflow import (
+    place_plot_scripts,
     set_job_environment,
     source_fingerprint,
     write_run_configs,
@@ -181,6 +182,8 @@ def figure_report(name):
 
 onstart:
     write_run_configs(run_config_files())
+    # beside the page `dvc plots show` writes: it draws without internet (.dvc/plots.html)
+    place_plot_scripts()
     shell(f"python -m pipeline.runs.tracking init --experiment {shlex.quote(STUDY.name)}")
 
 
@@ -316,12 +319,9 @@ rule figures:
         runs=expand(rules.train.output.metrics, **TRAIN_RUNS),
     output:
         pdf=expand(f"{REPORTS}/figures/{{name}}.pdf", name=FIGURES),
-        # the error curves as CSV, what `dvc plots show` / `dvc plots diff` draw (dvc.yaml)
-        curves=expand(
-            f"{REPORTS}/plots/{{n_labels}}-labels/{{algorithm}}.csv",
-            n_labels=N_LABELS,
-            algorithm=ALGORITHMS,
-        ),
+        # the error curves as CSV, one per label budget with a column per algorithm: what
+        # `dvc plots show` / `dvc plots diff` draw, one chart per budget (dvc.yaml)
+        curves=expand(f"{REPORTS}/plots/{{n_labels}}-labels.csv", n_labels=N_LABELS),
         png=[figure_report(name) for name in FIGURES],
     log:
         f"logs/{STUDY.name}/figures.log",
@@ -331,7 +331,7 @@ rule figures:
         figures=" ".join(FIGURES),
         model=STUDY.config["reports"]["model"],
         out=lambda wildcards, output: Path(output.pdf[0]).parent,
-        curves=lambda wildcards, output: Path(output.curves[0]).parent.parent,
+        curves=lambda wildcards, output: Path(output.curves[0]).parent,
         code=code_digest("pipeline.reports.figures"),
     shell:
         "python -m pipeline.reports.figures --evaluations {input.evaluations}"

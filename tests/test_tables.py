@@ -206,9 +206,9 @@ def test_dvc_metrics_hold_the_main_tables_numbers_only():
     from pipeline.reports.tables import Results, table_metrics
 
     metrics = table_metrics(Results(SUMMARIES, "ema", "best"))
-    assert metrics == {"40 labels": {"pseudolabel": {"error": 60.0, "std": 0.5},
-                                     "fixmatch": {"error": 5.0, "std": 0.5},
-                                     "dash": {"error": 8.0, "std": 0.5}},
-                       "250 labels": {"pseudolabel": {"error": 30.0, "std": 0.5},
-                                      "fixmatch": {"error": 4.9, "std": 0.5},
-                                      "dash": {"error": 4.8, "std": 0.1}}}
+    assert metrics == {"40 labels": {"pseudolabel": {"error_mean": 60.0, "error_std": 0.5},
+                                     "fixmatch": {"error_mean": 5.0, "error_std": 0.5},
+                                     "dash": {"error_mean": 8.0, "error_std": 0.5}},
+                       "250 labels": {"pseudolabel": {"error_mean": 30.0, "error_std": 0.5},
+                                      "fixmatch": {"error_mean": 4.9, "error_std": 0.5},
+                                      "dash": {"error_mean": 4.8, "error_std": 0.1}}}

@@ -30,18 +30,31 @@ COMMON_FIGURES = ("error_curves",)   # every study's, of every algorithm
 
 
 def write_curves(groups: Groups, model: str, out_dir: Path) -> list[Path]:
-    """Each (label budget, algorithm): the test error at every evaluation, mean over seeds, as
-    <n_labels>-labels/<algorithm>.csv with columns step, error (for `dvc plots show/diff`)."""
+    """Per label budget, every algorithm's test error at each evaluation (mean over seeds), as
+    <n_labels>-labels.csv: a column step, then one per algorithm (its display name, in the
+    study's order), empty where it did not evaluate at that step. `dvc plots show` draws one
+    chart per label budget from it, a line per algorithm (dvc.yaml)."""
+    import csv
+    import io
+
     import numpy as np
 
     written = []
-    for (_, n_labels, algorithm), runs in groups.items():
-        steps, errors = seed_curves(runs, f"{model}/error")
-        path = out_dir / f"{n_labels}-labels" / f"{algorithm}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = [f"{int(step)},{error:.4f}" for step, error in zip(steps, np.nanmean(errors, 0),
-                                                                strict=True)]
-        write_text(path, "\n".join(["step,error", *rows, ""]))
+    for n_labels in budgets_of(groups):
+        curves = {}
+        for (_, budget, algorithm), runs in groups.items():
+            if budget == n_labels:
+                steps, errors = seed_curves(runs, f"{model}/error")
+                curves[label(algorithm)] = dict(zip(map(int, steps), np.nanmean(errors, 0),
+                                                    strict=True))
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["step", *curves])
+        for step in sorted(set().union(*curves.values())):
+            writer.writerow([step, *(f"{curve[step]:.4f}" if step in curve else ""
+                                     for curve in curves.values())])
+        path = out_dir / f"{n_labels}-labels.csv"
+        write_text(path, text.getvalue())
         written.append(path)
     return written
 
@@ -139,7 +152,7 @@ def parse_arguments(argv: list[str] | None):
     parser.add_argument("--model", default="ema", choices=["ema", "raw"])
     parser.add_argument("--out", required=True, type=Path, help="figures folder")
     parser.add_argument("--curves", type=Path, help="folder for the error curves as CSV, "
-                        "<n_labels>-labels/<algorithm>.csv (what `dvc plots` draws)")
+                        "<n_labels>-labels.csv (what `dvc plots` draws)")
     return parser.parse_args(argv)
 
 

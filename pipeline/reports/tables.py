@@ -290,9 +290,10 @@ def render_published(summaries: list[dict], published_rows: list[dict], model: s
 
 def table_metrics(results: Results) -> dict:
     """The main table's numbers, for `dvc metrics show/diff`: {"<n> labels": {algorithm:
-    {"error": mean, "std": std}}} (the full record, every metric and run identity, is
-    metrics.json)."""
-    return {f"{n} labels": {a: {"error": round(stats["mean"], 4), "std": round(stats["std"], 4)}
+    {"error_mean": mean, "error_std": std}}} (the full record, every metric and run identity, is
+    metrics.json). No key is named `error`: DVC takes one for a failure to load the file."""
+    return {f"{n} labels": {a: {"error_mean": round(stats["mean"], 4),
+                                "error_std": round(stats["std"], 4)}
                             for a, stats in results.columns[n].cells.items()}
             for n in results.budgets}
 

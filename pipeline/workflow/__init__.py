@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,3 +55,26 @@ def write_run_configs(runs: dict) -> None:
         text = json.dumps(run.as_dict(), indent=2, sort_keys=True) + "\n"
         if not Path(path).is_file() or Path(path).read_text() != text:
             write_text(path, text)
+
+
+# Snakemake's own copies of the scripts that draw DVC's plots (its HTML reports use them too).
+PLOT_SCRIPTS = ("vega/vega.js", "vega-lite/vega-lite.js", "vega-embed/vega-embed.js")
+
+
+def place_plot_scripts(folder: str | Path = "dvc_plots") -> None:
+    """Put vega, vega-lite and vega-embed (with their licenses) into `folder`, beside the page
+    `dvc plots show` writes there, which loads them from there (.dvc/plots.html): the page then
+    works without internet. Only in a DVC project (a .dvc folder here), and only when changed."""
+    if not Path(".dvc").is_dir():
+        return
+    import snakemake
+
+    assets = Path(snakemake.__file__).parent / "assets" / "data"
+    for name in PLOT_SCRIPTS:
+        script = assets / name
+        for source, target in ((script, Path(folder, script.name)),
+                               (script.with_name("LICENSE"), Path(folder, f"{script.stem}.LICENSE"))):
+            if source.is_file() and (not target.is_file()
+                                     or target.stat().st_size != source.stat().st_size):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
