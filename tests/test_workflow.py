@@ -31,6 +31,9 @@ def test_every_training_job_is_one_finished_mlflow_run_with_tags(tiny_study):
 
     client = MlflowClient(f"sqlite:///{tiny_study}/mlflow.db")
     experiment = client.get_experiment_by_name("tiny")
+    # the README's runs table: experiment 1 of a new store, a page of runs rather than traces
+    assert experiment.experiment_id == "1"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 4
     for run in runs:
