@@ -361,11 +361,15 @@ rule report_pages:
 # A file of the chain deleted by hand while files made from it are still there: Snakemake alone
 # would not remake it ("Nothing to be done"); requested here, it is made again with everything
 # that follows from it (pipeline/workflow/inputs.py).
-LOST = lost_outputs(
-    STUDY,
-    train_files=list(rules.train.output),
-    summary=rules.evaluate.output.summary,
-    reports=[*rules.tables.output, *rules.figures.output],
+LOST = (
+    lost_outputs(
+        STUDY,
+        train_files=list(rules.train.output),
+        summary=rules.evaluate.output.summary,
+        reports=[*rules.tables.output, *rules.figures.output],
+    )
+    if workflow.is_main_process
+    else []
 )
 
 
