@@ -2,22 +2,32 @@
 # `snakemake --cores all` runs the study in params.yaml; `--configfile configs/<study>.yaml`
 # merges another study on top of it. Every rule is a thin call of a `pipeline` module:
 # `python -m pipeline.<stage>.<module>` (data, runs, reports).
+import itertools
 import json
 import shlex
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 from pipeline.code import code_digest
-from pipeline.config import command_line_overrides, deep_merge, load_study, setting_source
+from pipeline.config import (
+    command_line_overrides,
+    deep_merge,
+    load_params,
+    load_study,
+    setting_source,
+)
 from pipeline.errors import USER_ERRORS, report as report_error
 from pipeline.reports.figures import figures_for, stats_algorithms
 from pipeline.runs.checkpoints import checkpoint_dir
+from pipeline.workflow.devices import device_warning, gpu_visible
+from pipeline.workflow.inputs import check_existing_inputs, lost_outputs
+from pipeline.workflow.overrides import check_overrides
 from pipeline.workflow import (
-    checked_split,
-    cpu_training_warning,
-    gpu_visible,
+    place_plot_scripts,
     set_job_environment,
     source_fingerprint,
+    write_run_configs,
 )
 
 
@@ -27,6 +37,10 @@ configfile: Path(workflow.basedir) / "params.yaml"
 try:
     # `--config` values once more, as numbers and booleans (Snakemake leaves nested ones strings).
     COMMAND_LINE = command_line_overrides(workflow.config_settings.config_args)
+    # params.yaml and each --configfile read again, strictly: Snakemake's reading keeps the last
+    # of a key given twice; this one refuses it, naming the file and both lines.
+    CONFIG_FILES = [Path(workflow.basedir, "params.yaml"), *(workflow.overwrite_configfiles or [])]
+    load_params(*CONFIG_FILES)
     config.update(deep_merge(config, COMMAND_LINE))
     # Name every file the merged config came from, so an error points at the right one.
     STUDY = load_study(
@@ -36,6 +50,11 @@ try:
         ),
         command_line=COMMAND_LINE,
     )
+    if workflow.is_main_process:
+        # a one-off override that would overwrite the study's reports (pipeline/workflow/overrides.py)
+        check_overrides(STUDY, [Path(f) for f in CONFIG_FILES], COMMAND_LINE)
+        # a split or manifest edited by hand, refused whatever has run (pipeline/workflow/inputs.py)
+        check_existing_inputs(STUDY)
 except USER_ERRORS as error:
     report_error(error)
     sys.exit(2)
@@ -48,6 +67,22 @@ DEVICE_SOURCE = setting_source(
     ("train", "device"), workflow.overwrite_configfiles or [], COMMAND_LINE, Path(workflow.basedir)
 )
 
+# Training jobs that want a GPU this machine lacks, or that would take hours each on its CPU: said
+# now, so that a dry run says it too (pipeline/workflow/devices.py).
+if workflow.is_main_process:
+    WARNING = device_warning(
+        STUDY.config["train"],
+        STUDY.config["study"]["model"],
+        len(STUDY.config["study"]["n_labels"])
+        * len(STUDY.config["study"]["algorithms"])
+        * len(STUDY.config["study"]["seeds"]),
+        workflow.local_exec,
+        gpu_visible(),
+        DEVICE_SOURCE,
+    )
+    if WARNING:
+        print(WARNING, file=sys.stderr)
+
 # ---- the study's plan: every algorithm x label budget x seed, then its reports -----------------
 DATASET = STUDY.dataset
 N_LABELS = STUDY.config["study"]["n_labels"]
@@ -59,6 +94,8 @@ RESULTS = STUDY.results_dir
 REPORTS = STUDY.reports_dir
 RUN = f"{RESULTS}/{{dataset}}-{{n_labels}}/{{algorithm}}/seed{{seed}}"
 TRAIN_JOB = "{dataset}-{n_labels}-{algorithm}-seed{seed}"  # a train job's logs and benchmark
+# a train job's resolved run config (its --run-config), written when the workflow starts
+RUN_CONFIG = f"{RESULTS}/run_configs/{TRAIN_JOB}.json"
 # run_times.html lies outside the committed reports/: its times differ from run to run.
 REPORT_PAGES = [f"{REPORTS}/report/tables.html", f"{RESULTS}/report/run_times.html"]
 # reports.published: published numbers to put beside ours in tables/published.tex (a path relative
@@ -102,6 +139,16 @@ def run_of(wildcards, seed=None):
     return STUDY.run_config(wildcards.dataset, wildcards.n_labels, wildcards.algorithm, seed)
 
 
+def run_config_files():
+    """Every train job's --run-config file and its RunConfig."""
+    return {
+        RUN_CONFIG.format(dataset=DATASET, n_labels=n, algorithm=a, seed=s): run_of(
+            Namespace(dataset=DATASET, n_labels=n, algorithm=a, seed=s)
+        )
+        for n, a, s in itertools.product(N_LABELS, ALGORITHMS, SEEDS)
+    }
+
+
 def train_code(run):
     """The digest of the code that trains `run` (pipeline/code.py): a change reruns it."""
     return code_digest("pipeline.runs.train", **run.components())
@@ -134,18 +181,13 @@ def figure_report(name):
 
 
 onstart:
+    write_run_configs(run_config_files())
+    # beside the page `dvc plots show` writes: it draws without internet (.dvc/plots.html)
+    place_plot_scripts()
     # Jobs on a cluster's nodes: a SQLite store on a network file system is refused.
     hosts = "" if workflow.local_exec else "--jobs-on-other-hosts"
     experiment = shlex.quote(STUDY.name)
     shell(f"python -m pipeline.runs.tracking init --experiment {experiment} {hosts}")
-    warning = cpu_training_warning(
-        STUDY.config["train"],
-        len(N_LABELS) * len(ALGORITHMS) * len(SEEDS),
-        workflow.local_exec,
-        gpu_visible(),
-    )
-    if warning:
-        print(warning, file=sys.stderr)
 
 
 # `snakemake --report reports/<study>/report.html` (after a run) bundles the outputs marked report(...)
@@ -190,10 +232,7 @@ rule split:
 rule train:
     input:
         manifest=lambda w: STUDY.manifest_path(w.dataset),
-        # checked before Snakemake removes this job's outputs (pipeline/workflow.py)
-        split=lambda w: checked_split(
-            STUDY.split_path(w.dataset, w.n_labels, w.seed), STUDY.manifest_path(w.dataset)
-        ),
+        split=lambda w: STUDY.split_path(w.dataset, w.n_labels, w.seed),
     output:
         metrics=f"{RUN}/metrics.json",
         run=f"{RUN}/run.json",
@@ -207,7 +246,9 @@ rule train:
     resources:
         gpu=1 if EXECUTION["device"] != "cpu" else 0,
     params:
+        # the run config itself: a changed one reruns the job (the job reads it from run_config_file)
         run_config=lambda w: run_of(w).to_json(),
+        run_config_file=lambda w: RUN_CONFIG.format(**dict(w.items())),
         code=lambda w: train_code(run_of(w)),
         # outside the declared outputs, so that a killed job keeps them; removed by `evaluate`
         checkpoints=checkpoints,
@@ -218,7 +259,7 @@ rule train:
         attempts=f"logs/{STUDY.name}/train/attempts/{TRAIN_JOB}.log",
     shell:
         "mkdir -p $(dirname {params.attempts}) &&"
-        " python -m pipeline.runs.train --run-config {params.run_config:q}"
+        " python -m pipeline.runs.train --run-config {params.run_config_file}"
         " --manifest {input.manifest} --split {input.split} --out $(dirname {output.metrics})"
         " --checkpoint-dir {params.checkpoints} --device {params.device} --threads {threads}"
         " --device-source {params.device_source}"
@@ -281,12 +322,9 @@ rule figures:
         runs=expand(rules.train.output.metrics, **TRAIN_RUNS),
     output:
         pdf=expand(f"{REPORTS}/figures/{{name}}.pdf", name=FIGURES),
-        # the error curves as CSV, what `dvc plots show` / `dvc plots diff` draw (dvc.yaml)
-        curves=expand(
-            f"{REPORTS}/plots/{{n_labels}}-labels/{{algorithm}}.csv",
-            n_labels=N_LABELS,
-            algorithm=ALGORITHMS,
-        ),
+        # the error curves as CSV, one per label budget with a column per algorithm: what
+        # `dvc plots show` / `dvc plots diff` draw, one chart per budget (dvc.yaml)
+        curves=expand(f"{REPORTS}/plots/{{n_labels}}-labels.csv", n_labels=N_LABELS),
         png=[figure_report(name) for name in FIGURES],
     log:
         f"logs/{STUDY.name}/figures.log",
@@ -296,7 +334,7 @@ rule figures:
         figures=" ".join(FIGURES),
         model=STUDY.config["reports"]["model"],
         out=lambda wildcards, output: Path(output.pdf[0]).parent,
-        curves=lambda wildcards, output: Path(output.curves[0]).parent.parent,
+        curves=lambda wildcards, output: Path(output.curves[0]).parent,
         code=code_digest("pipeline.reports.figures"),
     shell:
         "python -m pipeline.reports.figures --evaluations {input.evaluations}"
@@ -323,6 +361,21 @@ rule report_pages:
         " --run-times-html {output.run_times} > {log} 2>&1"
 
 
+# A file of the chain deleted by hand while files made from it are still there: Snakemake alone
+# would not remake it ("Nothing to be done"); requested here, it is made again with everything
+# that follows from it (pipeline/workflow/inputs.py).
+LOST = (
+    lost_outputs(
+        STUDY,
+        train_files=list(rules.train.output),
+        summary=rules.evaluate.output.summary,
+        reports=[*rules.tables.output, *rules.figures.output],
+    )
+    if workflow.is_main_process
+    else []
+)
+
+
 # Every output of the report rules: Snakemake reruns a rule for a missing output only when that
 # output is requested, so a newly added output is made on the next run.
 rule all:
@@ -331,3 +384,4 @@ rule all:
         rules.tables.output,
         rules.figures.output,
         rules.report_pages.output,
+        LOST,

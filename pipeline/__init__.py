@@ -4,7 +4,7 @@ MLflow runs and reports.
 The library these steps drive is the one beside them (ssl/semisup of the same checkout), never
 another installed copy: the code digests name that code, and the algorithm catalog reads its
 modules. So this package puts that folder first on the import path; jobs get it through
-PYTHONPATH (pipeline/workflow.py)."""
+PYTHONPATH (pipeline/workflow/__init__.py)."""
 import sys
 from pathlib import Path
 

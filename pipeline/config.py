@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,16 +37,53 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML (and
+    so Snakemake's --configfile) keeps the last value and drops the other one silently."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *defaults` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue   # the base loader names an unhashable key
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise DuplicateKey(f"the key {key!r} is given twice in one mapping (lines "
+                                   f"{lines[key]} and {line}); YAML would keep the second value "
+                                   f"and ignore the first silently. Keep one of them")
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+class DuplicateKey(yaml.YAMLError):
+    pass
+
+
+def read_yaml(text: str, source: str):
+    """YAML (or JSON) text, a key given twice refused: ConfigError naming `source`."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)   # a SafeLoader: no Python objects
+    except DuplicateKey as error:
+        raise ConfigError(f"{source}: {error}, and rerun.") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML or JSON: {error}") from error
+
+
 def load_params(*paths: str | Path) -> dict:
     """Read params files in order, each merged on top of the previous one."""
     config: dict = {}
     for path in paths:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            text = Path(path).read_text()
         except FileNotFoundError as error:
             raise ConfigError(f"the config file {path} does not exist") from error
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        data = read_yaml(text, str(path)) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} holds a {type(data).__name__}, not a mapping of keys "
+                              f"(study:, train:, ...); see params.yaml")
         config = deep_merge(config, data)
     return config
 
@@ -60,11 +98,7 @@ def command_line_overrides(entries: list[str] | None) -> dict:
         if not separator:
             raise ConfigError(f"--config {entry!r}: an entry must be key=value, e.g. "
                               f"--config train='{{\"steps\": 200}}'")
-        try:
-            value = yaml.safe_load(text) if text else None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--config {entry!r}: the value is not valid YAML or JSON: "
-                              f"{error}") from error
+        value = read_yaml(text, f"--config {entry!r}") if text else None
         overrides = deep_merge(overrides, {key: value})
     return overrides
 
@@ -76,7 +110,7 @@ def setting_source(key_path: tuple[str, ...], configfiles: list[str | Path],
     if set_on_command_line(command_line, key_path):
         return COMMAND_LINE
     for path in reversed([Path(f) for f in configfiles]):
-        node = yaml.safe_load(path.read_text()) or {}
+        node = read_yaml(path.read_text(), str(path)) or {}
         for part in key_path:
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None:

@@ -1,5 +1,5 @@
 """What one run of a study computes: its resolved configuration (RunConfig), which travels to the
-train job as JSON (--run-config), is hashed, logged to MLflow and written to metrics.json.
+train job as a JSON file (--run-config), is hashed, logged to MLflow and written to metrics.json.
 pipeline/config.py makes one per run (Study.run_config).
 
 A module of its own, so that the train job's code (pipeline/code.py: the digest that reruns a
@@ -8,6 +8,7 @@ editing those reruns no training."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ConfigError
@@ -60,6 +61,19 @@ class RunConfig:
                               f"{'; '.join(problems)}. Its keys are {', '.join(names)}; pass "
                               f"what RunConfig.to_json writes (the Snakefile's train rule does)")
         return cls(**data)
+
+    @classmethod
+    def read(cls, argument: str) -> RunConfig:
+        """A train job's --run-config: the file the workflow wrote (to_json), or that JSON text
+        itself (a text that begins with '{', for a run started by hand)."""
+        if argument.lstrip().startswith("{"):
+            return cls.from_json(argument)
+        try:
+            text = Path(argument).read_text()
+        except FileNotFoundError as error:
+            raise ConfigError(f"the run config file {argument} is missing; rerun snakemake, which "
+                              f"writes every run's config file before its jobs start") from error
+        return cls.from_json(text, source=argument)
 
     def components(self) -> dict[str, str]:
         """The registered components the run uses, by kind: what its training code digest is

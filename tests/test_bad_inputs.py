@@ -55,10 +55,12 @@ def train_argv(workdir: Path, config: RunConfig | None = None, data: Path | None
 
 
 def snapshot(workdir: Path) -> dict[str, str]:
-    """sha256 of every finished result and data file."""
+    """sha256 of every finished result and data file (not the run config files a starting
+    workflow writes: what the runs are, not work done)."""
     return {str(path.relative_to(workdir)): hashlib.sha256(path.read_bytes()).hexdigest()
             for folder in ("data", "results", "checkpoints") for path in
-            sorted((workdir / folder).rglob("*")) if path.is_file()}
+            sorted((workdir / folder).rglob("*"))
+            if path.is_file() and path.parent.name != "run_configs"}
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +141,11 @@ def snakemake_runs(finished) -> dict[str, subprocess.CompletedProcess]:
         jobs[name] = subprocess.Popen([*SNAKEMAKE, "--configfile", configfile.name], cwd=workdir,
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True)
+    # A key given twice: Snakemake's own reading would keep the last value silently.
+    (workdir / "twice.yaml").write_text(yaml.safe_dump(STUDY) + "study:\n  seeds: [0]\n")
+    jobs["key given twice"] = subprocess.Popen(
+        [*SNAKEMAKE, "--configfile", "twice.yaml"], cwd=workdir, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # A valid config, but the tracking server is down; seed 1 still has to be trained.
     jobs["unreachable MLflow"] = subprocess.Popen(
         [*SNAKEMAKE, "--configfile", "study.yaml", "--",
@@ -158,6 +165,16 @@ def test_bad_config_stops_snakemake_before_any_job(snakemake_runs, finished, nam
     check_user_error(result.returncode, result.stderr, finished, *BAD_CONFIGS[name][1],
                      "pipeline/params.schema.yaml")
     assert "Building DAG" not in result.stderr   # stopped while reading the config
+
+
+def test_a_config_file_with_a_key_given_twice_stops_snakemake_before_any_job(snakemake_runs,
+                                                                            finished):
+    result = snakemake_runs["key given twice"]
+    dumped = yaml.safe_dump(STUDY).splitlines()
+    first, second = dumped.index("study:") + 1, len(dumped) + 1
+    check_user_error(result.returncode, result.stderr, finished, "twice.yaml: the key 'study' is "
+                     f"given twice in one mapping (lines {first} and {second})", "Keep one of them")
+    assert "Building DAG" not in result.stderr
 
 
 def test_unreachable_mlflow_server_stops_snakemake_in_seconds(snakemake_runs, finished):
@@ -305,8 +322,9 @@ def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path):
 
 
 @pytest.mark.parametrize("edit", ["drop digest", "drop shapes", "other files"])
-def test_a_manifest_that_the_download_rule_did_not_write(finished, data_copy, capsys, edit):
-    from pipeline.workflow import checked_split
+def test_a_manifest_that_the_download_rule_did_not_write(finished, data_copy, capsys, edit,
+                                                         monkeypatch):
+    from pipeline.workflow.inputs import check_existing_inputs
 
     manifest_file = data_copy / MANIFEST
     manifest = json.loads(manifest_file.read_text())
@@ -319,7 +337,9 @@ def test_a_manifest_that_the_download_rule_did_not_write(finished, data_copy, ca
                 "Delete it and rerun snakemake"]
     code, stderr = call(train.main, train_argv(finished[0], data=data_copy), capsys)
     check_user_error(code, stderr, finished, *expected)
-    # the same check while Snakemake builds the DAG, before it removes any output
+    # the same check when the Snakefile is read, before Snakemake plans any job
+    monkeypatch.chdir(data_copy)
     with pytest.raises(UserError) as error:
-        checked_split(str(data_copy / SPLIT), str(manifest_file))
-    assert expected[0] in str(error.value)
+        check_existing_inputs(load_study(deep_merge(load_params(ROOT / "params.yaml"), STUDY)))
+    assert f"the dataset manifest {MANIFEST} is not one that the download rule wrote" \
+        in str(error.value)

@@ -216,7 +216,7 @@ def test_editing_the_tables_module_reruns_the_tables_only(project):
     tables = project / "pipeline/reports/tables.py"
     saved = tables.read_text()
     try:
-        edit(tables, "model. Bold: best per ", "model. Bold: the best per ")
+        edit(tables, "model. Bold: the lowest ", "model. Bold: the very lowest ")
         assert planned_jobs(project) == ["all", "report_pages", "tables"]
     finally:
         tables.write_text(saved)

@@ -310,3 +310,36 @@ def test_options_added_at_the_value_that_made_earlier_runs_keep_their_hashes(par
                                    ("algorithms", "meanteacher", {"batchnorm": "separate"})):
         other = load_study(deep_merge(params, {section: {option: value}}))
         assert other.run_config("digits", 10, "meanteacher", 0).config_hash != run.config_hash, option
+
+
+def test_a_key_given_twice_is_refused_naming_the_file_and_both_lines(tmp_path):
+    """PyYAML (and Snakemake's --configfile) keep the last value silently; the workflow re-reads
+    params.yaml and every --configfile with a loader that refuses it."""
+    study = tmp_path / "study.yaml"
+    study.write_text("study:\n  name: mine\ntrain:\n  steps: 20\n  lr: 0.1\n  steps: 30\n")
+    with pytest.raises(ConfigError) as caught:
+        load_params(ROOT / "params.yaml", study)
+    message = str(caught.value)
+    assert message.startswith(f"{study}: the key 'steps' is given twice in one mapping (lines 4 "
+                              f"and 6)")
+    assert "Keep one of them" in message
+    with pytest.raises(ConfigError, match=r"--config 'train=.*': the key 'lr' is given twice"):
+        command_line_overrides(['train={"lr": 0.1, "lr": 0.2}'])
+
+
+def test_the_same_key_in_two_mappings_or_overriding_a_yaml_merge_is_not_a_duplicate(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text("base: &base {steps: 20, lr: 0.1}\ntrain:\n  <<: *base\n  steps: 30\n"
+                     "eval:\n  steps: 5\n")
+    assert load_params(study)["train"] == {"steps": 30, "lr": 0.1}
+
+
+def test_a_train_job_reads_its_run_config_from_the_file_the_workflow_wrote(params, tmp_path):
+    run = load_study(params).run_config("digits", 10, "fixmatch", 0)
+    path = tmp_path / "digits-10-fixmatch-seed0.json"
+    path.write_text(json.dumps(run.as_dict(), indent=2))
+    assert RunConfig.read(str(path)) == run
+    assert RunConfig.read(run.to_json()) == run   # the JSON itself, for a run started by hand
+    with pytest.raises(ConfigError, match=r"the run config file .*missing\.json is missing; "
+                                          r"rerun snakemake, which writes"):
+        RunConfig.read(str(tmp_path / "missing.json"))

@@ -74,7 +74,7 @@ def test_dash_study_reports_best_ema_error_beside_the_published_numbers(name):
     reports = study.config["reports"]
     assert study.reports_dir == f"reports/{name}"
     assert reports == {"dir": None, "selection": "best", "model": "ema",
-                       "published": "reference/published_results.csv"}
+                       "published": "reference/published_results.csv", "overwrite": False}
     assert (ROOT / reports["published"]).is_file()
 
 

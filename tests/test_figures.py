@@ -207,12 +207,33 @@ def test_run_times_refuse_a_benchmark_file_of_another_job(tmp_path):
         run_times_rows([run], [tmp_path / "digits-10-dash-seed1.tsv"])
 
 
-def test_the_error_curves_are_written_as_csv_for_dvc_plots(results, tmp_path):
-    written = figures.write_curves(plotting.group_runs(results["evaluations"]), "ema",
-                                   tmp_path / "plots")
-    assert sorted(path.relative_to(tmp_path).as_posix() for path in written) == [
-        "plots/10-labels/dash.csv", "plots/10-labels/fixmatch.csv",
-        "plots/10-labels/supervised.csv"]
-    # supervised: seeds 0 and 1 at step 10 -> 80 - 5 - 0 and 80 - 5 - 1: mean 74.5
-    lines = (tmp_path / "plots/10-labels/supervised.csv").read_text().splitlines()
-    assert lines[:2] == ["step,error", "10,74.5000"]
+def test_the_error_curves_are_written_as_one_csv_per_label_budget_for_dvc_plots(results,
+                                                                               tmp_path):
+    """One chart per label budget with a line per algorithm (dvc.yaml's plots): a column per
+    algorithm, named as in the tables, empty where an algorithm did not evaluate."""
+    groups = plotting.group_runs(results["evaluations"])
+    groups[("digits", 10, "dash")][0].append({"step": 65.0, "ema/error": 40.0})   # an extra step
+    groups[("digits", 10, "dash")][1].append({"step": 65.0, "ema/error": 42.0})
+    written = figures.write_curves(groups, "ema", tmp_path / "plots")
+    assert [path.relative_to(tmp_path).as_posix() for path in written] == ["plots/10-labels.csv"]
+    lines = written[0].read_text().splitlines()
+    # at step 10: 80 - 10 / 2 - 5 x the algorithm's place - the seed, mean over seeds 0 and 1
+    assert lines[0] == "step,Supervised,FixMatch,Dash"
+    assert lines[1] == "10,74.5000,69.5000,64.5000"
+    assert lines[-1] == "65,,,41.0000"
+
+
+def test_a_users_image_folder_is_named_after_the_study_in_the_figure_titles(results, tmp_path,
+                                                                          monkeypatch):
+    for path in results["dash_runs"]:   # as if the study were `my_images` on an image folder
+        run = json.loads(path.read_text())
+        run["run"].update(dataset="image_folder", study="my_images")
+        path.write_text(json.dumps(run))
+    assert plotting.data_names(tuple(results["dash_runs"])) == {"image_folder": "my_images"}
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda figure, out_dir, stem: drawn.append(figure) or [])
+    inputs = plotting.FigureInputs(evaluations={("image_folder", 10, "dash"): [[
+        {"step": 10.0, "ema/error": 50.0}]]}, train_stats={}, runs=tuple(results["dash_runs"]),
+        algorithms=("dash",))
+    figures.plot_error_curves(inputs, tmp_path)
+    assert [ax.get_title() for ax in drawn[0].axes] == ["my_images, 10 labels"]

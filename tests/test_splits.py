@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from pipeline.errors import UserError
+
 from semisup.data.splits import SplitError, labeled_indices, make_split, verify_split
 
 LABELS = np.array([0, 1, 2] * 10)
@@ -45,21 +47,35 @@ def test_a_resealed_split_with_bad_indices_is_refused(indices, message):
         verify_split(split, "seed0.json", num_train=len(LABELS))
 
 
-def test_the_workflow_checks_an_existing_split_before_it_plans_the_training(tmp_path):
-    """pipeline.workflow.checked_split, the train rule's input function: at DAG time."""
+def test_the_workflow_checks_an_existing_split_before_it_plans_any_job(tmp_path, monkeypatch):
+    """pipeline.workflow.inputs.check_existing_inputs, called when the Snakefile is read: before
+    Snakemake plans a job, whether the runs that read the split ran already or not."""
     import hashlib
     import json
+    from pathlib import Path
 
-    from pipeline.workflow import checked_split
+    from pipeline.config import ROOT, deep_merge, load_params, load_study
+    from pipeline.workflow.inputs import check_existing_inputs
 
-    manifest = tmp_path / "manifest.json"
+    monkeypatch.chdir(tmp_path)
+    study = load_study(deep_merge(load_params(ROOT / "params.yaml"),
+                                  {"study": {"n_labels": [10], "seeds": [0]}}))
+    manifest = Path(study.manifest_path("digits"))
+    manifest.parent.mkdir(parents=True)
     files = {"toy.npz": "0" * 64}
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     manifest.write_text(json.dumps({
         "dataset": "toy", "options": {}, "num_classes": 3, "files": files,
-        "shapes": {"train_images": [30, 1, 8, 8]},
-        "digest": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}))
-    split = tmp_path / "seed0.json"
-    assert checked_split(str(split), str(manifest)) == str(split)   # not made yet: fine
-    split.write_text(json.dumps(resealed(make_split(LABELS, 6, 3, 0, "toy"), [0, 0, 1])))
+        "shapes": {"train_images": [30, 1, 8, 8]}, "digest": digest}))
+    check_existing_inputs(study)   # no split made yet: fine
+    split = Path(study.split_path("digits", 10, 0))
+    split.parent.mkdir(parents=True)
+    made = {**make_split(LABELS, 6, 3, 0, "toy"), "dataset_digest": digest}
+    split.write_text(json.dumps(made))
+    check_existing_inputs(study)
+    split.write_text(json.dumps(resealed(made, [0, 0, 1])))
     with pytest.raises(SplitError, match="repeats an index"):
-        checked_split(str(split), str(manifest))
+        check_existing_inputs(study)
+    split.write_text(json.dumps({**made, "dataset_digest": "0" * 64}))
+    with pytest.raises(UserError, match="was made from other raw data"):
+        check_existing_inputs(study)

@@ -62,13 +62,45 @@ def summary(algorithm: str, values: list[float]) -> dict:
             "seeds": [{"seed": seed} for seed in range(len(values))]}
 
 
-def test_bold_is_the_best_and_what_a_paired_test_cannot_tell_from_it():
+def test_bold_is_the_lowest_mean_and_a_mark_what_a_paired_test_cannot_tell_from_it():
+    """The 3-seed digits table bolded nearly every cell; now only the lowest mean is bold, and a
+    dagger, explained in the notes, marks a cell the paired test cannot tell from it."""
     summaries = [summary("dash", [10.0, 10.0, 10.0]),
                  summary("fixmatch", [11.0, 12.0, 13.0]),      # p = 0.074: tied with the best
                  summary("supervised", [20.0, 21.0, 22.0])]    # p = 0.0027: worse
     table = main_table(Results(summaries, "ema", "best"))
-    assert [row[1].bold for row in table.rows] == [True, True, False]
+    assert [(row[1].bold, row[1].mark) for row in table.rows] == [(True, ""), (False, "†"),
+                                                                   (False, "")]
     assert table.label == "tab:my_study-my_images-main"
-    assert "40 labels: Dash lowest; not significantly worse: FixMatch (p = 0.07)." in table.notes
+    assert "40 labels: Dash lowest; †: FixMatch (p = 0.07)." in table.notes
+    assert any(note.startswith("Bold: the lowest mean of a column. †: a cell that a two-sided "
+                               "paired t-test") for note in table.notes)
+    latex = to_latex(table)
+    assert r"12.00 $\pm$ 1.00$^{\dag{}}$" in latex and r"\dag{}: FixMatch" in latex
+
+
+def test_a_lower_mean_can_be_significantly_worse_and_two_equal_lowest_means_are_both_bold():
+    """As in the digits table: a cell worse than the best on every seed is not marked even with a
+    mean below a marked one; two cells that print the same lowest mean are both bold."""
+    summaries = [summary("dash", [10.0, 12.0, 14.0]),
+                 summary("flexmatch", [10.0, 12.0, 14.0]),
+                 summary("pseudolabel", [11.0, 13.0, 15.5]),   # worse on every seed: p = 0.03
+                 summary("supervised", [9.0, 19.0, 16.0])]     # noisy: p = 0.37
+    table = main_table(Results(summaries, "ema", "best"))
+    assert [(row[1].bold, row[1].mark) for row in table.rows] == [
+        (True, ""), (True, ""), (False, ""), (False, "†")]
+    assert "40 labels: Dash and FlexMatch lowest; †: Supervised (p = 0.37)." in table.notes
+
+
+def test_no_repository_path_in_the_latex_notes_and_a_users_images_named_after_the_study():
+    table = main_table(Results([summary("dash", [10.0, 11.0]), summary("fixmatch", [12.0, 13.0])],
+                               "ema", "best"))
+    assert not any("results/" in note or ".html" in note for note in table.notes)
+    image_study = [{**summary("dash", [10.0, 11.0]), "dataset": "image_folder"}]
+    caption = main_table(Results(image_study, "ema", "best")).caption
+    assert caption.startswith("Test error rate (%) on my_study, mean ± std over 2 seeds")
+    assert "image_folder" not in caption
+
+
     assert any("best test error over training (checkpoint rule) of the EMA weights of small_cnn"
                in note for note in table.notes)

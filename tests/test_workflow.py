@@ -2,44 +2,17 @@
 MLflow runs exist; a second run does nothing; a bad config stops before any job starts."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import snakemake, snakemake_all
 from pipeline.config import ROOT
 from pipeline.errors import UserError
 
 # End to end (real Snakemake, subprocesses, MLflow): `uv run pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-
-TINY = {
-    "study": {"name": "tiny", "n_labels": [10], "seeds": [0, 1],
-              "algorithms": ["supervised", "fixmatch"]},
-    "train": {"steps": 6, "batch_size": 8, "uratio": 2, "eval_every": 3, "log_every": 2,
-              "checkpoint_every": 3, "last_k": 2},
-}
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
-    return subprocess.run([*SNAKEMAKE, *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("study")
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    # as a profile's set-threads would: the job gets 2 threads while params say 1
-    result = snakemake(workdir, "--cores", "2", "--configfile", "tiny.yaml",
-                       "--set-threads", "train=2")
-    assert result.returncode == 0, result.stderr[-4000:]
-    return workdir
 
 
 def test_study_writes_table_figures_and_metrics_under_its_own_name(tiny_study):
@@ -58,6 +31,9 @@ def test_every_training_job_is_one_finished_mlflow_run_with_tags(tiny_study):
 
     client = MlflowClient(f"sqlite:///{tiny_study}/mlflow.db")
     experiment = client.get_experiment_by_name("tiny")
+    # the README's runs table: experiment 1 of a new store, a page of runs rather than traces
+    assert experiment.experiment_id == "1"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 4
     for run in runs:
@@ -113,14 +89,26 @@ def test_bad_config_stops_before_any_job(tmp_path):
 
 
 def test_command_line_numbers_and_booleans_reach_the_jobs_as_such(tmp_path):
-    """The README's `--config train='{"steps": 200}'`: Snakemake reads nested values as strings;
-    the workflow reads them again as the numbers and booleans they are."""
-    result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--printshellcmds", "--config",
-                       'train={"steps": 200, "nesterov": false}', "study={\"seeds\": [7]}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    train_commands = [line for line in result.stdout.splitlines() if "pipeline.runs.train" in line]
-    assert train_commands and all('"steps": 200' in line and '"nesterov": false' in line
-                                  and '"seed": 7' in line for line in train_commands)
+    """A `--config` value: Snakemake reads nested values as strings; the workflow reads them
+    again as the numbers and booleans they are, into each run's config file, written when the
+    workflow starts (here with --until download, which trains nothing). A train job's command
+    line names that file: it is short, and Snakemake's progress lines are not buried under it."""
+    overrides = ["--config", 'train={"steps": 200, "nesterov": false}', 'study={"seeds": [7]}']
+    (tmp_path / "dry").mkdir()
+    results = snakemake_all({
+        "run": (tmp_path, ["--cores", "1", "--until", "download", *overrides]),
+        "dry": (tmp_path / "dry", ["--cores", "1", "--dry-run", "--printshellcmds", *overrides])})
+    assert results["run"].returncode == 0, results["run"].stderr[-3000:]
+    files = sorted((tmp_path / "results/digits/run_configs").glob("*.json"))
+    assert len(files) == 2 * 9   # label budgets x algorithms x the one seed
+    for path in files:
+        run = json.loads(path.read_text())
+        assert (run["train"]["steps"], run["train"]["nesterov"], run["seed"]) == (200, False, 7)
+    commands = [line for line in results["dry"].stdout.splitlines()
+                if "pipeline.runs.train" in line]
+    assert len(commands) == 18
+    assert all("--run-config results/digits/run_configs/digits-" in line and len(line) < 1000
+               and '"steps"' not in line for line in commands)   # was kilobytes of JSON
 
 
 def test_a_bad_command_line_value_is_blamed_on_the_command_line(tmp_path):
@@ -149,11 +137,14 @@ def image_study(workdir: Path, folder: Path, name: str) -> str:
 
 
 def test_an_image_folder_study_has_its_own_data_and_reruns_when_the_images_change(tmp_path):
-    """Two studies on two folders get two data keys; changing an image reruns its download."""
+    """Two studies on two folders get two data keys (one holds an image whose name is not
+    UTF-8); changing an image reruns its download."""
     from pipeline.config import deep_merge, load_params, load_study
 
     folders = [image_folder(tmp_path / f"images{i}", {"red": (200, 0, 0), "blue": (0, 0, 200)})
                for i in (1, 2)]
+    # a file name that is not UTF-8 (the DAG's folder fingerprint once failed on it)
+    os.rename(folders[0] / "blue" / "4.png", os.fsencode(folders[0] / "blue") + b"/\xe9t\xe9.png")
     studies = [load_study(deep_merge(load_params(ROOT / "params.yaml"),
                                      yaml.safe_load((tmp_path / image_study(tmp_path, f, f"s{i}"))
                                                     .read_text())))
@@ -175,9 +166,14 @@ def test_an_image_folder_study_has_its_own_data_and_reruns_when_the_images_chang
 def test_the_documented_offline_download_command_plans_the_download_only(tmp_path):
     """profiles/README.md: `snakemake --cores 1 --until download --configfile <paper study>`."""
     result = snakemake(tmp_path, "--cores", "1", "--until", "download", "--dry-run",
-                       "--configfile", str(ROOT / "configs/dash-cifar10.yaml"))
+                       "--configfile", str(ROOT / "configs/dash-cifar10.yaml"),
+                       env={"CUDA_VISIBLE_DEVICES": ""})   # as on a machine without a GPU
     assert result.returncode == 0, result.stderr[-3000:]
     assert "download" in result.stdout and "rule train" not in result.stdout
+    # the dry run says what its training jobs would cost here (pipeline/workflow/devices.py)
+    said = " ".join(result.stderr.split())
+    assert "warning: 63 training run(s) of 1,048,576 steps each (wrn_28_2, 960 images a step)" \
+        in said and "days. They want a GPU" in said
 
 
 def test_a_gpu_study_on_a_machine_without_one_names_its_config_file(tmp_path):
@@ -186,8 +182,11 @@ def test_a_gpu_study_on_a_machine_without_one_names_its_config_file(tmp_path):
     from pipeline.runs.train import choose_device
 
     result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--printshellcmds",
-                       "--configfile", str(ROOT / "configs/gpu-smoke.yaml"))
+                       "--configfile", str(ROOT / "configs/gpu-smoke.yaml"),
+                       env={"CUDA_VISIBLE_DEVICES": ""})   # as on a machine without a GPU
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "ask for a GPU (train.device 'cuda', set in configs/gpu-smoke.yaml) and this machine " \
+        "shows none" in " ".join(result.stderr.split())
     assert "--device cuda --threads" in result.stdout
     assert "--device-source configs/gpu-smoke.yaml" in result.stdout
     import torch

@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 
 from ..errors import UserError
-from .plotting import (FigureInputs, budgets_of, label, plot_mean_and_band, pyplot, run_identity,
-                       save, seed_curves)
+from .plotting import (FigureInputs, budgets_of, data_names, label, plot_mean_and_band, pyplot,
+                       run_identity, save, seed_curves)
 
 DASH = "dash"                        # the algorithm whose threshold schedule dash_rho draws
 DASH_GAMMAS = (1.1, 1.27, 1.5)       # the schedules drawn beside the study's own gamma
@@ -79,10 +79,12 @@ def plot_dash_rho(inputs: FigureInputs, out_dir: Path) -> list[Path]:
         raise UserError("dash_rho figure: no train_stats.csv of a dash run was given")
     settings = dash_settings(list(inputs.runs))
     budgets = budgets_of(dash_groups)
+    names = data_names(inputs.runs)
     figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.4), squeeze=False)
     for ax, n_labels in zip(axes[0], budgets, strict=True):
         key = next(key for key in dash_groups if key[1] == n_labels)
-        plot_rho_panel(ax, key[0], n_labels, dash_groups[key], settings, inputs.gammas)
+        plot_rho_panel(ax, names.get(key[0], key[0]), n_labels, dash_groups[key], settings,
+                       inputs.gammas)
     axes[0][-1].legend(fontsize=7, loc="best")
     return save(figure, out_dir, "dash_rho")
 

@@ -23,25 +23,38 @@ from semisup.catalog import algorithm_cards
 from ..errors import UserError, argument_parser, cli
 from ..files import write_text
 from . import dash_paper, selection
-from .plotting import (FigureInputs, Groups, budgets_of, group_runs, label, line_styles,
-                       plot_mean_and_band, pyplot, save, seed_curves)
+from .plotting import (FigureInputs, Groups, budgets_of, data_names, group_runs, label,
+                       line_styles, plot_mean_and_band, pyplot, save, seed_curves)
 
 COMMON_FIGURES = ("error_curves",)   # every study's, of every algorithm
 
 
 def write_curves(groups: Groups, model: str, out_dir: Path) -> list[Path]:
-    """Each (label budget, algorithm): the test error at every evaluation, mean over seeds, as
-    <n_labels>-labels/<algorithm>.csv with columns step, error (for `dvc plots show/diff`)."""
+    """Per label budget, every algorithm's test error at each evaluation (mean over seeds), as
+    <n_labels>-labels.csv: a column step, then one per algorithm (its display name, in the
+    study's order), empty where it did not evaluate at that step. `dvc plots show` draws one
+    chart per label budget from it, a line per algorithm (dvc.yaml)."""
+    import csv
+    import io
+
     import numpy as np
 
     written = []
-    for (_, n_labels, algorithm), runs in groups.items():
-        steps, errors = seed_curves(runs, f"{model}/error")
-        path = out_dir / f"{n_labels}-labels" / f"{algorithm}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = [f"{int(step)},{error:.4f}" for step, error in zip(steps, np.nanmean(errors, 0),
-                                                                strict=True)]
-        write_text(path, "\n".join(["step,error", *rows, ""]))
+    for n_labels in budgets_of(groups):
+        curves = {}
+        for (_, budget, algorithm), runs in groups.items():
+            if budget == n_labels:
+                steps, errors = seed_curves(runs, f"{model}/error")
+                curves[label(algorithm)] = dict(zip(map(int, steps), np.nanmean(errors, 0),
+                                                    strict=True))
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["step", *curves])
+        for step in sorted(set().union(*curves.values())):
+            writer.writerow([step, *(f"{curve[step]:.4f}" if step in curve else ""
+                                     for curve in curves.values())])
+        path = out_dir / f"{n_labels}-labels.csv"
+        write_text(path, text.getvalue())
         written.append(path)
     return written
 
@@ -54,6 +67,7 @@ def plot_error_curves(inputs: FigureInputs, out_dir: Path) -> list[Path]:
     budgets = budgets_of(groups)
     algorithms = list(dict.fromkeys(algorithm for _, _, algorithm in groups))
     styles = line_styles(algorithms)
+    names = data_names(inputs.runs)
     figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.6), squeeze=False,
                                 sharey=True, layout="constrained")
     for ax, n_labels in zip(axes[0], budgets, strict=True):
@@ -62,7 +76,8 @@ def plot_error_curves(inputs: FigureInputs, out_dir: Path) -> list[Path]:
             steps, errors = seed_curves(runs, f"{model}/error")
             plot_mean_and_band(ax, steps, errors, label=label(algorithm), linewidth=1.2,
                                **styles[algorithm])
-        ax.set_title(f"{', '.join(sorted({dataset for dataset, _, _ in cells}))}, {n_labels} labels")
+        data = sorted({names.get(dataset, dataset) for dataset, _, _ in cells})
+        ax.set_title(f"{', '.join(data)}, {n_labels} labels")
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"test error (%), {model.upper()} model")
@@ -137,7 +152,7 @@ def parse_arguments(argv: list[str] | None):
     parser.add_argument("--model", default="ema", choices=["ema", "raw"])
     parser.add_argument("--out", required=True, type=Path, help="figures folder")
     parser.add_argument("--curves", type=Path, help="folder for the error curves as CSV, "
-                        "<n_labels>-labels/<algorithm>.csv (what `dvc plots` draws)")
+                        "<n_labels>-labels.csv (what `dvc plots` draws)")
     return parser.parse_args(argv)
 
 

@@ -13,6 +13,7 @@ from semisup.catalog import display_name
 
 from ..errors import UserError
 from ..files import atomic_path, read_json
+from .naming import data_name
 
 PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": "ssl-repro"}
 PNG_METADATA = {"Software": None}
@@ -55,6 +56,14 @@ def run_key(path: Path) -> tuple[str, int, str]:
     """(dataset, n_labels, algorithm) of the run that wrote `path`."""
     run = run_identity(path)
     return run["dataset"], int(run["n_labels"]), run["algorithm"]
+
+
+def data_names(runs: tuple[Path, ...]) -> dict[str, str]:
+    """dataset -> how the titles name it (pipeline/reports/naming.py), from the runs' identities
+    (their metrics.json): a user's image folder is named after the study."""
+    identities = [read_json(path, "run metrics file")["run"] for path in runs]
+    return {run["dataset"]: data_name(run["dataset"], run.get("study", run["dataset"]))
+            for run in identities}
 
 
 def group_runs(paths: list[Path]) -> Groups:

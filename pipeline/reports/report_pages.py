@@ -40,14 +40,20 @@ def page(title: str, body: list[str]) -> str:
 
 
 # ---- tables -------------------------------------------------------------------------------------
-def tables_page(paths: list[Path]) -> str:
-    """Every table model the rule `tables` wrote, as HTML, with its LaTeX beside it."""
+def tables_page(paths: list[Path], run_times: Path | None = None) -> str:
+    """Every table model the rule `tables` wrote, as HTML, with its LaTeX beside it, and where
+    the cost of each run is (the run times page, `run_times`)."""
     body = ["<h1>Tables</h1>"]
     for path in paths:
         table = Table.from_json(read_json(path, "table model"))
         body += [f"<h2>{html.escape(path.stem)}</h2>", to_html(table),
                  "<details><summary>LaTeX source</summary>",
                  f"<pre>{html.escape(to_latex(table))}</pre></details>"]
+    if run_times is not None:
+        body.append(f"<p>What each run and each table cell cost (wall and CPU time, peak memory, "
+                    f"training steps/s): the report's Run times page, "
+                    f"<code>{html.escape(str(run_times))}</code>. Run times differ from run to "
+                    f"run, so they stay out of the committed tables.</p>")
     return page("Tables", body)
 
 
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tables-html", required=True, type=Path)
     parser.add_argument("--run-times-html", required=True, type=Path)
     args = parser.parse_args(argv)
-    write_text(args.tables_html, tables_page(args.tables))
+    write_text(args.tables_html, tables_page(args.tables, args.run_times_html))
     write_text(args.run_times_html, run_times_page(run_times_rows(args.runs, args.benchmarks)))
     print(f"wrote {args.tables_html} and {args.run_times_html}")
 

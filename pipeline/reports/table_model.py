@@ -47,7 +47,7 @@ class Table:
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                  "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$", "−": r"$-$",
-                 "≥": r"$\geq$", "≤": r"$\leq$", "–": "--"}
+                 "≥": r"$\geq$", "≤": r"$\leq$", "–": "--", "†": r"\dag{}"}
 
 
 def latex_escape(text: str) -> str:

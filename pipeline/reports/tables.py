@@ -2,8 +2,8 @@
 the rule `report_pages` renders as HTML), and reports/<study>/metrics.json (for `dvc metrics`).
 
   main        test error rate mean ± std over seeds per algorithm and label budget; bold: the
-              lowest mean of each column and every cell not significantly worse than it (a
-              paired t-test over seeds, which share their labeled splits)
+              lowest mean of each column; †: a cell that a paired t-test over the seeds (which
+              share their labeled splits) cannot tell from it
   published   given a CSV of published numbers: ours beside them, with the difference
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from semisup.catalog import display_name
 from ..errors import UserError, argument_parser, cli
 from ..files import read_json, write_json, write_text
 from ..runs.evaluate import PROVENANCE
+from .naming import data_name
 from .table_model import Cell, Table, to_latex
 
 SELECTION_TEXT = {
@@ -27,6 +28,7 @@ SELECTION_TEXT = {
     "mean": "the mean test error over the last {k} evaluations",
 }
 ALPHA = 0.05   # a cell is significantly worse than the column's best when p < ALPHA
+TIED = "†"     # the mark of a cell the paired test cannot tell from the column's best
 
 
 def metric_key(model: str, selection: str, last_k: int) -> str:
@@ -59,23 +61,27 @@ class Column:
                          for a in cells if a != self.best}
 
     def is_bold(self, algorithm: str) -> bool:
-        """The best, and every cell a paired test cannot tell from it (p >= ALPHA)."""
-        if algorithm == self.best:
-            return True
+        """The lowest mean, as printed (two cells that print the same lowest mean both are)."""
+        return mean_std(self.cells[algorithm]["mean"], None) == \
+            mean_std(self.cells[self.best]["mean"], None)
+
+    def is_tied(self, algorithm: str) -> bool:
+        """Not the lowest mean, but the paired test cannot tell it from it (p >= ALPHA)."""
+        if self.is_bold(algorithm):
+            return False
         p = self.p_values[algorithm]
         return not math.isnan(p) and p >= ALPHA
 
     def note(self) -> str:
+        lowest = " and ".join(display_name(a) for a in self.cells if self.is_bold(a))
         tied = [f"{display_name(a)} (p = {p:.2f})" for a, p in self.p_values.items()
-                if self.is_bold(a)]
-        best = display_name(self.best)
+                if self.is_tied(a)]
         if all(math.isnan(p) for p in self.p_values.values()) and self.p_values:
-            return f"{self.n_labels} labels: {best} lowest; one seed, so no test."
+            return f"{self.n_labels} labels: {lowest} lowest; one seed, so no test."
         if not tied:
-            return (f"{self.n_labels} labels: {best} lowest, and every other cell is "
+            return (f"{self.n_labels} labels: {lowest} lowest, and every other cell is "
                     f"significantly worse (p < {ALPHA}).")
-        return (f"{self.n_labels} labels: {best} lowest; not significantly worse: "
-                f"{', '.join(tied)}.")
+        return f"{self.n_labels} labels: {lowest} lowest; {TIED}: {', '.join(tied)}."
 
 
 class Results:
@@ -85,6 +91,7 @@ class Results:
     def __init__(self, summaries: list[dict], model: str, selection: str):
         first = summaries[0]
         self.study, self.dataset, self.network = first["study"], first["dataset"], first["model"]
+        self.data = data_name(self.dataset, self.study)   # as captions name it
         self.last_k, self.model, self.selection = first["last_k"], model, selection
         self.key = metric_key(model, selection, self.last_k)
         self.n_seeds = first["metrics"][self.key]["n"]
@@ -100,8 +107,9 @@ class Results:
         stats = self.columns[n_labels].cells.get(algorithm)
         if stats is None:
             return Cell("–")
-        return Cell(mean_std(stats["mean"], stats["std"]),
-                    bold=self.columns[n_labels].is_bold(algorithm))
+        column = self.columns[n_labels]
+        return Cell(mean_std(stats["mean"], stats["std"]), bold=column.is_bold(algorithm),
+                    mark=TIED if column.is_tied(algorithm) else "")
 
     def rule(self) -> str:
         return SELECTION_TEXT[self.selection].format(k=self.last_k)
@@ -109,12 +117,12 @@ class Results:
     def notes(self) -> list[str]:
         return [f"Every column: {self.rule()} (checkpoint rule) of the {self.model.upper()} "
                 f"weights of {self.network}, mean ± std over {self.n_seeds} seeds.",
-                f"Bold: the lowest mean of a column and every cell not significantly worse than "
-                f"it (two-sided paired t-test over the seeds, which share their labeled splits; "
-                f"p ≥ {ALPHA}).",
-                *(self.columns[n].note() for n in self.budgets),
-                f"What each run cost: results/{self.study}/report/run_times.html (run times "
-                f"differ from run to run, so they stay out of the committed tables)."]
+                f"Bold: the lowest mean of a column. {TIED}: a cell that a two-sided paired t-test "
+                f"over the seeds (which share their labeled splits) cannot tell from it (p ≥ "
+                f"{ALPHA}). The test pairs the seeds: a mean close to the lowest is significantly "
+                f"worse when it is worse on every seed, and a farther one may not be when the "
+                f"seeds disagree.",
+                *(self.columns[n].note() for n in self.budgets)]
 
 
 def name_cell(algorithm: str) -> Cell:
@@ -124,9 +132,10 @@ def name_cell(algorithm: str) -> Cell:
 def main_table(results: Results) -> Table:
     return Table(
         label=f"tab:{results.study}-{results.dataset}-main",
-        caption=(f"Test error rate (%) on {results.dataset}, mean ± std over {results.n_seeds} "
-                 f"seeds; {results.rule()} of the {results.model.upper()} model. Bold: best per "
-                 f"column, with every cell not significantly worse (notes)."),
+        caption=(f"Test error rate (%) on {results.data}, mean ± std over {results.n_seeds} "
+                 f"seeds; {results.rule()} of the {results.model.upper()} model. Bold: the lowest "
+                 f"mean of each column; {TIED}: the paired test cannot tell it from the lowest "
+                 f"(notes)."),
         header=[[Cell("Algorithm"), *(Cell(f"{n} labels") for n in results.budgets)]],
         rows=[[name_cell(a), *(results.ours(a, n) for n in results.budgets)]
               for a in results.algorithms],
@@ -245,10 +254,11 @@ def published_caption(results: Results, letters: dict[Source, str], published_na
         published_text = ("as reported by the source its letter marks (notes below), with that "
                           f"source's checkpoint selection: {rules}")
     else:
-        published_text = f"none for {results.dataset} in {published_name}"
-    return (f"Reproduced and published test error rate (%) on {results.dataset}. Ours: "
+        published_text = f"none for {results.data} in {published_name}"
+    return (f"Reproduced and published test error rate (%) on {results.data}. Ours: "
             f"{results.rule()} of the {results.model.upper()} model, mean ± std over "
-            f"{results.n_seeds} seeds; bold as in the main table. Published: {published_text}. "
+            f"{results.n_seeds} seeds; bold and {TIED} as in the main table. Published: "
+            f"{published_text}. "
             f"Δ: ours − published (negative: a lower error than published); – where a number "
             f"is missing.")
 
@@ -280,9 +290,10 @@ def render_published(summaries: list[dict], published_rows: list[dict], model: s
 
 def table_metrics(results: Results) -> dict:
     """The main table's numbers, for `dvc metrics show/diff`: {"<n> labels": {algorithm:
-    {"error": mean, "std": std}}} (the full record, every metric and run identity, is
-    metrics.json)."""
-    return {f"{n} labels": {a: {"error": round(stats["mean"], 4), "std": round(stats["std"], 4)}
+    {"error_mean": mean, "error_std": std}}} (the full record, every metric and run identity, is
+    metrics.json). No key is named `error`: DVC takes one for a failure to load the file."""
+    return {f"{n} labels": {a: {"error_mean": round(stats["mean"], 4),
+                                "error_std": round(stats["std"], 4)}
                             for a, stats in results.columns[n].cells.items()}
             for n in results.budgets}
 

@@ -278,7 +278,8 @@ def run_name(run: RunConfig) -> str:
 def parse_arguments(argv: list[str] | None):
     parser = argument_parser(__doc__)
     parser.add_argument("--run-config", required=True,
-                        help="the run's resolved config as JSON (RunConfig.to_json)")
+                        help="the run's resolved config: the JSON file the workflow writes "
+                             "(RunConfig.to_json), or that JSON itself")
     parser.add_argument("--manifest", required=True, type=Path)
     parser.add_argument("--split", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path, help="folder of the outputs")
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     # The log keeps every attempt (the rule appends): each begins with where and when it ran.
     print(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')}: attempt on "
           + ", ".join(f"{k} {v}" for k, v in where_this_runs().items()), flush=True)
-    run = RunConfig.from_json(args.run_config)
+    run = RunConfig.read(args.run_config)
     writable_dir(args.out)   # fail now, not after training
     writable_dir(args.checkpoint_dir)
     device = start_torch(run, args.device, args.threads, args.device_source)
