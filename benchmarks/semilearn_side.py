@@ -7,14 +7,17 @@ dependencies, and the torch, numpy and pillow of the project's environment at th
 
     <semilearn env>/bin/python benchmarks/semilearn_side.py PROBLEMS.pt RESULTS.pt
 
-and then imports torch and semilearn only. For each problem it builds semilearn's algorithm class
-with semilearn's own __init__ (the algorithm's `init` and `set_hooks`: its real hooks) on a
-minimal argument namespace. It skips only what a training step never touches: the data sets, the
-loaders and the optimizer. Then, step by step, it loads the given weights, sets `it`, calls the
-real `train_step` on the given batch and backpropagates the loss that train_step returns. It
-records that loss, the loss terms (from train_step's log_dict), what the named hooks and functions
-returned (the mask, the pseudo-labels), every gradient, the BatchNorm buffers and the hooks'
-running state.
+and then imports torch, numpy and semilearn only. For each problem it builds semilearn's algorithm
+class with semilearn's own __init__ (the algorithm's `init`, `set_model` with its own network
+wrapper and heads, and `set_hooks`: its real hooks) on a minimal argument namespace. It skips
+only what a training step never touches: the data sets (the labeled targets, which ReMixMatch's
+hook reads, are given), the loaders and the optimizer. `Tensor.cuda` is the identity: the run is
+on the CPU. Then, step by step, it loads the given weights, sets `it` (and the step's attributes,
+such as `epoch`), seeds numpy's and torch's global generators with the step's seed (VAT's probe
+and MixUp's draws come from them), calls the real `train_step` on the given batch and
+backpropagates the loss that train_step returns. It records that loss, the loss terms (from
+train_step's log_dict), what the named hooks and functions returned or were given (the mask, the
+pseudo-labels), every gradient, the BatchNorm buffers and the running state.
 
 reference_algorithms.py imports this file too: `TinyNet`, `recording` and `network_record` serve
 both sides.
@@ -28,6 +31,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import io
+import itertools
 import os
 import shutil
 import subprocess
@@ -37,6 +41,7 @@ import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy
 import torch
 from torch import nn
 
@@ -55,27 +60,40 @@ STUBS = {
 COMMON_ARGUMENTS = dict(ema_m=0.999, epoch=1, num_eval_iter=1, num_log_iter=1, ulb_loss_ratio=1.0,
                         use_cat=True, amp=False, clip_grad=0, save_name="reference", save_dir="",
                         resume=False, gpu=None, rank=0, distributed=False, world_size=1,
-                        use_pretrain=False, pretrain_path="", use_wandb=False, use_aim=False)
+                        use_pretrain=False, pretrain_path="", use_wandb=False, use_aim=False,
+                        net="tiny", dataset="none")
 
 
 class TinyNet(nn.Module):
-    """Conv -> (BatchNorm2d) -> ReLU -> global average pool -> linear; semilearn's output dict."""
+    """Conv -> (BatchNorm2d) -> ReLU -> global average pool -> linear, with semilearn's network
+    interface: an output dict, `only_feat`, `only_fc`, `num_features` and `extract` (a WRN's
+    feature map when `feature_map`, else the pooled features, as its transformers' extract)."""
 
-    def __init__(self, num_classes: int, channels: int, width: int, batchnorm: bool):
+    def __init__(self, num_classes: int, channels: int, width: int, batchnorm: bool,
+                 feature_map: bool = False):
         super().__init__()
         norm = [nn.BatchNorm2d(width)] if batchnorm else []
         self.backbone = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), *norm, nn.ReLU(),
                                       nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(width, num_classes)
+        self.num_features, self.feature_map = width, feature_map
 
-    def forward(self, inputs):
+    def forward(self, inputs, only_fc: bool = False, only_feat: bool = False, **kwargs):
+        if only_fc:
+            return self.classifier(inputs)
         features = self.backbone(inputs)
-        return {"logits": self.classifier(features), "feat": features}
+        return features if only_feat else {"logits": self.classifier(features), "feat": features}
+
+    def extract(self, inputs):
+        return self.backbone[:-2](inputs) if self.feature_map else self.backbone(inputs)
 
 
-def selected(value, select):
-    """What a recorded call returned: all of it (None), an item (int) or an attribute (str)."""
-    if isinstance(select, int):
+def selected(value, select, args: tuple, kwargs: dict):
+    """What a recorded call returned or was given: all it returned (None), an item (int) or an
+    attribute (str) of it, or an argument: ("arg", position) or ("kwarg", name)."""
+    if isinstance(select, tuple):
+        value = args[select[1]] if select[0] == "arg" else kwargs[select[1]]
+    elif isinstance(select, int):
         value = value[select]
     elif isinstance(select, str):
         value = getattr(value, select)
@@ -85,20 +103,25 @@ def selected(value, select):
 @contextlib.contextmanager
 def recording(calls: dict[str, tuple], resolve: Callable[[str], object]) -> Iterator[dict]:
     """Wrap the callables named in `calls` ({quantity: ("call", where, attribute, select[,
-    default])}) so that what each returns (its last call) is kept under its quantity; `resolve`
-    maps `where` to the object or module that holds the attribute. The originals run unchanged
-    and are put back afterwards. A quantity with a default starts with it (a call that may not
+    options])}) so that what one call returned or was given (`selected`) is kept under its
+    quantity: the last call, or the call numbered options["call"] (0: the first); `resolve` maps
+    `where` to the object or module that holds the attribute. The originals run unchanged and are
+    put back afterwards. A quantity with options["default"] starts with it (a call that may not
     happen)."""
     recorded, undo = {}, []
-    for quantity, (_, where, attribute, select, *default) in calls.items():
-        if default:
-            recorded[quantity] = torch.tensor(default[0])
+    for quantity, (_, where, attribute, select, *options) in calls.items():
+        options = options[0] if options else {}
+        if "default" in options:
+            recorded[quantity] = torch.tensor(options["default"])
         target = resolve(where)
         original, own = getattr(target, attribute), attribute in vars(target)
+        number, counter = options.get("call"), itertools.count()
 
-        def wrapper(*args, _original=original, _quantity=quantity, _select=select, **kwargs):
+        def wrapper(*args, _original=original, _quantity=quantity, _select=select,
+                    _number=number, _counter=counter, **kwargs):
             value = _original(*args, **kwargs)
-            recorded[_quantity] = selected(value, _select)
+            if _number in (None, next(_counter)):
+                recorded[_quantity] = selected(value, _select, args, kwargs)
             return value
         setattr(target, attribute, wrapper)
         undo.append((target, attribute, original, own))
@@ -198,14 +221,16 @@ def import_semilearn():
 
 
 def build(registry, problem: dict):
-    """semilearn's algorithm, built by its own __init__ with the problem's arguments."""
+    """semilearn's algorithm, built by its own __init__ with the problem's arguments; its network
+    is TinyNet (a WRN's feature map where the network named is a CNN, as CRMatch reads it)."""
     cls = registry[problem["algorithm"]]
     own = cls.get_argument()
     defaults = {argument.name.lstrip("-"): argument.default for argument in own} if own else {}
     args = argparse.Namespace(**{**COMMON_ARGUMENTS, **defaults, **problem["arguments"],
                                  "algorithm": problem["algorithm"]})
-    network = problem["network"]
-    without_trainer = type(cls.__name__, (cls,), {"set_dataset": lambda self: None,
+    network = {**problem["network"], "feature_map": "wrn" in args.net or "resnet" in args.net}
+    labeled = {"train_lb": types.SimpleNamespace(targets=problem["labeled_targets"])}
+    without_trainer = type(cls.__name__, (cls,), {"set_dataset": lambda self: labeled,
                                                   "set_data_loader": lambda self: None,
                                                   "set_optimizer": lambda self: (None, None)})
     algorithm = without_trainer(args, lambda num_classes, **_: TinyNet(num_classes, **network))
@@ -216,10 +241,20 @@ def build(registry, problem: dict):
 
 def resolver(algorithm) -> Callable[[str], object]:
     def resolve(where: str):
+        if where == "algorithm":
+            return algorithm
         if where.startswith("hook:"):
             return algorithm.hooks_dict[where.removeprefix("hook:")]
         return importlib.import_module(where)
     return resolve
+
+
+def state_record(algorithm, state: dict) -> dict[str, torch.Tensor]:
+    """The running state named by {our name: (semilearn's hook, or None for the algorithm, its
+    attribute path)}."""
+    owner = lambda hook: algorithm if hook is None else algorithm.hooks_dict[hook]
+    return {f"state {ours}": attribute_path(owner(hook), attribute).detach().clone()
+            for ours, (hook, attribute) in state.items()}
 
 
 def semilearn_step(algorithm, step: dict, sources: dict, state: dict) -> dict:
@@ -228,13 +263,17 @@ def semilearn_step(algorithm, step: dict, sources: dict, state: dict) -> dict:
     model.train()
     model.zero_grad(set_to_none=True)
     algorithm.it = step["iteration"]
+    for key, value in step["attributes"].items():
+        setattr(algorithm, key, value)
+    algorithm.call_hook("before_run", "EMAHook")   # the EMA of these weights (SimMatch reads it)
     if step.get("teacher") is not None:   # Mean Teacher's EMA, as semilearn resumes one
-        algorithm.call_hook("before_run", "EMAHook")
         algorithm.ema_model.load_state_dict(step["teacher"])
         algorithm.ema.load(algorithm.ema_model)
     names = inspect.signature(algorithm.train_step).parameters
     batch = {key: value for key, value in step["batch"].items() if key in names}
     calls = {quantity: source for quantity, source in sources.items() if source[0] == "call"}
+    torch.manual_seed(step["seed"])
+    numpy.random.seed(step["seed"])
     with recording(calls, resolver(algorithm)) as recorded:
         out_dict, log_dict = algorithm.train_step(**batch)
     out_dict["loss"].backward()
@@ -242,18 +281,19 @@ def semilearn_step(algorithm, step: dict, sources: dict, state: dict) -> dict:
     record.update({quantity: torch.tensor(log_dict[source[1]]) for quantity, source in sources.items()
                    if source[0] == "log"})
     record.update(network_record(model))
-    record.update({f"state {ours}": attribute_path(algorithm.hooks_dict[hook], attribute).clone()
-                   for ours, (hook, attribute) in state.items()})
+    record.update(state_record(algorithm, state))
     return record
 
 
 def main() -> None:
     problems_path, results_path = sys.argv[1:3]
     torch.set_num_threads(1)
+    torch.Tensor.cuda = lambda tensor, *args, **kwargs: tensor   # semilearn's .cuda(gpu): the CPU
     registry = import_semilearn()
     results = []
     for problem in torch.load(problems_path, weights_only=False):
-        algorithm = build(registry, problem)
+        with contextlib.redirect_stdout(io.StringIO()):   # its hooks print their targets
+            algorithm = build(registry, problem)
         results.append([semilearn_step(algorithm, step, problem["sources"], problem["state"])
                         for step in problem["steps"]])
     torch.save(results, results_path)
