@@ -1,5 +1,6 @@
 """What several test files share: a tiny finished Snakemake study (real Snakemake, MLflow and
-training, in a temporary folder), made once per test session, and copies of it to damage."""
+training, in a temporary folder), made once per test session, and copies of it to damage; the
+digits data set, downloaded (copied out of scikit-learn) and loaded once per test module."""
 import os
 import shutil
 import subprocess
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ROOT
+from pipeline.config import ROOT, default_params
+from semisup.data import get_dataset
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 
@@ -19,6 +21,16 @@ TINY = {
     "train": {"steps": 6, "batch_size": 8, "uratio": 2, "eval_every": 3, "log_every": 2,
               "checkpoint_every": 3, "last_k": 2},
 }
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """(the digits DatasetSpec, its loaded data) with params.yaml's options."""
+    spec = get_dataset("digits")
+    root = tmp_path_factory.mktemp("digits")
+    options = default_params()["datasets"]["digits"]
+    spec.download(root, **options)
+    return spec, spec.load(root, **options)
 
 
 def snakemake_command(workdir: Path, *args: str) -> tuple[list[str], dict]:

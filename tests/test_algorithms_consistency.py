@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from semisup.algorithms import Side, StepBatch, StepContext, build_algorithm
 from semisup.algorithms.adamatch import relative_threshold
 from semisup.algorithms.vat import entropy_with_logits, kl_with_logits, l2_normalize
-from semisup.data import get_dataset
 from semisup.data.image import image_train_data
 from semisup.data.inputs import TokenBatch
 from semisup.data.splits import make_split
@@ -306,15 +305,6 @@ def test_fully_supervised_trains_on_every_label_without_an_unlabeled_batch():
 
 
 # ---- a short fit on the digits ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    spec = get_dataset("digits")
-    root = tmp_path_factory.mktemp("digits")
-    options = default_params()["datasets"]["digits"]
-    spec.download(root, **options)
-    return spec, spec.load(root, **options)
-
-
 @pytest.fixture
 def one_thread():
     threads = torch.get_num_threads()

@@ -22,7 +22,6 @@ from semisup.algorithms.comatch import graph_contrastive_loss, memory_smoothed, 
 from semisup.algorithms.similarity import L2Normalise, QueueAlignment, one_hot, projection_head
 from semisup.algorithms.simmatch import (instance_consistency_loss, teacher_targets,
                                         updated_bank_rows)
-from semisup.data import get_dataset
 from semisup.data.image import image_train_data
 from semisup.data.modality import DataFacts
 from semisup.data.splits import make_split
@@ -357,15 +356,6 @@ def test_keys_copied_from_usb_that_mean_nothing_here_are_refused_with_the_reason
 
 
 # ---- a short fit on digits -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    spec = get_dataset("digits")
-    root = tmp_path_factory.mktemp("digits")
-    options = default_params()["datasets"]["digits"]
-    spec.download(root, **options)
-    return spec, spec.load(root, **options)
-
-
 @pytest.mark.parametrize("name, params", [("comatch", {"smoothing_start_step": 20}),
                                           ("simmatch", {"similarity_start_step": 20})])
 def test_a_short_fit_on_digits_beats_chance(digits, name, params):

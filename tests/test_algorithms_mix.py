@@ -17,7 +17,6 @@ from torch import nn
 from semisup.algorithms import Side, StepBatch, StepContext, build_algorithm
 from semisup.algorithms.mixup import chunked_logits, mix, mixup_draw, one_hot, sharpen_probabilities
 from semisup.algorithms.rotation import all_rotations, rotate_randomly
-from semisup.data import get_dataset
 from semisup.data.image import image_train_data
 from semisup.data.modality import DataFacts
 from semisup.data.splits import make_split
@@ -329,15 +328,6 @@ def test_crmatch_runs_every_image_as_one_batchnorm_batch_with_four_turns_of_b_im
 
 
 # ---- a short fit on the digits --------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    spec = get_dataset("digits")
-    root = tmp_path_factory.mktemp("digits")
-    options = default_params()["datasets"]["digits"]
-    spec.download(root, **options)
-    return spec, spec.load(root, **options)
-
-
 # The published unlabeled weights assume a ramp over 2^20 steps: at full weight within 100 steps the
 # untrained network's own guesses take over (MixMatch and ReMixMatch predict one class for some 100
 # steps before they recover), so this short fit takes a tenth of them; CRMatch a threshold its

@@ -15,7 +15,6 @@ from torch import nn
 from semisup.algorithms import Algorithm, StepBatch, StepContext, StepOutput, Views, build_algorithm
 from semisup.algorithms.base import forward_outputs, forward_views, supervised_loss
 from semisup.algorithms.components import DistributionAlignment, FeatureQueue, MemoryBank
-from semisup.data import get_dataset
 from semisup.data.image import image_train_data
 from semisup.data.inputs import TokenBatch, WaveBatch, batch_size, cat_inputs, split_inputs
 from semisup.data.modality import DataFacts
@@ -71,15 +70,6 @@ class Probe(Algorithm):
         self.bank.update(batch.labeled.indices, out_lb.heads["proj"])
         loss_sup = supervised_loss(out_lb.logits, batch.labeled.labels)
         return StepOutput(loss_sup + consistency + vat, {"lambda": lam.detach()})
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    spec = get_dataset("digits")
-    root = tmp_path_factory.mktemp("digits")
-    options = default_params()["datasets"]["digits"]
-    spec.download(root, **options)
-    return spec, spec.load(root, **options)
 
 
 def trainer_for(digits, make_algorithm, checkpoint=None, log=lambda step, metrics: None,

@@ -74,14 +74,6 @@ class Killed(Exception):
     """Stands in for SIGKILL in-process: raised from the log callback, after a checkpoint."""
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    spec = get_dataset("digits")
-    root = tmp_path_factory.mktemp("digits")
-    spec.download(root, **DIGITS_OPTIONS)
-    return spec, spec.load(root, **DIGITS_OPTIONS)
-
-
 def make_trainer(digits, case: str, seed: int, checkpoint: Path | None = None,
                  log=lambda step, metrics: None, config: TrainConfig = TINY_TRAIN,
                  split_seed: int | None = None) -> Trainer:
