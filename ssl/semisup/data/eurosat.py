@@ -1,6 +1,7 @@
 """EuroSAT (RGB): 27,000 Sentinel-2 satellite images of 10 land-use classes, 64x64 JPEGs, one
 folder per class in EuroSAT.zip (2750/<class>/<class>_<n>.jpg) as torchvision.datasets.EuroSAT
-downloads it. Read straight from the verified zip, resized to image_size (USB: 32).
+downloads it (from torchgeo's Hugging Face copy of phelber/EuroSAT; MIT licence). Read
+straight from the verified zip, resized to image_size (USB: 32).
 
 The train/test partition is USB's (semilearn 0.3.2, datasets/cv_datasets/eurosat.py, VTAB's
 rule): the images of each class in torchvision ImageFolder's order (class folders sorted by

@@ -19,7 +19,11 @@ USB's `semi_aves` trains on l_train_val (its configs name the task by l_train's 
 u_train_in, `semi_aves_out` on l_train_val with u_train_out; the unlabeled set never includes the
 labeled images. Options: labeled_list (l_train | l_train_val), unlabeled_list (u_train_in |
 u_train_out | u_train), image_size (USB: 224; every image squashed to image_size x image_size,
-as USB's training transform does before its random crop)."""
+as USB's training transform does before its random crop to 224 from 256; USB's test transform
+instead resizes the shorter side to 256 and centre-crops 224: a known difference here).
+
+Terms of the release: iNaturalist's terms of service, non-commercial research and education
+only, the images not to be redistributed."""
 from __future__ import annotations
 
 from pathlib import Path
