@@ -395,3 +395,44 @@ def test_usb_cv_facts_resolution_channels_and_statistics():
     assert facts["semi_aves"].inputs.mean == (0.485, 0.456, 0.406)
     assert [DATASET_OPTIONS[name]["image_size"] for name in facts] == [32, 32, 224]
     assert facts["eurosat"].release_labels is None and facts["tissuemnist"].release_labels is None
+
+
+def test_eurosat_offline_says_which_file_to_place_where(tmp_path):
+    root = tmp_path / "data" / "raw" / "eurosat"
+    with pytest.raises(DatasetError) as error:
+        get_dataset("eurosat").download(root, **options("eurosat", mirror="file:///nonexistent"))
+    message = str(error.value)
+    assert f"EuroSAT.zip  (md5 {eurosat.EUROSAT_ZIP.md5})  from {eurosat.EUROSAT_ZIP.url}" in message
+    assert str(root.resolve()) in message and "datasets.eurosat.mirror" in message
+
+
+def test_flexmatch_trains_on_semi_aves_with_its_separate_unlabeled_set(tmp_path, semi_aves_mirror):
+    """Two FlexMatch steps (its per-sample state sized by the unlabeled set: 5 images, not the
+    12 labeled + 5) with the small 32 px CNN."""
+    from semisup.algorithms import build_algorithm
+    from semisup.models import build_network
+    from semisup.train import Trainer
+
+    from pipeline.config import default_train_options
+    from pipeline.runs.train import image_augment, train_config
+
+    mirror, md5, _ = semi_aves_mirror
+    root, spec = tmp_path / "raw" / "semi_aves", get_dataset("semi_aves")
+    settings = options("semi_aves", image_size=32)
+    spec.download(root, **{**settings, "mirror": mirror.as_uri(), "md5": md5})
+    data = spec.load(root, **settings)
+    train_options = default_train_options("semi_aves", steps=2, batch_size=4, uratio=2, eval_every=2,
+                                          log_every=1, checkpoint_every=2, last_k=1)
+    train_data = image_train_data(data, torch.arange(12), spec.inputs, image_augment(train_options),
+                                  False, torch.device("cpu"))
+    facts = train_data.facts(SEMI_AVES_CLASSES)
+    assert (facts.num_labeled, facts.num_unlabeled) == (12, 5)
+    torch.manual_seed(0)
+    model = build_network("cnn32", SEMI_AVES_CLASSES, spec.inputs, **default_params()["models"]["cnn32"])
+    hyperparameters = default_params()["algorithms"]["flexmatch"]
+    algorithm = build_algorithm("flexmatch", {**hyperparameters, "tau": 0.0}, facts=facts,
+                                total_steps=2)
+    result = Trainer(model, algorithm, train_data, train_config(train_options), 0,
+                     torch.device("cpu")).fit()
+    assert [point["step"] for point in result.curve] == [2.0]
+    assert result.stat_history[-1]["train/loss_unsup"] > 0
