@@ -45,8 +45,10 @@ LISTS = {name: OfficialFile(f"{name}.txt", f"{LISTS_URL}/{name}.txt", md5) for n
     ("u_train", "4d4c9d1360915bd52a71f575596012b1"),
     ("test", "322ecde88fd54af894799a405f58566c"))}
 # The image archives by the folder they extract to (the first part of the lists' paths; as
-# members, so that the offline message names it); the release links the Drive files without
-# checksums: a copy is checked by the images it holds, and the manifest records their sha256.
+# members, so that the offline message names it). The release links the Drive files without
+# checksums or file names: <folder>.tar.gz is the name given here (the downloader saves it so;
+# offline, place your copy under it), and that it extracts to <folder>/ is checked, not assumed:
+# a copy is accepted when it holds every image the lists name, whose sha256s the manifest keeps.
 ARCHIVES = {folder: OfficialFile(f"{folder}.tar.gz", f"https://drive.google.com/file/d/{drive_id}/view",
                                  "", {folder: ""})
             for folder, drive_id in (("trainval_images", "1xsgOcEWKG9CszNNT_EXN3YB1OLPYNbf8"),
