@@ -150,13 +150,29 @@ def semantic_problems(config: dict, source: str) -> list[str]:
             *numerics_problems(config["train"], source)]
 
 
+def release_problems(config: dict, source: str, n_labels: int, release) -> list[str]:
+    """A labeled set fixed by the dataset's release (Semi-Aves) has one size per choice of it."""
+    dataset = config["study"]["dataset"]
+    value = config.get("datasets", {}).get(dataset, {}).get(release.option)
+    count = release.count(value)
+    if count is None or n_labels == count:
+        return []   # an unknown choice is the dataset's own error, with what is allowed
+    choices = ", ".join(f"{choice}: {size}" for choice, size in release.counts)
+    return [f"{source}: study.n_labels contains {n_labels}, but the labeled set of {dataset} is "
+            f"fixed by its release: datasets.{dataset}.{release.option} {value} has {count} "
+            f"labeled images ({choices}); use n_labels [{count}]."]
+
+
 def study_problems(config: dict, source: str) -> list[str]:
     """The study's label budgets, algorithms, dataset and network against their settings."""
     study = config["study"]
     problems = []
     classes = DATASETS[study["dataset"]].num_classes
+    release = DATASETS[study["dataset"]].release_labels
     for n_labels in study["n_labels"]:
-        if classes and n_labels % classes:
+        if release is not None:
+            problems += release_problems(config, source, n_labels, release)
+        elif classes and n_labels % classes:
             problems.append(f"{source}: study.n_labels contains {n_labels}, which is not a multiple "
                             f"of the {classes} classes of {study['dataset']}; use e.g. "
                             f"{max(classes, n_labels // classes * classes)}.")

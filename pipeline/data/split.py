@@ -1,11 +1,14 @@
 """Rule `split`: the labeled indices of one (dataset, n_labels, seed), balanced per class, with
-their sha256. Shared by every algorithm; the unlabeled set is the whole training set."""
+their sha256. Shared by every algorithm; the unlabeled set is the whole training set. A dataset
+whose release fixes its labeled set (semisup.catalog: release_labels, Semi-Aves) is not loaded:
+its split is its whole training set, n_labels checked against the manifest's count."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from semisup.catalog import DATASETS
 from semisup.data import get_dataset
-from semisup.data.splits import make_split
+from semisup.data.splits import make_split, release_split
 
 from ..errors import argument_parser, cli
 from ..files import write_json
@@ -23,9 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     manifest = read_manifest(args.manifest)
     root = args.manifest.parent
     verify_files(manifest, root)
-    data = get_dataset(manifest["dataset"]).load(root, **manifest["options"])
-    split = make_split(data.train_labels.numpy(), args.n_labels, data.num_classes, args.seed,
-                       manifest["dataset"])
+    dataset, release = manifest["dataset"], DATASETS[manifest["dataset"]].release_labels
+    if release is not None:   # the labeled set is the release's training set: nothing to draw
+        option = f"datasets.{dataset}.{release.option}={manifest['options'][release.option]}"
+        split = release_split(manifest["shapes"]["train_images"][0], args.n_labels, args.seed,
+                              dataset, option)
+    else:
+        data = get_dataset(dataset).load(root, **manifest["options"])
+        split = make_split(data.train_labels.numpy(), args.n_labels, data.num_classes, args.seed,
+                           dataset)
     split["dataset_digest"] = manifest["digest"]
     write_json(args.out, split)
     print(f"wrote {args.out}: {len(split['labeled_indices'])} labeled indices, "

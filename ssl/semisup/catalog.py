@@ -110,9 +110,22 @@ class ImageInputs:
 
 
 @dataclass(frozen=True)
+class ReleaseLabels:
+    """A labeled set fixed by the dataset's release (Semi-Aves), not drawn per seed: the option
+    that chooses it and how many labeled images each of its values gives."""
+
+    option: str                                # e.g. "labeled_list"
+    counts: tuple[tuple[str, int], ...]        # (option value, labeled images)
+
+    def count(self, value: str) -> int | None:
+        return dict(self.counts).get(value)
+
+
+@dataclass(frozen=True)
 class DatasetFacts:
     num_classes: int | None        # None: known once the data is read (image_folder)
     inputs: ImageInputs
+    release_labels: ReleaseLabels | None = None   # None: the split draws n_labels per class
 
 
 DIGITS_MEAN, DIGITS_STD = (0.3050,), (0.3760,)   # over all 1,797 images
@@ -130,6 +143,15 @@ DATASETS: dict[str, DatasetFacts] = {
                                          False)),
     "stl10": DatasetFacts(10, ImageInputs(3, tuple(x / 255 for x in (112.4, 109.1, 98.6)),
                                           tuple(x / 255 for x in (68.4, 66.6, 68.5)), True)),
+    # USB's CV tasks: EuroSAT (RGB, resized 64 -> 32) and TissueMNIST (gray copied to 3
+    # channels, resized 28 -> 32) with USB's (0.5, 0.5, 0.5) statistics; USB also flips them
+    # vertically, which the weak augmentation here does not do. Semi-Aves with ImageNet's.
+    "eurosat": DatasetFacts(10, ImageInputs(3, (0.5,) * 3, (0.5,) * 3, True)),
+    "tissuemnist": DatasetFacts(8, ImageInputs(3, (0.5,) * 3, (0.5,) * 3, True)),
+    "semi_aves": DatasetFacts(200, ImageInputs(3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                                               True),
+                              ReleaseLabels("labeled_list", (("l_train", 3959),
+                                                             ("l_train_val", 5959)))),
     # ImageNet's statistics, for natural images; the classes are the folder's sub-folders.
     "image_folder": DatasetFacts(None, ImageInputs(3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                                                    True)),

@@ -3,5 +3,6 @@ from .registry import DATASETS, DatasetError, DatasetSpec, ImageData, get_datase
 from . import digits  # noqa: F401  (registers)
 from . import public  # noqa: F401  (registers)
 from . import image_folder  # noqa: F401  (registers)
+from . import eurosat, semi_aves, tissuemnist  # noqa: F401  (register USB's CV datasets)
 
 __all__ = ["DATASETS", "DatasetError", "DatasetSpec", "ImageData", "get_dataset", "register_dataset"]

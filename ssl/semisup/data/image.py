@@ -55,9 +55,14 @@ class ImageModality(Modality):
 
     @classmethod
     def from_images(cls, train: Tensor, test: Tensor, extra_unlabeled: Tensor | None,
-                    inputs: ImageInputs, augment: ImageAugment, channels_last: bool) -> ImageModality:
-        """The unlabeled set is the training set (labeled images included), then the extras."""
-        unlabeled = train if extra_unlabeled is None else torch.cat([train, extra_unlabeled])
+                    inputs: ImageInputs, augment: ImageAugment, channels_last: bool,
+                    unlabeled_includes_train: bool = True) -> ImageModality:
+        """The unlabeled set is the training set (labeled images included), then the extras; or
+        the extras alone where the release keeps them apart (unlabeled_includes_train=False)."""
+        if not unlabeled_includes_train:
+            unlabeled = extra_unlabeled
+        else:
+            unlabeled = train if extra_unlabeled is None else torch.cat([train, extra_unlabeled])
         return cls({"train": train, "unlabeled": unlabeled, "test": test}, inputs, augment,
                    channels_last)
 
@@ -89,9 +94,13 @@ def image_train_data(images: ImageData, labeled_indices: Tensor, inputs: ImageIn
     on = lambda tensor: None if tensor is None else tensor.to(device)
     modality = ImageModality.from_images(on(images.train_images), on(images.test_images),
                                          on(images.extra_unlabeled_images), inputs, augment,
-                                         channels_last)
-    unlabeled_labels = images.train_labels if images.extra_unlabeled_labels is None else \
-        torch.cat([images.train_labels, images.extra_unlabeled_labels])
+                                         channels_last, images.unlabeled_includes_train)
+    if not images.unlabeled_includes_train:
+        unlabeled_labels = images.extra_unlabeled_labels
+    elif images.extra_unlabeled_labels is None:
+        unlabeled_labels = images.train_labels
+    else:
+        unlabeled_labels = torch.cat([images.train_labels, images.extra_unlabeled_labels])
     return TrainData(modality=modality, train_labels=on(images.train_labels),
                      labeled_indices=labeled_indices.to(device),
                      test_labels=on(images.test_labels), unlabeled_labels=on(unlabeled_labels))

@@ -32,7 +32,7 @@ from .registry import DatasetError, DatasetSpec, ImageData, as_uint8_nchw, regis
 class OfficialFile:
     name: str                                            # at the URL and in data/raw/<dataset>/
     url: str
-    md5: str
+    md5: str                                             # "": the source publishes none
     members: dict[str, str] = field(default_factory=dict)  # extracted path -> md5 (archives)
 
 
@@ -85,7 +85,8 @@ def rerun_hint(root: Path) -> str:
 
 
 def placement_help(dataset: str, files: list[OfficialFile], root: Path) -> str:
-    listing = "\n".join(f"  {f.name}  (md5 {f.md5})  from {f.url}" for f in files)
+    listing = "\n".join(f"  {f.name}  ({f'md5 {f.md5}' if f.md5 else 'no published md5'})  "
+                        f"from {f.url}" for f in files)
     folders = sorted({member.split("/")[0] + "/" for f in files for member in f.members})
     if folders:
         listing += (f"\n  (or instead the folder {', '.join(folders)} it extracts to, as "
@@ -116,7 +117,7 @@ def fetch(dataset: str, official: OfficialFile, root: Path, needed: list[Officia
     returns its path and whether it was downloaded now."""
     from torchvision.datasets.utils import calculate_md5, check_integrity
 
-    expected = md5.get(official.name, official.md5)
+    expected = md5.get(official.name, official.md5) or None   # None: no published md5
     path = root / official.name
     if check_integrity(path, expected):
         return path, False

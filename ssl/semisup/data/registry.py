@@ -25,6 +25,9 @@ class ImageData:
     # unlabeled data). Their labels, when known, are -1 where unknown.
     extra_unlabeled_images: Tensor | None = None
     extra_unlabeled_labels: Tensor | None = None
+    # False where the release gives the unlabeled set apart from the labeled one (Semi-Aves):
+    # the unlabeled data is then the extra images only, as USB trains on it.
+    unlabeled_includes_train: bool = True
 
     @property
     def num_classes(self) -> int:

@@ -1,5 +1,6 @@
 """Labeled splits: n_labels / C indices per class drawn with a seeded generator, stored with their
-sha256 so that every algorithm trains on exactly the same labeled images."""
+sha256 so that every algorithm trains on exactly the same labeled images; or, where the dataset's
+release fixes its labeled set (Semi-Aves), that set whole."""
 from __future__ import annotations
 
 import hashlib
@@ -35,6 +36,20 @@ def make_split(labels: np.ndarray, n_labels: int, num_classes: int, seed: int,
                dataset: str) -> dict:
     indices = labeled_indices(labels, n_labels, num_classes, seed)
     return {"dataset": dataset, "n_labels": n_labels, "seed": seed,
+            "labeled_indices": indices, "split_sha256": indices_sha256(indices)}
+
+
+def release_split(num_labeled: int, n_labels: int, seed: int, dataset: str,
+                  labeled_by: str) -> dict:
+    """The split of a dataset whose labeled set its release fixes (Semi-Aves): every image of
+    its training set is labeled, whatever the seed (the seeds still differ in training); the
+    unlabeled set is the release's own. `labeled_by` names the option that chose the labeled set."""
+    if n_labels != num_labeled:
+        raise SplitError(f"n_labels={n_labels}, but the labeled set of {dataset} is fixed by its "
+                         f"release: {labeled_by} has {num_labeled} labeled images; set "
+                         f"study.n_labels to [{num_labeled}] (or choose another labeled list)")
+    indices = list(range(num_labeled))
+    return {"dataset": dataset, "n_labels": n_labels, "seed": seed, "labeled_set": "release",
             "labeled_indices": indices, "split_sha256": indices_sha256(indices)}
 
 

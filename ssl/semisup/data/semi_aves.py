@@ -1,0 +1,163 @@
+"""Semi-Aves: the Semi-Supervised iNaturalist-Aves challenge at FGVC7 (CVPR 2020; Su and Maji,
+arXiv:2103.06937): 200 bird species, a labeled set fixed by the release (not drawn per seed), an
+unlabeled set of its own (in-class and out-of-class images) and a test set, JPEGs of up to 500 px.
+
+The release: four image archives on Google Drive (linked from github.com/cvl-umass/semi-inat-2020,
+no checksums published) and, per split, a list of `<image path> <label>` lines (github.com/
+cvl-umass/ssl-evaluation, data/semi_aves/, pinned below with their md5s), the files USB reads
+(semilearn 0.3.2, datasets/cv_datasets/aves.py, from <data_dir>/semi_fgvc/):
+
+| list          | images  | folder           | what                                         |
+| l_train       |   3,959 | trainval_images/ | labeled training images                      |
+| l_train_val   |   5,959 | trainval_images/ | l_train and the 2,000 validation images      |
+| u_train_in    |  26,640 | u_train_in/      | unlabeled, the 200 classes (label -1)        |
+| u_train_out   | 122,208 | u_train_out/     | unlabeled, other bird species (label -1)     |
+| u_train       | 148,848 | both             | u_train_in and u_train_out                   |
+| test          |   8,000 | test/            | public and private test images, labeled      |
+
+USB's `semi_aves` trains on l_train_val (its configs name the task by l_train's 3,959) with
+u_train_in, `semi_aves_out` on l_train_val with u_train_out; the unlabeled set never includes the
+labeled images. Options: labeled_list (l_train | l_train_val), unlabeled_list (u_train_in |
+u_train_out | u_train), image_size (USB: 224; every image squashed to image_size x image_size,
+as USB's training transform does before its random crop to 224 from 256; USB's test transform
+instead resizes the shorter side to 256 and centre-crops 224: a known difference here).
+
+Terms of the release: iNaturalist's terms of service, non-commercial research and education
+only, the images not to be redistributed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .decode import decode_rgb
+from .public import OfficialFile, existing, fetch, rerun_hint, unreadable
+from .registry import DatasetError, DatasetSpec, ImageData, as_uint8_nchw, register_dataset
+
+LISTS_URL = ("https://raw.githubusercontent.com/cvl-umass/ssl-evaluation/"
+             "472f904276532c4a28fb03b014aca0314726fe0d/data/semi_aves")
+LISTS = {name: OfficialFile(f"{name}.txt", f"{LISTS_URL}/{name}.txt", md5) for name, md5 in (
+    ("l_train", "044672f528472e7697bde81a7afc6617"),
+    ("l_train_val", "61d2994cb611e616c3d2c70cbaf89c2d"),
+    ("u_train_in", "b52481cdbc146f68ab71e4f34037a431"),
+    ("u_train_out", "5562761fb5d79c43cc35bd49fd85fda2"),
+    ("u_train", "4d4c9d1360915bd52a71f575596012b1"),
+    ("test", "322ecde88fd54af894799a405f58566c"))}
+# The image archives by the folder they extract to (the first part of the lists' paths; as
+# members, so that the offline message names it). The release links the Drive files without
+# checksums or file names: <folder>.tar.gz is the name given here (the downloader saves it so;
+# offline, place your copy under it), and that it extracts to <folder>/ is checked, not assumed:
+# a copy is accepted when it holds every image the lists name, whose sha256s the manifest keeps.
+ARCHIVES = {folder: OfficialFile(f"{folder}.tar.gz", f"https://drive.google.com/file/d/{drive_id}/view",
+                                 "", {folder: ""})
+            for folder, drive_id in (("trainval_images", "1xsgOcEWKG9CszNNT_EXN3YB1OLPYNbf8"),
+                                     ("u_train_in", "1BiEkIp8yuqB5Vau_ZAFAhwp8CNoqVjRk"),
+                                     ("u_train_out", "18gZhCEKJkxKkUbG49syAuWPdfL0Lm9tp"),
+                                     ("test", "1OVEA2lNJnYM5zxh3W_o_Q6K5lsNmJ9Hy"))}
+LABELED_LISTS, UNLABELED_LISTS = ("l_train", "l_train_val"), ("u_train_in", "u_train_out", "u_train")
+LIST_FOLDERS = {"l_train": ["trainval_images"], "l_train_val": ["trainval_images"],
+                "u_train_in": ["u_train_in"], "u_train_out": ["u_train_out"],
+                "u_train": ["u_train_in", "u_train_out"], "test": ["test"]}
+NUM_CLASSES = 200
+
+
+def read_list(root: Path, name: str) -> list[tuple[str, int]]:
+    """(image path relative to root, label) per line, as USB's make_dataset splits them."""
+    path = existing("semi_aves", root / LISTS[name].name)
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+            raise unreadable("semi_aves", path, ValueError(f"line {number} is not `<path> <label>`"))
+        entries.append((fields[0], int(fields[1])))
+    return entries
+
+
+def chosen_lists(labeled_list: str, unlabeled_list: str) -> list[str]:
+    for option, value, allowed in (("labeled_list", labeled_list, LABELED_LISTS),
+                                   ("unlabeled_list", unlabeled_list, UNLABELED_LISTS)):
+        if value not in allowed:
+            raise DatasetError(f"semi_aves: datasets.semi_aves.{option} is {value!r}; "
+                               f"allowed: {', '.join(allowed)}")
+    return [labeled_list, unlabeled_list, "test"]
+
+
+def needed_files(names: list[str]) -> list[OfficialFile]:
+    """The lists `names` and the archives of the folders they name."""
+    folders = dict.fromkeys(folder for name in names for folder in LIST_FOLDERS[name])
+    return [LISTS[name] for name in names] + [ARCHIVES[folder] for folder in folders]
+
+
+def extracted(dataset_root: Path, folder: str, images: list[str], needed: list[OfficialFile],
+              mirror: str | None, md5: dict) -> None:
+    """Make sure every listed image of `folder` is there: fetch and extract its archive unless
+    they all are (a folder extracted before stands in for its archive)."""
+    from torchvision.datasets.utils import extract_archive
+
+    missing = [image for image in images if not (dataset_root / image).is_file()]
+    if not missing:
+        return
+    official = ARCHIVES[folder]
+    archive, _ = fetch("semi_aves", official, dataset_root, needed, mirror, md5)
+    try:
+        extract_archive(archive, dataset_root)
+    except (OSError, EOFError, ValueError) as error:   # tarfile's errors are OSError/ValueError
+        raise DatasetError(f"semi_aves: cannot extract {archive} ({error}); delete it and "
+                           f"{rerun_hint(dataset_root)}") from error
+    missing = [image for image in images if not (dataset_root / image).is_file()]
+    if missing:
+        raise DatasetError(f"semi_aves: {archive} does not hold {len(missing)} of the "
+                           f"{len(images)} images the lists name under {folder}/ (e.g. "
+                           f"{', '.join(missing[:3])}); it is not the released {official.name}: "
+                           f"delete it and {rerun_hint(dataset_root)}")
+
+
+def download_semi_aves(root: Path, *, mirror: str | None, md5: dict, image_size: int,
+                       labeled_list: str, unlabeled_list: str) -> list[Path]:
+    """The chosen lists and every image they name (the files `load` reads)."""
+    names = chosen_lists(labeled_list, unlabeled_list)
+    root.mkdir(parents=True, exist_ok=True)
+    needed = needed_files(names)
+    lists = [fetch("semi_aves", LISTS[name], root, needed, mirror, md5)[0] for name in names]
+    images = sorted({path for name in names for path, _ in read_list(root, name)})
+    by_folder: dict[str, list[str]] = {}
+    for image in images:
+        by_folder.setdefault(image.split("/")[0], []).append(image)
+    unknown = sorted(set(by_folder) - {folder for name in names for folder in LIST_FOLDERS[name]})
+    if unknown:
+        raise unreadable("semi_aves", root, ValueError(
+            f"the lists {', '.join(names)} name images in the folder(s) {unknown}, not the "
+            f"release's"))
+    for folder, folder_images in by_folder.items():
+        extracted(root, folder, folder_images, needed, mirror, md5)
+    return lists + [root / image for image in images]
+
+
+def decoded(root: Path, entries: list[tuple[str, int]], image_size: int):
+    if not entries:
+        raise DatasetError(f"semi_aves: a list under {root} is empty; delete it and {rerun_hint(root)}")
+    images = np.stack([decode_rgb(existing("semi_aves", root / path).read_bytes(), image_size,
+                                  "semi_aves", str(root / path)) for path, _ in entries])
+    labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
+    return as_uint8_nchw(images, channels_last=True), labels
+
+
+def load_semi_aves(root: Path, *, image_size: int, labeled_list: str, unlabeled_list: str,
+                   **options) -> ImageData:
+    labeled, unlabeled, test = (read_list(root, name)
+                                for name in chosen_lists(labeled_list, unlabeled_list))
+    for name, entries in ((labeled_list, labeled), ("test", test)):
+        bad = [label for _, label in entries if not 0 <= label < NUM_CLASSES]
+        if bad:
+            raise unreadable("semi_aves", root / LISTS[name].name,
+                             ValueError(f"label {bad[0]} is not a class 0..{NUM_CLASSES - 1}"))
+    unlabeled_images, _ = decoded(root, unlabeled, image_size)
+    return ImageData(*decoded(root, labeled, image_size), *decoded(root, test, image_size),
+                     class_names=[str(label) for label in range(NUM_CLASSES)],
+                     extra_unlabeled_images=unlabeled_images,
+                     extra_unlabeled_labels=torch.full((len(unlabeled),), -1, dtype=torch.int64),
+                     unlabeled_includes_train=False)
+
+
+register_dataset(DatasetSpec(name="semi_aves", download=download_semi_aves, load=load_semi_aves))
