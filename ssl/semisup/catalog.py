@@ -110,6 +110,14 @@ class ImageInputs:
 
 
 @dataclass(frozen=True)
+class TextInputs:
+    """A text dataset in USB's release format (semisup.data.usb_text): each training sample is
+    its original text and two back-translations; tokenised for the network it trains."""
+
+    modality: ClassVar[str] = "text"
+
+
+@dataclass(frozen=True)
 class ReleaseLabels:
     """A labeled set fixed by the dataset's release (Semi-Aves), not drawn per seed: the option
     that chooses it and how many labeled images each of its values gives."""
@@ -124,7 +132,7 @@ class ReleaseLabels:
 @dataclass(frozen=True)
 class DatasetFacts:
     num_classes: int | None        # None: known once the data is read (image_folder)
-    inputs: ImageInputs
+    inputs: ImageInputs | TextInputs
     release_labels: ReleaseLabels | None = None   # None: the split draws n_labels per class
 
 
@@ -155,4 +163,10 @@ DATASETS: dict[str, DatasetFacts] = {
     # ImageNet's statistics, for natural images; the classes are the folder's sub-folders.
     "image_folder": DatasetFacts(None, ImageInputs(3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                                                    True)),
+    # USB's NLP tasks (semilearn 0.3.2, config/usb_nlp): the classes of its json releases.
+    "imdb": DatasetFacts(2, TextInputs()),
+    "ag_news": DatasetFacts(4, TextInputs()),
+    "amazon_review": DatasetFacts(5, TextInputs()),
+    "yahoo_answers": DatasetFacts(10, TextInputs()),
+    "yelp_review": DatasetFacts(5, TextInputs()),
 }

@@ -16,3 +16,8 @@ class SplitError(SemisupError, ValueError):
 
 class CheckpointError(SemisupError):
     """A checkpoint exists but cannot be used; never silently start afresh."""
+
+
+class PretrainedError(SemisupError):
+    """A pretrained network or its tokenizer could not be loaded; the message says where to put
+    its files."""
