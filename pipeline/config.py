@@ -215,7 +215,8 @@ def resolved_train(train: dict, dataset: str) -> dict:
     """A run's training settings: the execution settings left out, the dataset's own flip
     (semisup.catalog) filled in unless the config sets one."""
     resolved = {key: value for key, value in train.items() if key not in EXECUTION_KEYS}
-    resolved.setdefault("horizontal_flip", DATASETS[dataset].inputs.horizontal_flip)
+    if DATASETS[dataset].inputs.modality == "image":   # (text has no flips)
+        resolved.setdefault("horizontal_flip", DATASETS[dataset].inputs.horizontal_flip)
     return resolved
 
 
