@@ -147,7 +147,27 @@ def validate(config: dict, source: str = "params.yaml", command_line: dict | Non
 def semantic_problems(config: dict, source: str) -> list[str]:
     """Checks that need more than one key."""
     return [*study_problems(config, source), *steps_problems(config["train"], source),
-            *numerics_problems(config["train"], source)]
+            *numerics_problems(config["train"], source), *modality_problems(config, source)]
+
+
+TEXT_MODELS = ("bert_base_uncased",)   # the networks that read token ids (their own tokenizer)
+
+
+def modality_problems(config: dict, source: str) -> list[str]:
+    """A text dataset needs a text network and the reverse; only text datasets (USB's releases)
+    have the validation split that reports.selection at_best_validation reads."""
+    study = config["study"]
+    text = DATASETS[study["dataset"]].inputs.modality == "text"
+    problems = []
+    if text != (study["model"] in TEXT_MODELS):
+        kind, fit = ("a text", ", ".join(TEXT_MODELS)) if text else ("an image", "an image network")
+        problems.append(f"{source}: study.dataset {study['dataset']} is {kind} dataset but "
+                        f"study.model {study['model']} is not a network for it; use {fit}.")
+    if config["reports"]["selection"] == "at_best_validation" and not text:
+        problems.append(f"{source}: reports.selection is at_best_validation, but "
+                        f"{study['dataset']} has no validation split (USB's text datasets do); "
+                        f"use best, last, median or mean.")
+    return problems
 
 
 def release_problems(config: dict, source: str, n_labels: int, release) -> list[str]:

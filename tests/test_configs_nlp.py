@@ -92,3 +92,30 @@ def test_usb_nlp_study_dry_runs_offline_every_algorithm_budget_and_seed(task, tm
     assert planned == {(str(n), algorithm, str(seed)) for n in study["n_labels"]
                        for algorithm in study["algorithms"] for seed in study["seeds"]}
     assert len(planned) == 96
+
+
+def test_a_text_dataset_needs_a_text_network_and_the_reverse():
+    from pipeline.config import default_params
+    from pipeline.errors import UserError
+
+    def problems(**study) -> str:
+        config = default_params()
+        config["study"].update(study)
+        with pytest.raises(UserError) as error:
+            load_study(config)
+        return str(error.value)
+
+    assert "ag_news is a text dataset but study.model small_cnn" in problems(dataset="ag_news",
+                                                                              n_labels=[40])
+    assert "digits is an image dataset but study.model bert_base_uncased" in problems(
+        model="bert_base_uncased")
+
+
+def test_selection_at_best_validation_needs_a_validation_split():
+    from pipeline.config import default_params
+    from pipeline.errors import UserError
+
+    config = default_params()
+    config["reports"]["selection"] = "at_best_validation"
+    with pytest.raises(UserError, match="digits has no validation split"):
+        load_study(config)

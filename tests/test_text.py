@@ -9,7 +9,8 @@ from nlp_smoke import make_release, make_tiny_bert
 from semisup.catalog import algorithm_cards
 from semisup.data import get_dataset
 from semisup.data.inputs import TokenBatch, cat_inputs
-from semisup.data.text import RaggedTokens, TextModality, TokenizedText, text_train_data
+from semisup.data.text import (RaggedTokens, TextModality, TokenizedText, text_train_data,
+                               tokenize)
 from semisup.errors import DatasetError, PretrainedError
 from semisup.models import build_network
 from semisup.models.bert import load_tokenizer
@@ -213,3 +214,11 @@ def test_algorithms_that_change_the_inputs_say_so_on_text(algorithm_name, ag_new
     with pytest.raises(TypeError, match=f"{algorithm_name} (mixes|perturbs) image tensors, not "
                                         f"TokenBatch"):
         two_steps(algorithm_name, ag_news, tiny_bert)
+
+
+def test_tokenised_in_chunks_as_in_one_call(ag_news, tiny_bert):
+    tokenizer = load_tokenizer(str(tiny_bert))
+    texts = [original for original, _, _ in ag_news.train_texts]
+    whole, chunked = tokenize(texts, tokenizer, 64), tokenize(texts, tokenizer, 64, chunk_size=7)
+    assert torch.equal(whole.flat, chunked.flat) and torch.equal(whole.lengths, chunked.lengths)
+    assert whole.flat.dtype == torch.int32 and len(whole) == 96

@@ -19,9 +19,11 @@ original texts only.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,12 +64,18 @@ class RaggedTokens:
 
     @classmethod
     def from_lists(cls, sequences: Sequence[Sequence[int]]) -> RaggedTokens:
-        if any(len(sequence) == 0 for sequence in sequences):
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+        if (lengths == 0).any():
             raise ValueError("a text tokenised to no tokens: the tokenizer adds none of its "
                              "special tokens ([CLS], [SEP]); use the network's own tokenizer")
-        flat = torch.tensor([token for sequence in sequences for token in sequence],
-                            dtype=torch.int32)
-        return cls(flat, torch.tensor([len(sequence) for sequence in sequences], dtype=torch.int64))
+        flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int32,
+                           count=int(lengths.sum()))
+        return cls(torch.from_numpy(flat), torch.from_numpy(lengths))
+
+    @classmethod
+    def join(cls, parts: Sequence[RaggedTokens]) -> RaggedTokens:
+        return cls(torch.cat([part.flat for part in parts]),
+                   torch.cat([part.lengths for part in parts]))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -85,10 +93,16 @@ class RaggedTokens:
         return TokenBatch(ids=ids, mask=mask.long())
 
 
-def tokenize(texts: Sequence[str], tokenizer, max_length: int) -> RaggedTokens:
-    """semilearn's collator call, once per text: [CLS] text [SEP], truncated to max_length."""
-    encoded = tokenizer(list(texts), max_length=max_length, truncation=True, padding=False)
-    return RaggedTokens.from_lists(encoded["input_ids"])
+def tokenize(texts: Sequence[str], tokenizer, max_length: int,
+             chunk_size: int = 10_000) -> RaggedTokens:
+    """semilearn's collator call, once per text: [CLS] text [SEP], truncated to max_length; in
+    chunks, so that the tokenizer's Python lists of a 500,000-text release never exist at once."""
+    parts = []
+    for start in range(0, len(texts), chunk_size):
+        chunk = list(texts[start:start + chunk_size])
+        encoded = tokenizer(chunk, max_length=max_length, truncation=True, padding=False)
+        parts.append(RaggedTokens.from_lists(encoded["input_ids"]))
+    return RaggedTokens.join(parts)
 
 
 @dataclass
