@@ -180,7 +180,7 @@ NEEDS_INPUT_ARITHMETIC = {"vat", "mixmatch", "remixmatch"}
 TEXT_SETTINGS = {"crmatch": {"lambda_rot": 0.0}, "remixmatch": {"lambda_rot": 0.0}}
 
 
-def two_steps(algorithm_name: str, ag_news, tiny_bert):
+def text_trainer(algorithm_name: str, ag_news, tiny_bert, steps: int = 2, **trainer_options):
     from semisup.algorithms import ALGORITHMS, build_algorithm
     from semisup.train import Trainer
 
@@ -189,17 +189,22 @@ def two_steps(algorithm_name: str, ag_news, tiny_bert):
 
     data = text_train_data(ag_news, torch.arange(0, 96, 12), load_tokenizer(str(tiny_bert)), 32,
                            "cpu")
-    options = default_train_options("ag_news", steps=2, batch_size=4, uratio=1, eval_every=2,
+    options = default_train_options("ag_news", steps=steps, batch_size=4, uratio=1, eval_every=2,
                                     log_every=1, checkpoint_every=2, last_k=1, optimizer="adamw",
-                                    lr=1e-4, layer_decay=0.65, eval_batch_size=8)
+                                    lr=1e-4, layer_decay=0.65, eval_batch_size=8, lr_warmup_steps=1)
     torch.manual_seed(0)
     network = bert(tiny_bert)
     params = {**default_params()["algorithms"][algorithm_name],
               **TEXT_SETTINGS.get(algorithm_name, {})}
     labeled_set = ALGORITHMS[algorithm_name].labeled_set
     algorithm = build_algorithm(algorithm_name, params, facts=data.facts(4, labeled_set),
-                                total_steps=2)
-    return Trainer(network, algorithm, data, train_config(options), 0, torch.device("cpu")).fit()
+                                total_steps=steps)
+    return Trainer(network, algorithm, data, train_config(options), 0, torch.device("cpu"),
+                   **trainer_options)
+
+
+def two_steps(algorithm_name: str, ag_news, tiny_bert):
+    return text_trainer(algorithm_name, ag_news, tiny_bert).fit()
 
 
 @pytest.mark.parametrize("algorithm_name", sorted(set(algorithm_cards()) - NEEDS_INPUT_ARITHMETIC))
@@ -222,3 +227,29 @@ def test_tokenised_in_chunks_as_in_one_call(ag_news, tiny_bert):
     whole, chunked = tokenize(texts, tokenizer, 64), tokenize(texts, tokenizer, 64, chunk_size=7)
     assert torch.equal(whole.flat, chunked.flat) and torch.equal(whole.lengths, chunked.lengths)
     assert whole.flat.dtype == torch.int32 and len(whole) == 96
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL: raised from the log callback after the step-2 checkpoint."""
+
+
+def test_a_text_run_killed_and_resumed_ends_bit_for_bit_as_an_uninterrupted_one(ag_news, tiny_bert,
+                                                                                 tmp_path):
+    """Dropout (torch's generator) and the strong views' draws (the augment stream) resume."""
+    import json
+
+    def die_at_3(step, metrics):
+        if step >= 3:
+            raise Killed(step)
+
+    whole = text_trainer("comatch", ag_news, tiny_bert, steps=4).fit()
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(Killed):
+        text_trainer("comatch", ag_news, tiny_bert, steps=4, checkpoint_path=checkpoint,
+                     log=die_at_3).fit()
+    torch.manual_seed(123)   # a new process: another global generator state until resumed
+    resumed = text_trainer("comatch", ag_news, tiny_bert, steps=4, checkpoint_path=checkpoint).fit()
+    assert resumed.resumed_from == 2
+    for field in ("metrics", "curve", "stat_history"):
+        assert json.dumps(getattr(whole, field), sort_keys=True) == json.dumps(
+            getattr(resumed, field), sort_keys=True), field
