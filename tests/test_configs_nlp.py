@@ -119,3 +119,22 @@ def test_selection_at_best_validation_needs_a_validation_split():
     config["reports"]["selection"] = "at_best_validation"
     with pytest.raises(UserError, match="digits has no validation split"):
         load_study(config)
+
+
+def test_the_published_table_puts_usbs_nlp_numbers_beside_ours():
+    from pipeline.reports.tables import render_published
+
+    def summary(algorithm: str, n_labels: int, error: float) -> dict:
+        stats = {"mean": error, "std": 0.5, "n": 3, "values": [error - 0.5, error, error + 0.5]}
+        return {"study": "usb-nlp-ag_news", "dataset": "ag_news", "n_labels": n_labels,
+                "algorithm": algorithm, "model": "bert_base_uncased", "last_k": 20,
+                "metrics": {"ema/at_best_validation_error": stats},
+                "seeds": [{"seed": s, "mlflow_run_id": f"r{s}", "config_hash": "c", "code_digest": "d",
+                           "split_sha256": "s", "dataset_digest": "x", "git_commit": "abc",
+                           "wall_seconds": 1.0} for s in range(3)]}
+
+    rows = read_published(ROOT / "reference/published_results.csv")
+    table = render_published([summary("fixmatch", n, 20.0) for n in (40, 200)], rows, "ema",
+                             "at_best_validation")
+    assert r"30.17 $\pm$ 1.87" in table and r"11.71 $\pm$ 1.95" in table
+    assert "USB NLP results, semilearn 0.3.0" in table
