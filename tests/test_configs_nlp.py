@@ -52,7 +52,7 @@ def test_usb_nlp_study_trains_with_usbs_nlp_protocol(task):
         2048, 8, 0.0, "fp32")
     assert config["models"]["bert_base_uncased"] == {
         "name_or_path": "bert-base-uncased", "max_length": 512, "dropout": 0.1,
-        "pooling": "all_positions"}
+        "pooling": "view_positions"}
     assert config["algorithm_overrides"]["pimodel"]["ema_decay"] == 0.999
     assert all(override.get("uratio", 1) == 1 for override in config["algorithm_overrides"].values())
     assert config["algorithms"]["uda"]["tsa_schedule"] == "exp"

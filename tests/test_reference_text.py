@@ -21,6 +21,10 @@ def test_text_batches_features_logits_and_layers_are_semilearns_to_the_bit(capsy
     assert "exact" in capsys.readouterr().out
 
 
+def test_view_positions_pooling_is_semilearns_within_float_rounding(capsys):
+    assert reference.main(["--pooling", "view_positions"]) == 0
+
+
 def test_another_pooling_is_found_to_differ(capsys):
     assert reference.main(["--pooling", "attended"]) == 1
     assert "DIFFERS: features differ" in capsys.readouterr().out

@@ -40,7 +40,7 @@ def test_ragged_tokens_pad_each_batch_to_its_longest_sequence_with_zeros():
     tokens = RaggedTokens.from_lists([[2, 7, 3], [2, 3], [2, 5, 6, 8, 3]])
     batch = tokens.batch(torch.tensor([1, 0]))
     assert batch.ids.tolist() == [[2, 3, 0], [2, 7, 3]]
-    assert batch.mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert batch.mask.tolist() == [[1, 1, 2], [1, 1, 1]]   # 2: the view's own padding
     assert tokens.batch(torch.tensor([2])).ids.tolist() == [[2, 5, 6, 8, 3]]
 
 
@@ -88,7 +88,7 @@ def test_weak_is_the_original_and_strong_a_back_translation(ag_news, tiny_bert):
     weak, strong, other = modality.views("unlabeled", indices, ("weak", "strong", "strong"), generator)
 
     def text(batch: TokenBatch, row: int) -> str:
-        ids = batch.ids[row][batch.mask[row].bool()].tolist()
+        ids = batch.ids[row][batch.mask[row] == 1].tolist()
         return tokenizer.decode(ids, skip_special_tokens=True)
 
     for row in range(96):
@@ -116,23 +116,42 @@ def test_evaluation_batches_are_the_originals_in_order(ag_news, tiny_bert):
     assert sum(len(batch) for batch in data.modality.batches("test", 16)) == 40
 
 
-def bert(tiny_bert: Path, pooling: str = "all_positions"):
+def bert(tiny_bert: Path, pooling: str = "view_positions"):
     return build_network("bert_base_uncased", 4, None, name_or_path=str(tiny_bert), max_length=64,
                          dropout=0.1, pooling=pooling)
 
 
 def test_bert_features_are_the_mean_of_the_last_hidden_state_and_a_two_layer_classifier(tiny_bert):
+    """A view of 4 tokens and 1 of its own padding (mask 2), joined to a longer view (mask 0)."""
     torch.manual_seed(0)
     network = bert(tiny_bert).eval()
-    batch = TokenBatch(ids=torch.tensor([[2, 7, 9, 3, 0]]), mask=torch.tensor([[1, 1, 1, 1, 0]]))
+    batch = TokenBatch(ids=torch.tensor([[2, 7, 9, 3, 0, 0]]), mask=torch.tensor([[1, 1, 1, 1, 2, 0]]))
     output = network(batch)
-    hidden = network.backbone.bert(input_ids=batch.ids, attention_mask=batch.mask).last_hidden_state
-    torch.testing.assert_close(output.features, hidden.mean(1))   # padding included (semilearn)
+    attended = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    hidden = network.backbone.bert(input_ids=batch.ids, attention_mask=attended).last_hidden_state
+    torch.testing.assert_close(output.features, hidden[:, :5].mean(1))   # the view's padding too
     assert output.logits.shape == (1, 4) and output.features.shape == (1, 16)
     assert [type(layer).__name__ for layer in network.classifier] == ["Linear", "GELU", "Linear"]
-    attended = bert(tiny_bert, "attended").eval()
-    attended.load_state_dict(network.state_dict())
-    torch.testing.assert_close(attended(batch).features, hidden[:, :4].mean(1))
+    for pooling, positions in (("all_positions", 6), ("attended", 4)):
+        other = bert(tiny_bert, pooling).eval()
+        other.load_state_dict(network.state_dict())
+        torch.testing.assert_close(other(batch).features, hidden[:, :positions].mean(1))
+
+
+def test_view_positions_features_do_not_depend_on_the_views_joined_to_it(ag_news, tiny_bert):
+    data = text_train_data(ag_news, torch.arange(8), load_tokenizer(str(tiny_bert)), 64, "cpu")
+    rows = torch.tensor([0, 1, 2, 3])
+    weak, strong = data.modality.views("unlabeled", rows, ("weak", "strong"), torch.Generator())
+    long = data.modality.views("unlabeled", torch.arange(96), ("weak",), torch.Generator())[0]
+    network = bert(tiny_bert).eval()
+    alone = network(weak).features
+    joined = network(cat_inputs([weak, strong, long])).features[:4]
+    torch.testing.assert_close(joined, alone)
+    if int(long.ids.shape[1]) > int(weak.ids.shape[1]):   # the join padded the weak view
+        semilearn_as_written = bert(tiny_bert, "all_positions").eval()
+        semilearn_as_written.load_state_dict(network.state_dict())
+        assert not torch.allclose(semilearn_as_written(cat_inputs([weak, long])).features[:4],
+                                  semilearn_as_written(weak).features)
 
 
 def test_bert_layers_for_layer_wise_decay(tiny_bert):
@@ -152,6 +171,7 @@ def test_joined_views_pad_with_the_pad_id(tiny_bert):
     b = TokenBatch(ids=torch.tensor([[2, 5, 6, 3]]), mask=torch.tensor([[1, 1, 1, 1]]))
     joined = cat_inputs([a, b])
     assert joined.ids.tolist() == [[2, 3, 0, 0], [2, 5, 6, 3]]
+    assert joined.mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
     assert load_tokenizer(str(tiny_bert)).pad_token_id == 0
 
 
@@ -159,7 +179,7 @@ def test_a_missing_model_names_the_folder_to_put_it_in(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PretrainedError) as error:
         build_network("bert_base_uncased", 2, None, name_or_path="bert-base-uncased",
-                      max_length=512, dropout=0.1, pooling="all_positions")
+                      max_length=512, dropout=0.1, pooling="view_positions")
     assert "pretrained/bert-base-uncased" in str(error.value)
     assert "name_or_path" in str(error.value)
     with pytest.raises(PretrainedError, match="tokenizer"):

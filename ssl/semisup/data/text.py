@@ -6,7 +6,11 @@ nlp_collactor.py) makes its batches:
 - each text is tokenised with the network's tokenizer, `tokenizer(text, max_length=max_length,
   truncation=True)`: [CLS] ... [SEP], at most max_length tokens (USB: 512);
 - a view is padded to its longest text (the collator's `tokenizer.pad(padding=True)`), with the
-  id 0 ([PAD] in BERT's vocabularies; semisup.data.inputs joins views padding with 0 too);
+  id 0 ([PAD] in BERT's vocabularies; semisup.data.inputs joins views padding with 0 too). The
+  mask says 1 on real tokens, 2 on that padding of the view's own batch and (once views are
+  joined) 0 on the padding the join adds: the network attends to the 1s only, and semilearn's
+  pooling, which averages its view's padding too, can average the 1s and 2s of a joined batch
+  exactly as semilearn does forwarding each view alone (semisup.models.bert, view_positions);
 - "weak" is the original text (USB's text has no weak augmentation);
 - "strong" is one of the sample's two back-translations (aug_0: via German, aug_1: via Russian),
   drawn uniformly per sample (semilearn: `random.randint(1, 2)`, from Python's own generator;
@@ -31,6 +35,7 @@ from .inputs import TokenBatch
 from .modality import Modality, TrainData
 
 PAD_ID = 0
+VIEW_PADDING = 2   # the mask's value on the padding of a view's own batch
 
 
 @dataclass
@@ -84,13 +89,14 @@ class RaggedTokens:
         return RaggedTokens(self.flat.to(device), self.lengths.to(device))
 
     def batch(self, rows: Tensor) -> TokenBatch:
-        """The sequences at `rows`, padded with PAD_ID to the longest of them."""
+        """The sequences at `rows`, padded with PAD_ID to the longest of them; the mask is 1 on
+        their tokens, VIEW_PADDING on the padding."""
         lengths = self.lengths[rows]
         positions = torch.arange(int(lengths.max()), device=lengths.device)
-        mask = positions[None, :] < lengths[:, None]
+        real = positions[None, :] < lengths[:, None]
         index = (self.starts[rows][:, None] + positions[None, :]).clamp(max=len(self.flat) - 1)
-        ids = torch.where(mask, self.flat[index].long(), PAD_ID)
-        return TokenBatch(ids=ids, mask=mask.long())
+        ids = torch.where(real, self.flat[index].long(), PAD_ID)
+        return TokenBatch(ids=ids, mask=torch.where(real, 1, VIEW_PADDING))
 
 
 def tokenize(texts: Sequence[str], tokenizer, max_length: int,

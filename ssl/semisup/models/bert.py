@@ -6,11 +6,18 @@ network for its NLP tasks, as a Network (backbone + classifier + heads):
   classifier  Linear(hidden, hidden), GELU, Linear(hidden, num_classes) (torch's initialisation)
 
 The pooling is semilearn's `torch.mean(dropout(last_hidden_state), 1)`: a mean over every
-position of the padded batch, padding included (`pooling: all_positions`). Its features hence
-depend on how long the batch is padded: semilearn forwards each view alone, padded to its
-longest text, where a step here joins its views into one batch padded to the longest of them
-all (semisup.data.inputs), so a short text's features differ. `pooling: attended` averages over
-the real tokens only (the attention mask), the same whatever the padding.
+position of the padded batch, padding included. semilearn forwards each view alone, padded to
+its own longest text, where a step here joins its views into one batch padded to the longest of
+them all (semisup.data.inputs). So `pooling`:
+  view_positions  semilearn's mean over each sample's own view's positions (its tokens and its
+                  view's padding: mask 1 and 2, semisup.data.text), whatever the join added; the
+                  same hidden states as semilearn's (padding is never attended to), summed in
+                  another order (about 1e-7 apart)
+  all_positions   `torch.mean(., 1)` over the joined batch, semilearn's code as written (its
+                  bits on a batch of one view: benchmarks/reference_text.py); a short text's
+                  features then depend on the longest text of the other views
+  attended        the mean over the real tokens only, the same whatever the padding
+The network attends to the real tokens only (mask 1).
 
 Layers for layer-wise learning-rate decay (semisup.optim, semilearn's `group_matcher`):
 bert.embeddings is layer 0, bert.encoder.layer.i is layer i + 1, the pooler (unused, as in
@@ -32,7 +39,7 @@ from ..data.inputs import TokenBatch
 from ..errors import PretrainedError
 from .network import Network
 
-POOLINGS = ("all_positions", "attended")
+POOLINGS = ("view_positions", "all_positions", "attended")
 BLOCK = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
 
 
@@ -79,13 +86,15 @@ class BertBackbone(nn.Module):
         self.num_layers = bert.config.num_hidden_layers + 1
 
     def forward(self, inputs: TokenBatch) -> Tensor:
-        hidden = self.bert(input_ids=inputs.ids, attention_mask=inputs.mask,
+        real = (inputs.mask == 1).long()
+        hidden = self.bert(input_ids=inputs.ids, attention_mask=real,
                            return_dict=True).last_hidden_state
         hidden = self.dropout(hidden)
         if self.pooling == "all_positions":
             return torch.mean(hidden, 1)
-        mask = inputs.mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1)
+        pooled = (inputs.mask > 0) if self.pooling == "view_positions" else real
+        weights = pooled.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1)
 
     def layer_id(self, name: str) -> int:
         if name.startswith("bert.embeddings."):
