@@ -273,3 +273,24 @@ def test_a_text_run_killed_and_resumed_ends_bit_for_bit_as_an_uninterrupted_one(
     for field in ("metrics", "curve", "stat_history"):
         assert json.dumps(getattr(whole, field), sort_keys=True) == json.dumps(
             getattr(resumed, field), sort_keys=True), field
+
+
+def test_tokens_are_cached_once_and_read_back_identical(ag_news, tiny_bert, tmp_path):
+    from semisup.data.text import tokenizer_fingerprint
+
+    tokenizer = load_tokenizer(str(tiny_bert))
+    cache = tmp_path / "tokens" / f"{tokenizer_fingerprint(tokenizer)[:16]}-32.pt"
+    made = TokenizedText.cached(ag_news, tokenizer, 32, cache)
+    assert cache.exists()
+    read = TokenizedText.cached(ag_news, None, 32, cache)   # no tokenizer needed: read back
+    for pool in TokenizedText.POOL_NAMES:
+        assert torch.equal(getattr(made, pool).flat, getattr(read, pool).flat)
+        assert torch.equal(getattr(made, pool).starts, getattr(read, pool).starts)
+    cache.write_bytes(b"not a cache")
+    again = TokenizedText.cached(ag_news, tokenizer, 32, cache)   # made again, not an error
+    assert torch.equal(again.test.flat, made.test.flat)
+    from transformers import BertTokenizerFast
+
+    other = BertTokenizerFast({**tokenizer.get_vocab(), "newword": len(tokenizer.get_vocab())})
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tokenizer)
+    assert tokenizer_fingerprint(load_tokenizer(str(tiny_bert))) == tokenizer_fingerprint(tokenizer)

@@ -57,6 +57,7 @@ def test_the_manifest_counts_texts_and_mlflow_has_every_run(nlp_study):
     manifest = next((nlp_study / "data/raw/ag_news").glob("*/manifest.json"))
     shapes = json.loads(manifest.read_text())["shapes"]
     assert shapes == {"train_texts": [96, 3], "validation_texts": [24], "test_texts": [40]}
+    assert len(list(manifest.parent.glob("tokens/*.pt"))) == 1   # tokenised once for all runs
     client = MlflowClient(f"sqlite:///{nlp_study}/mlflow.db")
     experiment = client.get_experiment_by_name("usb-nlp-smoke")
     runs = client.search_runs([experiment.experiment_id])

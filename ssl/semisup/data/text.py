@@ -23,9 +23,13 @@ original texts only.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -133,6 +137,45 @@ class TokenizedText:
         return TokenizedText(self.train.to(device), self.back_translations.to(device),
                              self.validation.to(device), self.test.to(device))
 
+    POOL_NAMES = ("train", "back_translations", "validation", "test")
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {f"{pool}.{part}": getattr(getattr(self, pool), part)
+                for pool in self.POOL_NAMES for part in ("flat", "lengths")}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor]) -> TokenizedText:
+        return cls(*(RaggedTokens(state[f"{pool}.flat"], state[f"{pool}.lengths"])
+                     for pool in cls.POOL_NAMES))
+
+    @classmethod
+    def cached(cls, data: TextData, tokenizer, max_length: int, path: Path | None) -> TokenizedText:
+        """`of`, kept in `path` (a name that says what made it: tokenizer_fingerprint, the data's
+        digest, max_length) so that the runs of a study tokenise their data once; a cache that
+        cannot be read is made again."""
+        if path is not None and path.exists():
+            try:
+                return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError):
+                pass   # a cache only: made again below
+        tokens = cls.of(data, tokenizer, max_length)
+        if path is not None:
+            from ..checkpoint import save_atomically
+            save_atomically(tokens.state_dict(), path)
+        return tokens
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the tokenizer's whole definition (vocabulary, normalisation, special tokens),
+    without the truncation and padding settings its last call left on it."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        definition = sorted(tokenizer.get_vocab().items())
+    else:
+        definition = {key: value for key, value in json.loads(backend.to_str()).items()
+                      if key not in ("truncation", "padding")}
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+
 
 class TextModality(Modality):
     name = "text"
@@ -172,9 +215,11 @@ class TextModality(Modality):
 
 
 def text_train_data(data: TextData, labeled_indices: Tensor, tokenizer, max_length: int,
-                    device) -> TrainData:
-    """A loaded text dataset, tokenised once, and its labeled split on the training device."""
-    modality = TextModality(TokenizedText.of(data, tokenizer, max_length).to(device))
+                    device, cache: Path | None = None) -> TrainData:
+    """A loaded text dataset, tokenised once (or read from `cache`), and its labeled split on
+    the training device."""
+    tokens = TokenizedText.cached(data, tokenizer, max_length, cache)
+    modality = TextModality(tokens.to(device))
     return TrainData(modality=modality, train_labels=data.train_labels.to(device),
                      labeled_indices=labeled_indices.to(device),
                      test_labels=data.test_labels.to(device),
