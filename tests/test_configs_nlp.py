@@ -59,12 +59,13 @@ def test_usb_nlp_study_trains_with_usbs_nlp_protocol(task):
     assert config["algorithms"]["comatch"]["queue_batches"] == 128
     assert config["algorithms"]["crmatch"]["lambda_rot"] == 0.0
     assert config["reports"]["selection"] == "at_best_validation"
+    assert config["reports"]["published"] == "reference/published_usb_nlp.csv"
     run = study_of(task).run_config(task, budgets[0], "pimodel", 0)
     assert run.train["ema_decay"] == 0.999 and "horizontal_flip" not in run.train
 
 
 def test_usbs_published_nlp_numbers_cover_every_task_budget_and_algorithm():
-    rows = [row for row in read_published(ROOT / "reference/published_results.csv")
+    rows = [row for row in read_published(ROOT / "reference/published_usb_nlp.csv")
             if row["source"] == "USB NLP results, semilearn 0.3.0"]
     assert len(rows) == 180
     cells = {(row["dataset"], row["n_labels"], row["algorithm"]) for row in rows}
@@ -133,7 +134,7 @@ def test_the_published_table_puts_usbs_nlp_numbers_beside_ours():
                            "split_sha256": "s", "dataset_digest": "x", "git_commit": "abc",
                            "wall_seconds": 1.0} for s in range(3)]}
 
-    rows = read_published(ROOT / "reference/published_results.csv")
+    rows = read_published(ROOT / "reference/published_usb_nlp.csv")
     table = render_published([summary("fixmatch", n, 20.0) for n in (40, 200)], rows, "ema",
                              "at_best_validation")
     assert r"30.17 $\pm$ 1.87" in table and r"11.71 $\pm$ 1.95" in table
