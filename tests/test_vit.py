@@ -1,0 +1,240 @@
+"""USB's ViTs (semisup.models.vit): semilearn 0.3.2's architecture built with timm, the released
+weights loaded through the real path (a local file, a file:// URL) with their checksum, and, where
+semilearn 0.3.2's files are installed (its environment, benchmarks/semilearn_side.py), the same
+initial weights, parameter groups and outputs as semilearn's own ViT and loader. Offline: the
+checkpoints here are tiny timm ViTs saved in the released files' format."""
+import hashlib
+import importlib.util
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from semisup.catalog import ImageInputs
+from semisup.errors import PretrainedWeightsError
+from semisup.models import build_network
+from semisup.optim import OptimizerConfig, parameter_groups
+
+SEMILEARN_ENV = Path.home() / ".cache/ssl-repro/semilearn-0.3.2"
+INPUTS = ImageInputs(3, (0.5,) * 3, (0.25,) * 3, horizontal_flip=True)
+TINY = dict(img_size=8, patch_size=2, embed_dim=16, depth=2, num_heads=2)
+NO_WEIGHTS = dict(pretrained=False, checkpoint=None, checkpoint_sha256=None)
+
+
+def tiny_vit(num_classes=5, seed=0, **options):
+    torch.manual_seed(seed)
+    settings = {**TINY, "drop_path_rate": 0.1, "fused_attention": True, "init": "semilearn",
+                **NO_WEIGHTS, "checkpoint_dir": "unused", **options}
+    return build_network("vit", num_classes, INPUTS, **settings)
+
+
+def released_checkpoint(path: Path, img_size: int = 8, seed: int = 1) -> str:
+    """A tiny timm ViT with a pretraining head, saved as USB released its weights ({"model":
+    state_dict}, DataParallel's `module.` prefix); returns its SHA-256."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    pretrained = VisionTransformer(img_size=img_size, patch_size=2, embed_dim=16, depth=2,
+                                   num_heads=2, num_classes=1000)
+    torch.save({"model": {f"module.{k}": v for k, v in pretrained.state_dict().items()}}, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def with_checkpoint(checkpoint: str, sha256: str | None, folder: Path, **options):
+    return tiny_vit(pretrained=True, checkpoint=checkpoint, checkpoint_sha256=sha256,
+                    checkpoint_dir=str(folder), **options)
+
+
+def semilearn_file(relative: str) -> Path:
+    found = sorted(SEMILEARN_ENV.glob(f"lib/python3*/site-packages/semilearn/{relative}"))
+    if not found:
+        pytest.skip(f"semilearn 0.3.2 is not installed in {SEMILEARN_ENV} "
+                    f"(benchmarks/semilearn_side.py makes that environment)")
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def semilearn():
+    """semilearn's nets/vit/vit.py and nets/utils.py (load_checkpoint, param_groups_layer_decay),
+    imported on their own (with this project's timm)."""
+    vit_path, utils_path = semilearn_file("nets/vit/vit.py"), semilearn_file("nets/utils.py")
+    saved = {name: sys.modules.get(name) for name in ("semilearn", "semilearn.nets",
+                                                      "semilearn.nets.utils")}
+    for package in ("semilearn", "semilearn.nets"):
+        sys.modules[package] = types.ModuleType(package)
+    modules = {}
+    try:
+        for name, path in (("semilearn.nets.utils", utils_path), ("semilearn_vit", vit_path)):
+            spec = importlib.util.spec_from_file_location(name, path)
+            modules[name] = importlib.util.module_from_spec(spec)
+            sys.modules[name] = modules[name]
+            with warnings.catch_warnings():   # its `timm.models.layers` import is deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                spec.loader.exec_module(modules[name])
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    return types.SimpleNamespace(vit=modules["semilearn_vit"], utils=modules["semilearn.nets.utils"])
+
+
+def semilearn_tiny(semilearn, num_classes=5, seed=0):
+    torch.manual_seed(seed)
+    return semilearn.vit.VisionTransformer(**TINY, drop_path_rate=0.1, num_classes=num_classes)
+
+
+def ours_by_semilearn_name(network) -> dict[str, torch.Tensor]:
+    state = network.state_dict()
+    return {name.removeprefix("backbone.vit.").replace("classifier.", "head."): value
+            for name, value in state.items()}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("vit_tiny_patch2_32", 5_392_714), ("vit_small_patch2_32", 21_402_250),
+    ("vit_small_patch16_224", 21_669_514), ("vit_base_patch16_96", 85_683_466)])
+def test_released_architectures_have_semilearns_parameter_counts(name, expected):
+    """Counted with 10 classes on semilearn 0.3.2's vit_* constructors."""
+    options = dict(drop_path_rate=0.2, fused_attention=True, init="timm", **NO_WEIGHTS,
+                   checkpoint_dir="unused")
+    network = build_network(name, 10, INPUTS, **options)
+    assert sum(p.numel() for p in network.parameters()) == expected
+
+
+def test_backbone_returns_the_normed_class_token_and_numbers_its_layers():
+    network = tiny_vit().eval()
+    images = torch.randn(3, 3, 8, 8)
+    output = network(images)
+    assert output.features.shape == (3, 16) and output.logits.shape == (3, 5)
+    vit = network.backbone.vit
+    tokens = vit.norm(vit.blocks(vit._pos_embed(vit.patch_embed(images))))
+    torch.testing.assert_close(output.features, tokens[:, 0])
+    backbone = network.backbone
+    assert backbone.num_layers == 3
+    names = ("vit.cls_token", "vit.pos_embed", "vit.patch_embed.proj.weight",
+             "vit.blocks.0.attn.qkv.weight", "vit.blocks.1.mlp.fc2.bias", "vit.norm.weight")
+    assert [backbone.layer_id(name) for name in names] == [0, 0, 0, 1, 2, 2]
+    assert backbone.no_weight_decay() == {"vit.pos_embed", "vit.cls_token"}
+
+
+def test_layer_decay_groups_scale_each_layer_and_exempt_tokens_norms_and_biases():
+    network = tiny_vit()
+    groups = parameter_groups(network, OptimizerConfig("adamw", lr=1.0, weight_decay=0.05,
+                                                       momentum=0.9, nesterov=False, layer_decay=0.5))
+    names = {id(p): n for n, p in network.named_parameters()}
+    by_name = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert by_name["backbone.vit.pos_embed"] == (0.125, 0.0)
+    assert by_name["backbone.vit.patch_embed.proj.weight"] == (0.125, 0.05)
+    assert by_name["backbone.vit.blocks.0.attn.qkv.weight"] == (0.25, 0.05)
+    assert by_name["backbone.vit.blocks.1.attn.qkv.bias"] == (0.5, 0.0)
+    assert by_name["backbone.vit.norm.weight"] == (0.5, 0.0)
+    assert by_name["classifier.weight"] == (1.0, 0.05)
+
+
+def test_released_weights_load_from_a_local_file_and_a_file_url(tmp_path):
+    path = tmp_path / "tiny_mlp_im_1k_8.pth"
+    sha256 = released_checkpoint(path)
+    expected = torch.load(path, weights_only=True)["model"]
+    for checkpoint in (str(path), path.as_uri()):
+        network = with_checkpoint(checkpoint, sha256, tmp_path / "downloads")
+        state = network.backbone.vit.state_dict()
+        assert all(torch.equal(state[k.removeprefix("module.")], v) for k, v in expected.items()
+                   if not k.startswith("module.head"))
+    # the pretraining head is dropped: the classifier keeps its own initial weights
+    assert torch.equal(network.classifier.weight, tiny_vit().classifier.weight)
+    assert not (tmp_path / "downloads").exists()   # a local file is read where it is
+
+
+def test_a_position_embedding_of_another_grid_is_resized(tmp_path):
+    path = tmp_path / "pretrained_at_16px.pth"
+    sha256 = released_checkpoint(path, img_size=16)   # 8 x 8 patches -> this network's 4 x 4
+    network = with_checkpoint(str(path), sha256, tmp_path)
+    assert network.backbone.vit.pos_embed.shape == (1, 17, 16)
+    saved = torch.load(path, weights_only=True)["model"]["module.pos_embed"]
+    assert torch.equal(network.backbone.vit.pos_embed[:, 0], saved[:, 0])   # the class token's
+
+
+def test_a_checksum_mismatch_is_refused_naming_the_file_and_both_digests(tmp_path):
+    path = tmp_path / "weights.pth"
+    sha256 = released_checkpoint(path)
+    wrong = "0" * 64
+    with pytest.raises(PretrainedWeightsError) as error:
+        with_checkpoint(str(path), wrong, tmp_path)
+    message = str(error.value)
+    assert str(path) in message and sha256 in message and wrong in message
+    assert "checkpoint_sha256" in message
+
+
+def test_a_file_without_a_recorded_checksum_is_refused_with_its_digest(tmp_path):
+    path = tmp_path / "weights.pth"
+    sha256 = released_checkpoint(path)
+    with pytest.raises(PretrainedWeightsError, match=f"checkpoint_sha256: {sha256}"):
+        with_checkpoint(path.as_uri(), None, tmp_path)
+
+
+def test_offline_the_error_names_the_file_the_url_and_where_to_put_it(tmp_path):
+    url = "http://127.0.0.1:9/releases/vit_small_patch2_32_mlp_im_1k_32.pth"   # nothing listens
+    folder = tmp_path / "pretrained"
+    with pytest.raises(PretrainedWeightsError) as error:
+        with_checkpoint(url, "0" * 64, folder)
+    message = str(error.value)
+    assert url in message and str(folder.resolve() / "vit_small_patch2_32_mlp_im_1k_32.pth") in message
+    assert not list(folder.iterdir())   # no partial file left behind
+
+
+def test_a_file_placed_where_downloads_go_is_used_offline(tmp_path):
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    sha256 = released_checkpoint(folder / "tiny.pth")
+    network = with_checkpoint("http://127.0.0.1:9/v.0.0.0/tiny.pth", sha256, folder)
+    saved = torch.load(folder / "tiny.pth", weights_only=True)["model"]
+    assert torch.equal(network.backbone.vit.cls_token, saved["module.cls_token"])
+
+
+def test_a_checkpoint_of_another_network_is_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"conv1.weight": torch.zeros(1)}}, path)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(PretrainedWeightsError, match=r"lacks .* of the network's weights"):
+        with_checkpoint(str(path), sha256, tmp_path)
+
+
+def test_same_initial_weights_as_semilearns_vit_from_the_same_seed(semilearn):
+    ours, theirs = ours_by_semilearn_name(tiny_vit()), semilearn_tiny(semilearn).state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+
+
+@pytest.mark.parametrize("fused_attention", [True, False])
+def test_same_outputs_as_semilearns_vit_on_the_same_pretrained_weights(semilearn, tmp_path,
+                                                                       fused_attention):
+    """Both load the same released-format file with their own loader (semilearn's
+    load_checkpoint, the position embedding resized); outputs agree to float32 rounding."""
+    path = tmp_path / "pretrained_at_16px.pth"
+    sha256 = released_checkpoint(path, img_size=16)
+    ours = with_checkpoint(str(path), sha256, tmp_path, fused_attention=fused_attention).eval()
+    theirs = semilearn.utils.load_checkpoint(semilearn_tiny(semilearn), str(path)).eval()
+    ours_state, theirs_state = ours_by_semilearn_name(ours), theirs.state_dict()
+    assert all(torch.equal(ours_state[name], theirs_state[name]) for name in theirs_state)
+    images = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        output, reference = ours(images), theirs(images)
+    torch.testing.assert_close(output.features, reference["feat"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(output.logits, reference["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_same_layer_decay_groups_as_semilearns_param_groups_layer_decay(semilearn):
+    ours, theirs = tiny_vit(), semilearn_tiny(semilearn)
+    config = OptimizerConfig("adamw", lr=5e-4, weight_decay=5e-4, momentum=0.9, nesterov=False,
+                             layer_decay=0.65)
+    names = {id(p): n for n, p in ours.named_parameters()}
+    our_groups = {names[id(p)].removeprefix("backbone.vit.").replace("classifier.", "head."):
+                  (g["lr"], g["weight_decay"]) for g in parameter_groups(ours, config) for p in g["params"]}
+    groups = semilearn.utils.param_groups_layer_decay(theirs, 5e-4, 5e-4, theirs.no_weight_decay(), 0.65)
+    their_names = {id(p): n for n, p in theirs.named_parameters()}
+    their_groups = {their_names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert our_groups == their_groups
