@@ -238,3 +238,37 @@ def test_same_layer_decay_groups_as_semilearns_param_groups_layer_decay(semilear
     their_names = {id(p): n for n, p in theirs.named_parameters()}
     their_groups = {their_names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     assert our_groups == their_groups
+
+
+@pytest.mark.slow
+def test_smoke_study_trains_a_pretrained_tiny_vit_through_the_workflow(tmp_path):
+    """configs/usb-cv-smoke.yaml end to end (Snakemake, MLflow, reports) with the pretrained path:
+    a tiny ViT for the 1-channel 8x8 digits saved as USB released its weights, loaded by each job
+    with its checksum; AdamW with layer decay and warm-up, CoMatch's projection head and EMA."""
+    import json
+
+    import yaml
+    from timm.models.vision_transformer import VisionTransformer
+
+    from conftest import snakemake
+    from pipeline.config import ROOT
+
+    torch.manual_seed(3)
+    pretrained = VisionTransformer(img_size=8, patch_size=2, in_chans=1, embed_dim=16, depth=2,
+                                   num_heads=2, num_classes=1000)
+    torch.save({"model": pretrained.state_dict()}, tmp_path / "tiny_vit.pth")
+    sha256 = hashlib.sha256((tmp_path / "tiny_vit.pth").read_bytes()).hexdigest()
+    pretrained_config = {"models": {"vit": {"pretrained": True, "checkpoint": "tiny_vit.pth",
+                                            "checkpoint_sha256": sha256}}}
+    (tmp_path / "pretrained.yaml").write_text(yaml.safe_dump(pretrained_config))
+    result = snakemake(tmp_path, "--cores", "2", "--configfile",
+                       str(ROOT / "configs/usb-cv-smoke.yaml"), "pretrained.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((tmp_path / "reports/usb-cv-smoke/metrics.json").read_text())
+    assert set(metrics["digits-50"]) == {"supervised", "fixmatch", "comatch"}
+    assert all(cell["ema/best_error"] < 90 for cell in metrics["digits-50"].values())
+    run = json.loads((tmp_path / "results/usb-cv-smoke/digits-50/comatch/seed0/metrics.json")
+                     .read_text())["run"]
+    assert run["model"] == "vit" and run["model_options"]["checkpoint_sha256"] == sha256
+    assert (run["train"]["optimizer"], run["train"]["layer_decay"]) == ("adamw", 0.65)
+    assert run["train"]["ema_decay"] == 0.999   # CoMatch's, as USB's; the others 0
