@@ -198,6 +198,24 @@ def test_usb_cv_study_runs_all_19_algorithms_with_usbs_pretrained_protocol(name)
         32, 5.0 if dataset == "stl10" else 1.0)
     assert algorithms["simmatch"]["T"] == (0.1 if dataset in ("cifar100", "stl10") else 0.2)
     assert config["reports"]["selection"] == "best" and config["reports"]["model"] == "ema"
+    assert config["reports"]["published"] == "reference/published_usb_cv.csv"
+
+
+def test_usb_cv_published_numbers_are_every_cell_of_usbs_results_file():
+    """reference/published_usb_cv.csv: USB's results/usb_cv.csv, 19 algorithms x 9 columns less
+    its one `None` (CRMatch, STL-10, 100 labels), read by the tables' own reader."""
+    from pipeline.reports.tables import read_published
+
+    rows = read_published(ROOT / "reference/published_usb_cv.csv")
+    assert len(rows) == 170 and {row["selection"] for row in rows} == {"best"}
+    cells = {(row["algorithm"], row["dataset"], row["n_labels"]): (row["error_mean"], row["error_std"])
+             for row in rows}
+    assert len(cells) == 170
+    assert {(dataset, n) for _, dataset, n in cells} == {
+        (dataset, n) for dataset, budgets, *_ in USB_CV.values() for n in budgets}
+    assert cells["fixmatch", "cifar100", 200] == (29.6, 0.9)
+    assert cells["defixmatch", "semi_aves", 3959] == (32.01, 0.26)
+    assert ("crmatch", "stl10", 100) not in cells
 
 
 @pytest.mark.slow
