@@ -149,6 +149,19 @@ def test_released_weights_load_from_a_local_file_and_a_file_url(tmp_path):
     assert not (tmp_path / "downloads").exists()   # a local file is read where it is
 
 
+def test_a_checkpoint_that_pickles_more_than_tensors_loads_once_its_checksum_matches(tmp_path):
+    """e.g. a training script's whole checkpoint, its argparse arguments included."""
+    import argparse
+
+    path = tmp_path / "with_args.pth"
+    released_checkpoint(path)
+    content = torch.load(path, weights_only=True)
+    torch.save({**content, "args": argparse.Namespace(lr=0.1)}, path)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    network = with_checkpoint(str(path), sha256, tmp_path)
+    assert torch.equal(network.backbone.vit.cls_token, content["model"]["module.cls_token"])
+
+
 def test_a_position_embedding_of_another_grid_is_resized(tmp_path):
     path = tmp_path / "pretrained_at_16px.pth"
     sha256 = released_checkpoint(path, img_size=16)   # 8 x 8 patches -> this network's 4 x 4

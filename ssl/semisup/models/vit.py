@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -211,7 +212,13 @@ def download(url: str, path: Path) -> None:
 
 def load_checkpoint(checkpoint: str, sha256: str | None, folder: str) -> dict[str, Tensor]:
     path = checkpoint_file(checkpoint, sha256, folder)
-    content = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # a training checkpoint that also pickles other objects (e.g. its argparse arguments):
+        # unpickled in full, which runs code from the file, only because its SHA-256 is the one
+        # the config says to trust (checked above)
+        content = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(content, dict) or not isinstance(content.get("model"), dict):
         raise PretrainedWeightsError(f"{path} is not a checkpoint as USB released them: a dict "
                                      f"with the network's weights under 'model'")
