@@ -99,6 +99,9 @@ class VisionTransformer(nn.Module):
         if init == "semilearn":
             self.semilearn_init()
         for block in self.vit.blocks:
+            if not hasattr(block.attn, "fused_attn"):   # a timm whose attention has another switch
+                raise RuntimeError("timm's Attention has no `fused_attn` switch in this version; "
+                                   "fused_attention cannot be honoured (uv.lock pins a timm that has it)")
             block.attn.fused_attn = fused_attention
         self.num_features = architecture.embed_dim
         self.num_layers = architecture.depth + 1
