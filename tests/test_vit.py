@@ -279,7 +279,9 @@ def test_smoke_study_trains_a_pretrained_tiny_vit_through_the_workflow(tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((tmp_path / "reports/usb-cv-smoke/metrics.json").read_text())
     assert set(metrics["digits-50"]) == {"supervised", "fixmatch", "comatch"}
-    assert all(cell["ema/best_error"] < 90 for cell in metrics["digits-50"].values())
+    cells = metrics["digits-50"]   # 90 % is chance; CoMatch's EMA of 0.999 lags 900 steps
+    assert cells["supervised"]["ema/best_error"] < 80 and cells["fixmatch"]["ema/best_error"] < 80
+    assert cells["comatch"]["raw/best_error"] < 80
     run = json.loads((tmp_path / "results/usb-cv-smoke/digits-50/comatch/seed0/metrics.json")
                      .read_text())["run"]
     assert run["model"] == "vit" and run["model_options"]["checkpoint_sha256"] == sha256
