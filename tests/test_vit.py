@@ -199,6 +199,34 @@ def test_offline_the_error_names_the_file_the_url_and_where_to_put_it(tmp_path):
     assert not list(folder.iterdir())   # no partial file left behind
 
 
+def test_weights_are_downloaded_once_from_their_url_into_the_folder(tmp_path):
+    """A local HTTP server stands in for GitHub's release URL."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "release"
+    served.mkdir()
+    sha256 = released_checkpoint(served / "tiny_mlp_im_1k_8.pth")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/tiny_mlp_im_1k_8.pth"
+        folder = tmp_path / "pretrained"
+        network = with_checkpoint(url, sha256, folder)
+        assert [path.name for path in folder.iterdir()] == ["tiny_mlp_im_1k_8.pth"]
+        assert hashlib.sha256((folder / "tiny_mlp_im_1k_8.pth").read_bytes()).hexdigest() == sha256
+    finally:
+        server.shutdown()
+        server.server_close()
+    saved = torch.load(served / "tiny_mlp_im_1k_8.pth", weights_only=True)["model"]
+    assert torch.equal(network.backbone.vit.pos_embed, saved["module.pos_embed"])
+    # the server is gone: the downloaded file is used
+    assert torch.equal(with_checkpoint(url, sha256, folder).backbone.vit.pos_embed, saved["module.pos_embed"])
+
+
 def test_a_file_placed_where_downloads_go_is_used_offline(tmp_path):
     folder = tmp_path / "pretrained"
     folder.mkdir()
