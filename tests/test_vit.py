@@ -244,6 +244,18 @@ def test_a_checkpoint_of_another_network_is_refused(tmp_path):
         with_checkpoint(str(path), sha256, tmp_path)
 
 
+def test_a_checkpoint_for_other_images_is_refused(tmp_path):
+    """A checkpoint for 3-channel images cannot initialise a network for 1-channel ones."""
+    path = tmp_path / "rgb.pth"
+    sha256 = released_checkpoint(path)
+    settings = {**TINY, "drop_path_rate": 0.1, "fused_attention": True, "init": "semilearn",
+                "pretrained": True, "checkpoint": str(path), "checkpoint_sha256": sha256,
+                "checkpoint_dir": str(tmp_path)}
+    gray = ImageInputs(1, (0.5,), (0.25,), horizontal_flip=False)
+    with pytest.raises(PretrainedWeightsError, match=r"does not fit this network(.|\n)*patch_embed"):
+        build_network("vit", 5, gray, **settings)
+
+
 def test_same_initial_weights_as_semilearns_vit_from_the_same_seed(semilearn):
     ours, theirs = ours_by_semilearn_name(tiny_vit()), semilearn_tiny(semilearn).state_dict()
     assert list(ours) == list(theirs)

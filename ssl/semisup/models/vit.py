@@ -88,7 +88,8 @@ class VisionTransformer(nn.Module):
 
         if init not in ("semilearn", "timm"):
             raise ValueError(f"ViT init must be 'semilearn' or 'timm', got {init!r}")
-        with torch.random.fork_rng(devices=[]):   # semilearn's draws are made below, in its order
+        # building draws from a copy of the random state; semilearn's draws are made below
+        with torch.random.fork_rng(devices=[]):
             self.vit = TimmViT(
                 img_size=architecture.img_size, patch_size=architecture.patch_size,
                 in_chans=in_channels, num_classes=0, global_pool="token",
@@ -151,7 +152,10 @@ class VisionTransformer(nn.Module):
                                                interpolation="bicubic", antialias=False,
                                                align_corners=False)
             weights[key] = value
-        missing, unexpected = self.vit.load_state_dict(weights, strict=False)
+        try:
+            missing, unexpected = self.vit.load_state_dict(weights, strict=False)
+        except RuntimeError as error:   # shapes that do not fit, e.g. 3 input channels for 1
+            raise PretrainedWeightsError(f"{source} does not fit this network: {error}") from None
         if missing:
             raise PretrainedWeightsError(
                 f"{source} lacks {len(missing)} of the network's weights ({', '.join(missing[:5])}"
