@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semisup.catalog import ImageInputs
+from semisup.catalog import ImageInputs, algorithm_cards
 from semisup.errors import PretrainedWeightsError
 from semisup.models import build_network
 from semisup.optim import OptimizerConfig, parameter_groups
@@ -327,3 +327,50 @@ def test_smoke_study_trains_a_pretrained_tiny_vit_through_the_workflow(tmp_path)
     assert run["model"] == "vit" and run["model_options"]["checkpoint_sha256"] == sha256
     assert (run["train"]["optimizer"], run["train"]["layer_decay"]) == ("adamw", 0.65)
     assert run["train"]["ema_decay"] == 0.999   # CoMatch's, as USB's; the others 0
+
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    from pipeline.config import default_params
+    from semisup.data import get_dataset
+
+    spec, root = get_dataset("digits"), tmp_path_factory.mktemp("digits")
+    options = default_params()["datasets"]["digits"]
+    spec.download(root, **options)
+    return spec, spec.load(root, **options)
+
+
+@pytest.mark.parametrize("name", sorted(algorithm_cards()))
+def test_every_algorithm_trains_a_tiny_vit_with_usbs_optimizer(digits, name):
+    """A few steps of each registered algorithm on the digits: its heads on the ViT's features,
+    AdamW with layer decay and warm-up, USB's EMA settings; the losses stay finite."""
+    from dataclasses import replace
+
+    from pipeline.config import default_params, default_train_options
+    from pipeline.runs.train import image_augment, train_config
+    from semisup.algorithms import build_algorithm
+    from semisup.data.image import image_train_data
+    from semisup.data.splits import make_split
+    from semisup.train import Trainer
+
+    spec, data = digits
+    options = default_train_options(
+        "digits", steps=4, batch_size=4, uratio=1, eval_every=4, log_every=2, checkpoint_every=4,
+        optimizer="adamw", lr=1e-3, layer_decay=0.65, lr_warmup_steps=2, last_k=1,
+        ema_decay=0.999 if name in ("meanteacher", "comatch", "simmatch") else 0.0)
+    split = make_split(data.train_labels.numpy(), 20, 10, 0, "digits")
+    train_data = image_train_data(
+        replace(data, test_images=data.test_images[:32], test_labels=data.test_labels[:32]),
+        torch.tensor(split["labeled_indices"]), spec.inputs, image_augment(options), False,
+        torch.device("cpu"))
+    torch.manual_seed(0)
+    network = build_network("vit", 10, spec.inputs, **{**default_params()["models"]["vit"], **TINY})
+    labeled_set = "all" if name == "fullysupervised" else "split"
+    algorithm = build_algorithm(name, default_params()["algorithms"][name],
+                                facts=train_data.facts(10, labeled_set), total_steps=4)
+    logged = []
+    Trainer(network, algorithm, train_data, train_config(options), 0, torch.device("cpu"),
+            log=lambda step, metrics: logged.append(metrics)).fit()
+    losses = [float(value) for metrics in logged for key, value in metrics.items() if "loss" in key]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
