@@ -278,6 +278,15 @@ def test_same_outputs_as_semilearns_vit_on_the_same_pretrained_weights(semilearn
         output, reference = ours(images), theirs(images)
     torch.testing.assert_close(output.features, reference["feat"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(output.logits, reference["logits"], rtol=1e-5, atol=1e-5)
+    evaluated = output.logits
+    ours.train(), theirs.train()   # stochastic depth: the same draws in the same order
+    with torch.no_grad():
+        torch.manual_seed(4)
+        output = ours(images)
+        torch.manual_seed(4)
+        reference = theirs(images)
+    assert not torch.allclose(output.logits, evaluated)   # some paths were dropped
+    torch.testing.assert_close(output.logits, reference["logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_same_layer_decay_groups_as_semilearns_param_groups_layer_decay(semilearn):
