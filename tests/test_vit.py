@@ -121,6 +121,11 @@ def test_backbone_returns_the_normed_class_token_and_numbers_its_layers():
     assert backbone.no_weight_decay() == {"vit.pos_embed", "vit.cls_token"}
 
 
+def test_images_of_another_size_are_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="takes 8x8 images, the data gives 28x28: resize them"):
+        tiny_vit()(torch.zeros(2, 3, 28, 28))
+
+
 def test_layer_decay_groups_scale_each_layer_and_exempt_tokens_norms_and_biases():
     network = tiny_vit()
     groups = parameter_groups(network, OptimizerConfig("adamw", lr=1.0, weight_decay=0.05,

@@ -122,6 +122,12 @@ class VisionTransformer(nn.Module):
         vit.norm.reset_parameters()
 
     def forward(self, images: Tensor) -> Tensor:
+        if tuple(images.shape[-2:]) != self.vit.patch_embed.img_size:
+            size = self.vit.patch_embed.img_size
+            raise ValueError(f"this ViT takes {size[0]}x{size[1]} images, the data gives "
+                             f"{images.shape[-2]}x{images.shape[-1]}: resize them (an option of "
+                             f"the dataset, as USB resizes EuroSAT and TissueMNIST to 32 px) or "
+                             f"choose a network for that size")
         return self.vit(images)   # num_classes 0: the pooled, normed class token
 
     def no_weight_decay(self) -> set[str]:
