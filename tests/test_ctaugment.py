@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from semisup.data import ctaugment
+from semisup.data import ctaugment, ctaugment_ops
 from semisup.data.ctaugment import CTAugment, CTAugmentSettings, CTAPolicy
 
 SETTINGS = CTAugmentSettings(depth=2, threshold=0.8, decay=0.99, probe_network="ema",
@@ -50,7 +50,7 @@ def pil_reference(images, pil_op, *arguments):
 
 
 def cta_op(name):
-    return {op.name: op for op in ctaugment._make_ops(SETTINGS.translate)}[name]
+    return {op.name: op for op in ctaugment_ops.make_ops(SETTINGS.translate)}[name]
 
 
 def run_op(name, images, levels, second_levels=None, centres=None):
@@ -155,7 +155,7 @@ def test_cutout_at_level_one_is_16_px_at_32_px_and_always_comes_last():
     images = torch.zeros(200, 3, 32, 32, dtype=torch.uint8)
     augmenter = CTAugment(SETTINGS)
     augmenter.ops = tuple(op if op.name == "identity" else
-                          ctaugment._CTAOp(op.name, op.bins, None) for op in augmenter.ops)
+                          ctaugment_ops._CTAOp(op.name, op.bins, None) for op in augmenter.ops)
     out = augmenter.augment(images, torch.Generator().manual_seed(0))   # ops: identity only
     cut = (out == 127).all(1)
     assert ((out == 0).all(1) | cut).all()
@@ -167,7 +167,7 @@ def test_translate_in_pixels_is_the_identity_as_in_fixmatch_tf_and_width_moves_t
     images = random_images()
     assert torch.equal(run_op("translate_x", images, LEVELS), images)
     assert torch.equal(run_op("translate_y", images, LEVELS), images)
-    by_width = {op.name: op for op in ctaugment._make_ops("width")}["translate_x"]
+    by_width = {op.name: op for op in ctaugment_ops.make_ops("width")}["translate_x"]
     levels = torch.tensor([[1 / 6, 0.0]], dtype=torch.float64)      # -0.2 of the width: 6.4 px
     white = torch.full((1, 1, 32, 32), 255, dtype=torch.uint8)
     moved = by_width.apply(white, levels, torch.zeros(1, 2, dtype=torch.float64))
@@ -175,7 +175,7 @@ def test_translate_in_pixels_is_the_identity_as_in_fixmatch_tf_and_width_moves_t
 
 
 def test_op_list_and_bins_are_fixmatch_tf_s():
-    ops = ctaugment._make_ops("pixels")
+    ops = ctaugment_ops.make_ops("pixels")
     assert ctaugment.OP_NAMES == (
         "autocontrast", "blur", "brightness", "color", "contrast", "cutout", "equalize", "invert",
         "identity", "posterize", "rescale", "rotate", "sharpness", "shear_x", "shear_y", "smooth",
@@ -301,3 +301,104 @@ def test_unknown_settings_are_refused_with_the_allowed_values():
         CTAugmentSettings(2, 0.8, 0.99, probe_network="student", translate="pixels")
     with pytest.raises(ValueError, match="'pixels', 'width'"):
         CTAugmentSettings(2, 0.8, 0.99, probe_network="ema", translate="fraction")
+
+
+# --- in the training loop: fixmatch + ctaugment on digits ---------------------------------------
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    from semisup.data import get_dataset
+
+    from pipeline.config import default_params
+
+    spec = get_dataset("digits")
+    root = tmp_path_factory.mktemp("digits")
+    options = default_params()["datasets"]["digits"]
+    spec.download(root, **options)
+    return spec, spec.load(root, **options)
+
+
+def ctaugment_trainer(digits, make_algorithm=None, steps=6, **ctaugment_settings):
+    from dataclasses import replace
+
+    from semisup.algorithms import build_algorithm
+    from semisup.data.image import image_train_data
+    from semisup.data.splits import make_split
+    from semisup.models import build_network
+    from semisup.train import Trainer
+
+    from pipeline.config import default_params, default_train_options
+    from pipeline.runs.train import image_augment, train_config
+
+    spec, data = digits
+    options = default_train_options("digits", steps=steps, batch_size=8, uratio=2, eval_every=steps,
+                                    log_every=2, checkpoint_every=steps, last_k=1,
+                                    strong_augment="ctaugment")
+    options["ctaugment"] = {**options["ctaugment"], **ctaugment_settings}
+    split = make_split(data.train_labels.numpy(), 20, 10, 0, "digits")
+    train_data = image_train_data(
+        replace(data, test_images=data.test_images[:32], test_labels=data.test_labels[:32]),
+        torch.tensor(split["labeled_indices"]), spec.inputs, image_augment(options), False,
+        torch.device("cpu"))
+    torch.manual_seed(0)
+    network = build_network("small_cnn", 10, spec.inputs, width=4, bn_momentum=0.01)
+    config = train_config(options)
+    facts = train_data.facts(10)
+    if make_algorithm is None:
+        algorithm = build_algorithm("fixmatch", {**default_params()["algorithms"]["fixmatch"],
+                                                 "tau": 0.5}, facts=facts, total_steps=steps)
+    else:
+        algorithm = make_algorithm(facts=facts, total_steps=steps)
+    return Trainer(network, algorithm, train_data, config, 0, torch.device("cpu"))
+
+
+def test_a_short_fixmatch_fit_with_ctaugment_learns_bin_rates_from_probes(digits):
+    trainer = ctaugment_trainer(digits)
+    augmenter = trainer.data.modality.ctaugment
+    result = trainer.fit()
+    assert all(np.isfinite(point["ema/error"]) for point in result.curve)
+    assert (augmenter.rates < 1).any() and (augmenter.rates <= 1).all()
+    # 6 steps x 8 probes x 2 ops: at most 96 updated bins (fewer: repeats and identity)
+    assert 0 < (augmenter.rates < 1).sum() <= 96
+    proximities = [row["train/ctaugment_probe_proximity"] for row in result.stat_history]
+    assert all(0 <= value <= 1 for value in proximities)
+    assert trainer.state_dict()["augmentation"]["ctaugment"]["rates"].equal(augmenter.rates)
+
+
+def test_probe_network_raw_scores_probes_with_the_student(digits):
+    ema = ctaugment_trainer(digits, steps=3)
+    raw = ctaugment_trainer(digits, steps=3, probe_network="raw")
+    ema.fit()
+    raw.fit()
+    # the same probes (same draws), scored by other networks after the first step
+    assert not torch.equal(ema.data.modality.ctaugment.rates, raw.data.modality.ctaugment.rates)
+
+
+def test_an_algorithm_that_wants_the_probe_reads_it_from_the_batch(digits):
+    from semisup.algorithms.fixmatch import FixMatch
+
+    seen = []
+
+    class ProbeReader(FixMatch):
+        def training_step(self, ctx, batch):
+            seen.append(batch.probe)
+            return super().training_step(ctx, batch)
+
+    trainer = ctaugment_trainer(digits, steps=2,
+                                make_algorithm=lambda **base: ProbeReader(tau=0.5, lambda_u=1.0,
+                                                                          **base))
+    trainer.fit()
+    assert len(seen) == 2 and all(probe is not None for probe in seen)
+    probe = seen[0]
+    assert probe.inputs.shape == (8, 1, 8, 8) and probe.inputs.dtype == torch.float32
+    assert probe.labels.shape == (8,) and probe.network == "ema"
+    assert probe.policy.ops.shape == (8, 2)
+
+
+def test_algorithms_without_a_strong_view_get_no_probe_and_draw_nothing_more(digits):
+    from semisup.algorithms.supervised import Supervised
+
+    trainer = ctaugment_trainer(digits, steps=2, make_algorithm=lambda **base: Supervised(**base))
+    trainer.fit()
+    assert torch.equal(trainer.data.modality.ctaugment.rates,
+                       torch.ones_like(trainer.data.modality.ctaugment.rates))
