@@ -229,13 +229,17 @@ def _rescale(images: Tensor, levels: Tensor, centres: Tensor) -> Tensor:
         return _rescale_table(size, images.device)[index]   # (n, size out, size in)
 
     def resample(lines: Tensor, weights: Tensor) -> Tensor:
-        # lines (n, C, L, size in) @ weights^T: exact integer sums in float64, then Pillow's clip8
-        sums = lines.double() @ weights.transpose(1, 2).unsqueeze(1)
+        """(n, L, size in) lines times the weights: exact integer sums in float64, then
+        Pillow's clip8 of (sum + half) >> 22."""
+        sums = torch.bmm(lines, weights.transpose(1, 2))
         return ((sums + (1 << PRECISION_BITS - 1)) / (1 << PRECISION_BITS)).floor().clamp(0, 255)
 
-    horizontal = resample(images, line_weights(width))                       # Pillow: first
-    vertical = resample(horizontal.transpose(2, 3), line_weights(height)).transpose(2, 3)
-    return vertical.to(torch.uint8)
+    channels = images.shape[1]
+    rows = images.double().reshape(n, channels * height, width)
+    horizontal = resample(rows, line_weights(width)).view(n, channels, height, width)  # first
+    columns = horizontal.transpose(2, 3).reshape(n, channels * width, height)
+    vertical = resample(columns, line_weights(height)).view(n, channels, width, height)
+    return vertical.transpose(2, 3).to(torch.uint8)
 
 
 @dataclass(frozen=True)
