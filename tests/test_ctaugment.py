@@ -402,3 +402,26 @@ def test_algorithms_without_a_strong_view_get_no_probe_and_draw_nothing_more(dig
     trainer.fit()
     assert torch.equal(trainer.data.modality.ctaugment.rates,
                        torch.ones_like(trainer.data.modality.ctaugment.rates))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ops_on_cuda_equal_ops_on_cpu():
+    """Integer, fixed-point and exactly rounded float arithmetic: the same pixels on both (the
+    tolerance is tests/test_augment.py's, until a GPU run has shown them exact)."""
+    images = torch.cat([hand_made_images(3, 32), random_images()])
+    levels = torch.rand(len(images), 2, generator=torch.Generator().manual_seed(0),
+                        dtype=torch.float64)
+    centres = torch.rand(len(images), 2, generator=torch.Generator().manual_seed(1),
+                         dtype=torch.float64)
+    for op in ctaugment_ops.make_ops("pixels"):
+        if op.apply is not None:
+            on_cpu = op.apply(images, levels, centres)
+            on_cuda = op.apply(images.cuda(), levels.cuda(), centres.cuda()).cpu()
+            assert (on_cpu != on_cuda).float().mean() <= 0.002, op.name
+    augmenter = CTAugment(SETTINGS, "cuda")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    probes, policy = augmenter.probe(images.cuda(), generator)
+    augmenter.update(policy, torch.softmax(torch.randn(len(images), 10, device="cuda"), 1),
+                     torch.arange(len(images), device="cuda") % 10)
+    assert probes.is_cuda and augmenter.augment(images.cuda(), generator).is_cuda
+    assert (augmenter.rates < 1).any()
