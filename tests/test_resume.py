@@ -171,7 +171,9 @@ def test_ctaugment_bin_rates_travel_in_the_checkpoint_and_resume_exactly(digits,
     resumed.fit()
     assert torch.equal(resumed.data.modality.ctaugment.rates,
                        uninterrupted.data.modality.ctaugment.rates)
-    # Without them (a RandAugment run's checkpoint): refused, never a fresh start of the rates.
+    # A RandAugment run does not take them, and a CTAugment run does not start without them.
+    with pytest.raises(CheckpointError, match="strong augmentation is not ctaugment"):
+        make_trainer(digits, "fixmatch", 0, checkpoint).fit()
     del saved["augmentation"]
     torch.save(saved, checkpoint)
     with pytest.raises(CheckpointError, match="no CTAugment bin rates"):

@@ -107,10 +107,11 @@ class ImageModality(Modality):
         return {} if self.ctaugment is None else {"ctaugment": self.ctaugment.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        if (self.ctaugment is not None) != ("ctaugment" in state):
+            raise KeyError("the checkpoint has no CTAugment bin rates" if self.ctaugment else
+                           "the checkpoint has CTAugment bin rates but this run's strong "
+                           "augmentation is not ctaugment")
         if self.ctaugment is not None:
-            if "ctaugment" not in state:
-                raise KeyError("the checkpoint has no CTAugment bin rates (was it written by a "
-                               "run with another strong augmentation?)")
             self.ctaugment.load_state_dict(state["ctaugment"])
 
     def reset_state(self) -> None:
