@@ -27,10 +27,10 @@ How each level becomes an op's argument (FixMatch-TF), the ops as PIL runs them:
   shear_x/y Image.transform AFFINE with shear (2 level - 1) * 0.3
   solarize  ImageOps.solarize(image, int(level * 255.999))
   translate_x/y  Image.transform AFFINE moving by (2 level - 1) * 0.3 (see `translate`)
-Each reproduces PIL pixel for pixel (semisup.data.ctaugment_ops; tests/test_ctaugment.py): rotate and shear in Pillow's 16.16
-fixed point, rescale with Pillow's fixed-point filter weights. The geometric ops fill uncovered
-pixels with black, as the reference's PIL calls (no fillcolor) do; this project's RandAugment
-fills with gray 128 instead.
+Each reproduces PIL pixel for pixel (semisup.data.ctaugment_ops; tests/test_ctaugment.py):
+rotate and shear in Pillow's 16.16 fixed point, rescale with Pillow's fixed-point filter weights.
+The geometric ops fill uncovered pixels with black, as the reference's PIL calls (no fillcolor)
+do; this project's RandAugment fills with gray 128 instead.
 
 Decisions where the reference leaves a choice (CTAugmentSettings; params.yaml train.ctaugment):
   * translate: `pixels` (the reference's code: the constant of PIL's affine is in pixels, so the
@@ -150,23 +150,21 @@ class CTAugment:
         """Per sample, `depth` ops drawn uniformly; training: bins drawn by weight and a uniform
         level inside; probe: uniform levels (no weights)."""
         shape = (n, self.settings.depth)
-        device = generator.device
-        op_indices = torch.randint(0, len(self.ops), shape, generator=generator, device=device)
-        uniforms = torch.rand((*shape, MAX_ARGUMENTS), generator=generator, device=device,
-                              dtype=torch.float64)
-        centres = torch.rand((*shape, 2), generator=generator, device=device, dtype=torch.float64)
+        uniform = lambda *size: torch.rand(size, generator=generator, device=generator.device,
+                                           dtype=torch.float64)
+        op_indices = torch.randint(0, len(self.ops), shape, generator=generator,
+                                   device=generator.device)
+        centres = uniform(*shape, 2)
         counts = self.bin_counts[op_indices]                               # (n, depth, 2)
         if probe:
-            levels = torch.rand((*shape, MAX_ARGUMENTS), generator=generator, device=device,
-                                dtype=torch.float64)
+            levels = uniform(*shape, MAX_ARGUMENTS)
             chosen = (levels * counts * 0.999).floor().long()
-        else:
-            weights = self.bin_weights()[op_indices]                       # (n, depth, 2, widest)
-            cumulative = weights.cumsum(-1)
-            targets = uniforms * cumulative[..., -1]
-            chosen = (cumulative <= targets.unsqueeze(-1)).sum(-1).clamp(max=(counts - 1).clamp(min=0))
-            levels = (chosen + torch.rand((*shape, MAX_ARGUMENTS), generator=generator,
-                                          device=device, dtype=torch.float64)) / counts.clamp(min=1)
+        else:   # inverse CDF: the first bin whose cumulative weight exceeds u * total
+            cumulative = self.bin_weights()[op_indices].cumsum(-1)        # (n, depth, 2, widest)
+            targets = uniform(*shape, MAX_ARGUMENTS) * cumulative[..., -1]
+            chosen = (cumulative <= targets.unsqueeze(-1)).sum(-1)
+            chosen = chosen.clamp(max=(counts - 1).clamp(min=0))
+            levels = (chosen + uniform(*shape, MAX_ARGUMENTS)) / counts.clamp(min=1)
         bins = torch.where(counts > 0, self.bin_offsets[op_indices] + chosen, -1)
         return CTAPolicy(op_indices, levels, bins, centres)
 
