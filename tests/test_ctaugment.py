@@ -276,6 +276,30 @@ def test_a_perfect_prediction_keeps_rates_at_one_and_a_wrong_one_lowers_them():
     assert (augmenter.rates[touched] < 1).all() and (augmenter.rates[~touched] == 1).all()
 
 
+def test_a_bin_whose_probes_are_always_misclassified_drops_below_the_threshold_and_out():
+    """The control loop: each wrong probe (proximity 0) through invert's strongest bin multiplies
+    its rate by 0.99. After 22, weight (0.99^22 + 0.01) / 1.01 = 0.804: still drawn; after 23,
+    0.796 < 0.8: training never draws it again, nor any level in it."""
+    augmenter = CTAugment(SETTINGS)
+    invert = ctaugment.OP_NAMES.index("invert")
+    strongest = int(augmenter.bin_offsets[invert, 0]) + 16
+    ops = torch.full((1, 2), ctaugment.OP_NAMES.index("identity"))
+    ops[0, 0] = invert
+    bins = torch.full((1, 2, 2), -1)
+    bins[0, 0, 0] = strongest
+    policy = CTAPolicy(ops, torch.zeros(1, 2, 2, dtype=torch.float64), bins,
+                       torch.zeros(1, 2, 2, dtype=torch.float64))
+    wrong = torch.tensor([[0.0, 1.0]])
+    for _ in range(22):
+        augmenter.update(policy, wrong, torch.tensor([0]))
+    drawn = augmenter.policy(4000, torch.Generator().manual_seed(0), probe=False)
+    assert (drawn.bins == strongest).any()
+    augmenter.update(policy, wrong, torch.tensor([0]))
+    drawn = augmenter.policy(4000, torch.Generator().manual_seed(0), probe=False)
+    assert not (drawn.bins == strongest).any()
+    assert (drawn.levels[..., 0][drawn.ops == invert] < 16 / 17).all()
+
+
 def test_state_round_trips_and_a_wrong_size_is_refused():
     augmenter = CTAugment(SETTINGS)
     augmenter.rates = torch.linspace(0, 1, augmenter.num_bins, dtype=torch.float64)

@@ -48,6 +48,8 @@ Decisions where the reference leaves a choice (CTAugmentSettings; params.yaml tr
     views are drawn, the probe is scored by the network as it is before the step's update and the
     rates are updated; the next step draws from them. Deterministic, so that resume is exact.
   * Image.ANTIALIAS, gone in Pillow 10, was an alias of LANCZOS: rescale's first filter.
+  * threshold: FixMatch-TF's CTAugment class defaults to 0.85, but its runs pass the flag ath,
+    0.80 (cta/lib/train.py); params.yaml has 0.8.
 Rates are float64 on the training device; the batched update is the closed form of the
 reference's loop (decay^k r + (1 - decay) sum_j decay^(k-j) p_j), equal up to rounding.
 """
