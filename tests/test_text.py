@@ -180,7 +180,7 @@ def test_a_missing_model_names_the_folder_to_put_it_in(tmp_path, monkeypatch):
     with pytest.raises(PretrainedError) as error:
         build_network("bert_base_uncased", 2, None, name_or_path="bert-base-uncased",
                       max_length=512, dropout=0.1, pooling="view_positions")
-    assert "pretrained/bert-base-uncased" in str(error.value)
+    assert "data/pretrained/bert-base-uncased" in str(error.value)
     assert "name_or_path" in str(error.value)
     with pytest.raises(PretrainedError, match="tokenizer"):
         load_tokenizer(str(tmp_path / "nothing-here"))

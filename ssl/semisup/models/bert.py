@@ -44,7 +44,7 @@ BLOCK = re.compile(r"^bert\.encoder\.layer\.(\d+)\.")
 
 
 def offline_help(name_or_path: str, what: str, error: Exception) -> PretrainedError:
-    folder = Path("pretrained") / Path(name_or_path).name
+    folder = Path("data/pretrained") / Path(name_or_path).name
     return PretrainedError(
         f"cannot load the {what} of {name_or_path!r} ({type(error).__name__}: {error}). "
         f"Without internet access, save it elsewhere (python -c \"from transformers import "
