@@ -11,7 +11,7 @@ from semisup.models import build_network
 from semisup.models.speech import PretrainedModelMissing
 from semisup.optim import OptimizerConfig, build_optimizer
 
-from audio_helpers import save_tiny_speech_model
+from audio_smoke import save_tiny_speech_model   # tools/audio_smoke.py
 
 
 @pytest.fixture(scope="module", params=["hubert_base", "wav2vec2_base"])
