@@ -166,4 +166,11 @@ DATASETS: dict[str, DatasetFacts] = {
                                                    True)),
     # Audio: a user's folder of WAV files per class (the smoke study's test-made tones).
     "audio_folder": DatasetFacts(None, AudioInputs()),
+    # USB's audio tasks (semisup.data.usb_audio): 16 kHz clips from USB's pickles. FSDnoisy18k's
+    # labeled set is its release's train.pkl (1,773 clips), its unlabeled set ulb_train.pkl.
+    "esc50": DatasetFacts(50, AudioInputs()),
+    "fsdnoisy": DatasetFacts(20, AudioInputs(), ReleaseLabels("labeled_file", (("train.pkl", 1773),))),
+    "gtzan": DatasetFacts(10, AudioInputs()),
+    "urbansound8k": DatasetFacts(10, AudioInputs()),
+    "superbks": DatasetFacts(10, AudioInputs()),
 }
