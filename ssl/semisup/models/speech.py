@@ -11,6 +11,11 @@ read from its config, so tiny test models work). As semilearn, the feature encod
 `_requires_grad` is off (it would force the input to require grad; VAT perturbs the input) and
 the model's own config applies (its SpecAugment time masking while training included).
 
+Resume: transformers draws SpecAugment's masks (mask_time_prob of the pretrained configs) from
+numpy's global generator, which checkpoints do not hold; while training, the backbone seeds it
+before each forward pass from torch's global generator, which they do, so a resumed run draws
+the same masks (semilearn leaves numpy's generator as it is).
+
 use_mask: semilearn calls the model without an attention mask (the base models' extractors
 return none: zeros pad the clips and count in the mean); use_mask = true passes the WaveBatch's
 mask and averages over the real frames only.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -57,6 +63,8 @@ class SpeechBackbone(nn.Module):
         self.num_layers = model.config.num_hidden_layers + 1
 
     def forward(self, inputs) -> Tensor:
+        if self.training and spec_augment_masks(self.model.config):
+            np.random.seed(int(torch.randint(2 ** 32, (1,), dtype=torch.int64)))
         mask = inputs.mask.long() if self.use_mask else None
         hidden = self.dropout(self.model(inputs.waveform, attention_mask=mask).last_hidden_state)
         if not self.use_mask:
@@ -73,6 +81,11 @@ class SpeechBackbone(nn.Module):
 
     def no_weight_decay(self) -> list[str]:
         return []
+
+
+def spec_augment_masks(config) -> bool:
+    return getattr(config, "apply_spec_augment", True) and (
+        config.mask_time_prob > 0 or config.mask_feature_prob > 0)
 
 
 def load_pretrained(model_class, name: str, pretrained: str) -> nn.Module:
