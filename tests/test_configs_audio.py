@@ -60,6 +60,30 @@ def test_an_audio_runs_config_holds_the_audio_settings_and_its_ema_override():
     assert study.run_config("esc50", 250, "fixmatch", 0).train["ema_decay"] == 0.0
 
 
+def problem_with(change) -> str:
+    from pipeline.errors import ConfigError
+
+    config = load_params(ROOT / "params.yaml", CONFIGS / "usb-audio-smoke.yaml")
+    change(config)
+    with pytest.raises(ConfigError) as error:
+        load_study(config, source="smoke.yaml")
+    return str(error.value)
+
+
+def test_an_audio_dataset_with_an_image_network_is_refused_before_any_job():
+    message = problem_with(lambda c: c["study"].update(model="small_cnn"))
+    assert "study.dataset audio_folder is audio but study.model small_cnn does not take " \
+           "waveforms; set study.model to one of hubert_base, wav2vec2_base" in message
+    message = problem_with(lambda c: c["study"].update(dataset="digits", n_labels=[10]))
+    assert "study.model hubert_base takes waveforms but study.dataset digits is not audio" in message
+
+
+def test_an_audio_folder_without_a_path_is_refused():
+    message = problem_with(lambda c: c["datasets"]["audio_folder"].update(path=None))
+    assert "datasets.audio_folder.path is null; set it to a folder with one sub-folder of WAV " \
+           "files per class" in message
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(USB_AUDIO))
 def test_usb_audio_study_dry_runs_offline_every_algorithm_budget_and_seed(task, tmp_path):

@@ -137,6 +137,9 @@ class DatasetFacts:
     release_labels: ReleaseLabels | None = None   # None: the split draws n_labels per class
 
 
+# The networks that take waveforms (semisup.models.speech); an audio dataset needs one of them.
+AUDIO_MODELS = ("hubert_base", "wav2vec2_base")
+
 DIGITS_MEAN, DIGITS_STD = (0.3050,), (0.3760,)   # over all 1,797 images
 DATASETS: dict[str, DatasetFacts] = {
     "digits": DatasetFacts(10, ImageInputs(1, DIGITS_MEAN, DIGITS_STD, horizontal_flip=False)),
