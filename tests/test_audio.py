@@ -176,3 +176,23 @@ def test_audio_folder_partitions_each_class_and_pads_the_clips(tmp_path):
     assert data.class_names == ["high", "low"] and len(data.test_labels) == 4
     assert data.train_waves.shape[0] == 6 and data.train_waves.shape[1] == int(data.train_lengths.max())
     assert data.shapes()["train_waveforms"] == list(data.train_waves.shape)
+
+
+@pytest.mark.parametrize("padding", ["max_length", True])
+def test_padding_and_normalisation_match_semilearns_feature_extractor(padding):
+    """semilearn's collator: Wav2Vec2FeatureExtractor as facebook/wav2vec2-base-960h and
+    hubert-base-ls960 configure it (do_normalize, no attention mask), called with truncation to
+    max_length and padding "max_length" (strong views) or True (weak views, evaluation)."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                         do_normalize=True, return_attention_mask=False)
+    rng = np.random.default_rng(0)
+    clips = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (3000, 1200, 3500, 5000)]
+    theirs = extractor(clips, padding=padding, max_length=4000, truncation=True,
+                       sampling_rate=16000, return_tensors="pt")["input_values"]
+    waves, lengths = padded(clips)
+    width = 4000 if padding == "max_length" else int(lengths.clamp(max=4000).max())
+    ours = wave_batch(waves, lengths, width, "padded")
+    assert ours.waveform.shape == theirs.shape
+    assert torch.allclose(ours.waveform, theirs, atol=1e-5)
