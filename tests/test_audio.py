@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from semisup.data import get_dataset
-from semisup.data.audio import AudioAugment, AudioModality, padded, wave_batch
+from semisup.data.audio import AudioAugment, AudioModality, Clips, padded, ragged, wave_batch
 from semisup.data.inputs import WaveBatch, cat_inputs
 from semisup.data.registry import DatasetError
 from semisup.data.wav import read_wav, wav_bytes
@@ -26,7 +26,9 @@ def ramps(*lengths: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def modality(waves, lengths, **augment) -> AudioModality:
-    pools = {pool: (waves, lengths) for pool in ("train", "unlabeled", "test")}
+    """The data layer on the padded clips `waves` (held end to end, as it holds them)."""
+    clips = Clips(*ragged([row[:length] for row, length in zip(waves, lengths, strict=True)]))
+    pools = {pool: clips for pool in ("train", "unlabeled", "test")}
     return AudioModality(pools, RATE, AudioAugment(max_length_seconds=0.1, **augment))
 
 
@@ -174,8 +176,15 @@ def test_audio_folder_partitions_each_class_and_pads_the_clips(tmp_path):
     data = spec.load(tmp_path / "raw", **options)
     assert [f.name for f in files] == ["audio_folder_index.json"]
     assert data.class_names == ["high", "low"] and len(data.test_labels) == 4
-    assert data.train_waves.shape[0] == 6 and data.train_waves.shape[1] == int(data.train_lengths.max())
-    assert data.shapes()["train_waveforms"] == list(data.train_waves.shape)
+    assert len(data.train_lengths) == 6 and len(data.train_samples) == int(data.train_lengths.sum())
+    assert data.shapes()["train_waveforms"] == [6, len(data.train_samples)]
+
+
+def test_a_pool_holds_its_clips_end_to_end_and_cuts_rows_from_any_offset():
+    clips = Clips(*ragged([torch.arange(1.0, 6.0), torch.arange(10.0, 13.0)]))
+    assert clips.starts.tolist() == [0, 5]
+    rows = clips.rows(torch.tensor([1, 0]), torch.tensor([1, 2]), 4)
+    assert rows.tolist() == [[11, 12, 0, 0], [3, 4, 5, 0]]
 
 
 @pytest.mark.parametrize("padding", ["max_length", True])

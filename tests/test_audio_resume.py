@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from semisup.algorithms import build_algorithm
-from semisup.data.audio import AudioAugment, AudioData, audio_train_data, padded
+from semisup.data.audio import AudioAugment, AudioData, audio_train_data, ragged
 from semisup.models import build_network
 from semisup.train import Trainer
 
@@ -37,9 +37,9 @@ def tones() -> AudioData:
         time = torch.arange(length) / RATE
         clips.append(0.4 * torch.sin(2 * torch.pi * frequency * time))
         labels.append(number % 2)
-    waves, lengths = padded(clips)
-    return AudioData(waves[:8], lengths[:8], torch.tensor(labels[:8]), waves[8:], lengths[8:],
-                     torch.tensor(labels[8:]), class_names=["900hz", "300hz"], sample_rate=RATE)
+    train, test = ragged(clips[:8]), ragged(clips[8:])
+    return AudioData(*train, torch.tensor(labels[:8]), *test, torch.tensor(labels[8:]),
+                     class_names=["900hz", "300hz"], sample_rate=RATE)
 
 
 @pytest.fixture(scope="module")

@@ -62,9 +62,9 @@ def test_esc50_downloads_from_a_mirror_and_loads_16khz_clips(tmp_path, release):
     assert sorted(path.name for path in files) == ["test.pkl", "train.pkl"]
     data = spec.load(tmp_path / "raw", **options("esc50"))
     assert data.num_classes == 50 and data.sample_rate == 16000
-    assert data.train_waves.shape == (100, 1200) and data.train_lengths[:2].tolist() == [800, 1200]
-    assert data.test_labels.tolist() == [2, 1, 0] and data.test_waves.dtype == torch.float32
-    assert data.unlabeled_includes_train and data.extra_unlabeled_waves is None
+    assert data.train_lengths[:2].tolist() == [800, 1200] and len(data.train_samples) == 100000
+    assert data.test_labels.tolist() == [2, 1, 0] and data.test_samples.dtype == torch.float32
+    assert data.unlabeled_includes_train and data.extra_unlabeled_samples is None
 
 
 def test_the_dev_set_is_evaluated_when_asked(tmp_path, release):
@@ -113,7 +113,7 @@ def test_fsdnoisy_trains_on_its_release_labeled_set_with_its_own_unlabeled_clips
     spec = get_dataset("fsdnoisy")
     spec.download(tmp_path, **options("fsdnoisy", mirror=str(release / "fsdnoisy")))
     data = spec.load(tmp_path, **options("fsdnoisy"))
-    assert len(data.train_labels) == 40 and data.extra_unlabeled_waves.shape == (5, 300)
+    assert len(data.train_labels) == 40 and data.extra_unlabeled_lengths.tolist() == [300] * 5
     assert not data.unlabeled_includes_train
     split = release_split(len(data.train_labels), 40, 0, "fsdnoisy", "labeled_file")
     assert split["labeled_indices"] == list(range(40))

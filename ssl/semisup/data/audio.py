@@ -1,6 +1,6 @@
 """The audio data layer: mono waveforms at the dataset's sample rate (USB: 16 kHz), each pool
-held on the training device as one zero-padded float tensor (N, T) and the clips' lengths,
-augmented a whole batch at a time there (semisup.data.wave_augment) and made into WaveBatch
+held on the training device as its clips end to end in one float tensor and their lengths (clips
+of 0.3 to 30 s, as FSDnoisy18k's, are not padded to the longest), augmented a whole batch at a time there (semisup.data.wave_augment) and made into WaveBatch
 inputs as semilearn's collator makes them (datasets/collactors/audio_collactor.py, its
 Wav2Vec2FeatureExtractor for hubert-base-ls960 and wav2vec2-base-960h):
 
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .inputs import WaveBatch
 from .modality import POOLS, Modality, TrainData
-from .wave_augment import StrongAudio, random_crop, real_mask, strong_effects
+from .wave_augment import StrongAudio, crop_offsets, random_crop, real_mask, strong_effects
 
 PAD_TO = ("max_length", "longest")
 NORMALIZE_OVER = ("padded", "real")
@@ -38,17 +38,18 @@ VARIANCE_EPSILON = 1e-7                 # Wav2Vec2FeatureExtractor.zero_mean_uni
 
 @dataclass
 class AudioData:
-    """A loaded audio dataset: clips zero-padded to the longest of their set, and lengths."""
+    """A loaded audio dataset: each set's clips end to end (float32, all samples) and their
+    lengths (int64, one per clip)."""
 
-    train_waves: Tensor            # float32 (N, T)
-    train_lengths: Tensor          # int64 (N,)
+    train_samples: Tensor
+    train_lengths: Tensor
     train_labels: Tensor           # int64 (N,)
-    test_waves: Tensor
+    test_samples: Tensor
     test_lengths: Tensor
     test_labels: Tensor
     class_names: list[str]
     sample_rate: int
-    extra_unlabeled_waves: Tensor | None = None
+    extra_unlabeled_samples: Tensor | None = None
     extra_unlabeled_lengths: Tensor | None = None
     extra_unlabeled_labels: Tensor | None = None
     unlabeled_includes_train: bool = True
@@ -58,12 +59,18 @@ class AudioData:
         return len(self.class_names)
 
     def shapes(self) -> dict[str, list[int]]:
-        """What the manifest records of the data."""
-        shapes = {"train_waveforms": list(self.train_waves.shape),
-                  "test_waveforms": list(self.test_waves.shape)}
-        if self.extra_unlabeled_waves is not None:
-            shapes["extra_unlabeled_waveforms"] = list(self.extra_unlabeled_waves.shape)
-        return shapes
+        """What the manifest records of the data: [clips, samples in all] per set."""
+        sets = {"train": self.train_lengths, "test": self.test_lengths,
+                "extra_unlabeled": self.extra_unlabeled_lengths}
+        return {f"{name}_waveforms": [len(lengths), int(lengths.sum())]
+                for name, lengths in sets.items() if lengths is not None}
+
+
+def ragged(clips: Sequence) -> tuple[Tensor, Tensor]:
+    """1-d clips (arrays or tensors) end to end in one float32 tensor, and their lengths."""
+    lengths = torch.tensor([len(clip) for clip in clips], dtype=torch.int64)
+    parts = [torch.as_tensor(clip, dtype=torch.float32).reshape(-1) for clip in clips]
+    return (torch.cat(parts) if parts else torch.zeros(0)), lengths
 
 
 def padded(clips: Sequence, dtype=torch.float32) -> tuple[Tensor, Tensor]:
@@ -73,6 +80,26 @@ def padded(clips: Sequence, dtype=torch.float32) -> tuple[Tensor, Tensor]:
     for row, clip in enumerate(clips):
         waves[row, :len(clip)] = torch.as_tensor(clip, dtype=dtype)
     return waves, lengths
+
+
+class Clips:
+    """A pool on the training device: its clips end to end, their starts and lengths."""
+
+    def __init__(self, samples: Tensor, lengths: Tensor):
+        self.samples, self.lengths = samples, lengths
+        self.starts = torch.cumsum(lengths, 0) - lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def rows(self, indices: Tensor, offsets: Tensor, width: int) -> Tensor:
+        """(len(indices), width): each clip from its offset, zeros past its end."""
+        lengths = self.lengths[indices] - offsets
+        positions = self.starts[indices, None] + offsets[:, None] + torch.arange(
+            width, device=self.samples.device)
+        inside = real_mask(lengths, width)
+        values = self.samples[positions.clamp(max=max(len(self.samples) - 1, 0))]
+        return values * inside
 
 
 @dataclass(frozen=True)
@@ -119,8 +146,7 @@ class AudioModality(Modality):
     name = "audio"
     view_kinds = ("weak", "strong")
 
-    def __init__(self, pools: dict[str, tuple[Tensor, Tensor]], sample_rate: int,
-                 augment: AudioAugment):
+    def __init__(self, pools: dict[str, Clips], sample_rate: int, augment: AudioAugment):
         missing = [pool for pool in POOLS if pool not in pools]
         if missing:
             raise ValueError(f"the audio data layer needs the pools {', '.join(missing)}")
@@ -129,7 +155,7 @@ class AudioModality(Modality):
         self.max_length = int(round(sample_rate * augment.max_length_seconds))
 
     def size(self, pool: str) -> int:
-        return len(self.pools[pool][0])
+        return len(self.pools[pool])
 
     def width(self, lengths: Tensor, kind: str) -> int:
         if kind == "strong" or self.augment.pad_to == "max_length":
@@ -139,48 +165,51 @@ class AudioModality(Modality):
     def views(self, pool: str, indices: Tensor, kinds: Sequence[str],
               generator: torch.Generator) -> list[WaveBatch]:
         self.check_kinds(kinds)
-        waves, lengths = (tensor[indices] for tensor in self.pools[pool])
-        return [self.view(waves, lengths, kind, generator) for kind in kinds]
+        return [self.view(self.pools[pool], indices, kind, generator) for kind in kinds]
 
-    def view(self, waves: Tensor, lengths: Tensor, kind: str,
+    def view(self, clips: Clips, indices: Tensor, kind: str,
              generator: torch.Generator) -> WaveBatch:
-        if kind == "strong":
-            waves, lengths = strong_effects(waves, lengths, self.augment.strong, self.sample_rate,
+        lengths = clips.lengths[indices]
+        if kind == "strong":   # the effects act on whole clips, then the window is cut
+            whole = clips.rows(indices, torch.zeros_like(lengths), int(lengths.max()))
+            waves, lengths = strong_effects(whole, lengths, self.augment.strong, self.sample_rate,
                                             generator)
-        waves, lengths = random_crop(waves, lengths, self.max_length, generator)
+            waves, lengths = random_crop(waves, lengths, self.max_length, generator)
+        else:                  # the window straight from the pool
+            offsets = crop_offsets(lengths, self.max_length, generator)
+            lengths = lengths.clamp(max=self.max_length)
+            waves = clips.rows(indices, offsets, int(lengths.max()))
         return wave_batch(waves, lengths, self.width(lengths, kind), self.augment.normalize_over)
 
     def batches(self, pool: str, batch_size: int) -> Iterator[WaveBatch]:
-        waves, lengths = self.pools[pool]
-        for start in range(0, len(waves), batch_size):
-            part = lengths[start:start + batch_size]
-            yield wave_batch(waves[start:start + batch_size], part, self.width(part, "weak"),
+        clips = self.pools[pool]
+        for start in range(0, len(clips), batch_size):
+            indices = torch.arange(start, min(start + batch_size, len(clips)),
+                                   device=clips.lengths.device)
+            lengths = clips.lengths[indices].clamp(max=self.max_length)
+            waves = clips.rows(indices, torch.zeros_like(lengths), int(lengths.max()))
+            yield wave_batch(waves, lengths, self.width(lengths, "weak"),
                              self.augment.normalize_over)
-
-
-def unlabeled_pool(data: AudioData) -> tuple[Tensor, Tensor, Tensor]:
-    """The unlabeled set's waves, lengths and labels: the training set then the extras, or the
-    extras alone where the release keeps them apart."""
-    extra = (data.extra_unlabeled_waves, data.extra_unlabeled_lengths, data.extra_unlabeled_labels)
-    if not data.unlabeled_includes_train:
-        return extra
-    train = (data.train_waves, data.train_lengths, data.train_labels)
-    if extra[0] is None:
-        return train
-    width = max(train[0].shape[1], extra[0].shape[1])
-    pad = lambda waves: torch.nn.functional.pad(waves, (0, width - waves.shape[1]))
-    return (torch.cat([pad(train[0]), pad(extra[0])]), torch.cat([train[1], extra[1]]),
-            torch.cat([train[2], extra[2]]))
 
 
 def audio_train_data(data: AudioData, labeled_indices: Tensor, augment: AudioAugment,
                      device) -> TrainData:
-    """A loaded audio dataset and its labeled split on the training device."""
-    unlabeled = [tensor.to(device) for tensor in unlabeled_pool(data)]
-    pools = {"train": (data.train_waves.to(device), data.train_lengths.to(device)),
-             "unlabeled": (unlabeled[0], unlabeled[1]),
-             "test": (data.test_waves.to(device), data.test_lengths.to(device))}
+    """A loaded audio dataset and its labeled split on the training device. The unlabeled set
+    is the training set then the extras (the same tensors where there are none), or the extras
+    alone where the release keeps them apart."""
+    on = lambda tensor: tensor.to(device)
+    train = Clips(on(data.train_samples), on(data.train_lengths))
+    if data.extra_unlabeled_samples is None:
+        unlabeled, unlabeled_labels = train, on(data.train_labels)
+    else:
+        extra = (data.extra_unlabeled_samples, data.extra_unlabeled_lengths,
+                 data.extra_unlabeled_labels)
+        if data.unlabeled_includes_train:
+            extra = [torch.cat(pair) for pair in zip((data.train_samples, data.train_lengths,
+                                                       data.train_labels), extra, strict=True)]
+        unlabeled, unlabeled_labels = Clips(on(extra[0]), on(extra[1])), on(extra[2])
+    pools = {"train": train, "unlabeled": unlabeled,
+             "test": Clips(on(data.test_samples), on(data.test_lengths))}
     return TrainData(modality=AudioModality(pools, data.sample_rate, augment),
-                     train_labels=data.train_labels.to(device),
-                     labeled_indices=labeled_indices.to(device),
-                     test_labels=data.test_labels.to(device), unlabeled_labels=unlabeled[2])
+                     train_labels=on(data.train_labels), labeled_indices=on(labeled_indices),
+                     test_labels=on(data.test_labels), unlabeled_labels=unlabeled_labels)

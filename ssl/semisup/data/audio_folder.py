@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import AudioData, padded
+from .audio import AudioData, ragged
 from .image_folder import partition
 from .public import existing
 from .registry import DatasetError, DatasetSpec, register_dataset
@@ -78,7 +78,7 @@ def load_audio_folder(root: Path, *, path: str | None, test_fraction: float, par
     if not splits["test"][0] or not splits["train"][0]:
         raise DatasetError(f"audio_folder: test_fraction {test_fraction} leaves an empty train or "
                            f"test set for {folder}; choose a fraction that keeps clips in both")
-    (train, train_lengths), (test, test_lengths) = (padded(clips) for clips, _ in splits.values())
+    (train, train_lengths), (test, test_lengths) = (ragged(clips) for clips, _ in splits.values())
     return AudioData(train, train_lengths, torch.tensor(splits["train"][1]), test, test_lengths,
                      torch.tensor(splits["test"][1]), class_names=list(index["classes"]),
                      sample_rate=sample_rate)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import AudioData, padded
+from .audio import AudioData, ragged
 from .public import OfficialFile, existing, fetch, unreadable
 from .registry import DatasetError, DatasetSpec, register_dataset
 
@@ -119,11 +119,11 @@ def load_usb_audio(dataset: str, root: Path, test_set: str) -> AudioData:
         clips, labels = read_pkl(dataset, root / official.name)
         labels = (torch.tensor(labels) if official.name == "ulb_train.pkl"   # statistics only
                   else checked_labels(dataset, root / official.name, labels))
-        pools[official.name.removesuffix(".pkl")] = (*padded(clips), labels)
+        pools[official.name.removesuffix(".pkl")] = (*ragged(clips), labels)
     extra = pools.get("ulb_train", (None, None, None))
     return AudioData(*pools["train"], *pools[test_set],
                      class_names=[str(label) for label in range(NUM_CLASSES[dataset])],
-                     sample_rate=SAMPLE_RATE, extra_unlabeled_waves=extra[0],
+                     sample_rate=SAMPLE_RATE, extra_unlabeled_samples=extra[0],
                      extra_unlabeled_lengths=extra[1], extra_unlabeled_labels=extra[2],
                      unlabeled_includes_train=dataset != "fsdnoisy")
 

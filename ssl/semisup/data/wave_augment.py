@@ -64,12 +64,18 @@ def real_mask(lengths: Tensor, width: int) -> Tensor:
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def crop_offsets(lengths: Tensor, crop: int, generator: torch.Generator) -> Tensor:
+    """Where semilearn's random_subsample starts each clip's window: uniform over
+    0 .. len - crop - 1 for a clip longer than crop, else 0."""
+    draws = torch.rand(len(lengths), generator=generator, device=lengths.device,
+                       dtype=torch.float64)
+    return torch.floor(draws * (lengths - crop).clamp(min=0)).long()
+
+
 def random_crop(waves: Tensor, lengths: Tensor, crop: int,
                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """semilearn's random_subsample on each row: (N, min(T, crop)) and the new lengths."""
-    draws = torch.rand(len(waves), generator=generator, device=waves.device, dtype=torch.float64)
-    room = (lengths - crop).clamp(min=0)                 # offsets 0 .. len - crop - 1
-    offsets = torch.floor(draws * room).long()
+    offsets = crop_offsets(lengths, crop, generator)
     width = min(waves.shape[1], crop)
     positions = (offsets[:, None] + torch.arange(width, device=waves.device)).clamp(
         max=waves.shape[1] - 1)
