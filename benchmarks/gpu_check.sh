@@ -79,7 +79,8 @@ EOF
 
 part_cuda_tests() {
     "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
-        tests/test_augment.py::test_ops_on_cuda_equal_ops_on_cpu
+        tests/test_augment.py::test_ops_on_cuda_equal_ops_on_cpu \
+        tests/test_ctaugment.py::test_ops_on_cuda_equal_ops_on_cpu
 }
 
 part_train_step() {
@@ -150,7 +151,7 @@ declare -A FIGURES=(
     [cuda_tests]='(passed|failed|skipped|error)'
     [train_step]='^(==|\(a\)|\(b\)|ratio|augmentation alone)'
     [peer]='^(semilearn|ssl-repro|median|ratio|cpu,|cuda,)'
-    [augment]='^(fixmatch|usb) '
+    [augment]='^(fixmatch|usb|ctaugment) '
     [smoke_study]='^(study wall time|smoke study error|fixmatch |supervised |dash )'
     [compile]='^\(b\)'
 )

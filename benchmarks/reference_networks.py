@@ -19,6 +19,14 @@ is copied into this project: point the script at their files.
 
 The FixMatch TensorFlow network (`fixmatch_tf`) cannot be run here; its structure is checked in
 tests/test_models.py.
+
+USB's ViTs (ssl-repro's, built with timm) against semilearn 0.3.2's `nets/vit/vit.py`, loaded with
+its `nets/utils.py` `load_checkpoint`: the same initial weights from the same seed, the same
+weights after both load one released-format checkpoint made at 224 px (so the 32 and 96 px
+networks resize its position embedding), and the largest difference of their outputs:
+
+    uv run python benchmarks/reference_networks.py \
+        --semilearn-vit /tmp/ref/semilearn/nets/vit/vit.py /tmp/ref/semilearn/nets/utils.py
 """
 from __future__ import annotations
 
@@ -87,14 +95,69 @@ def compare(variant: str, files: list[Path], seed: int = 0) -> list[str]:
     return lines
 
 
+VITS = [("vit_tiny_patch2_32", 0.1, 32, dict(patch_size=2, embed_dim=192, num_heads=3)),
+        ("vit_small_patch2_32", 0.2, 32, dict(patch_size=2, embed_dim=384, num_heads=6)),
+        ("vit_small_patch16_224", 0.2, 224, dict(patch_size=16, embed_dim=384, num_heads=6)),
+        ("vit_base_patch16_96", 0.2, 96, dict(patch_size=16, embed_dim=768, num_heads=12))]
+
+
+def compare_vits(vit_file: Path, utils_file: Path, folder: Path, seed: int = 0) -> list[str]:
+    import hashlib
+    import warnings
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    utils = load_reference(utils_file, "semilearn.nets.utils")
+    sys.modules["semilearn.nets.utils"] = utils
+    with warnings.catch_warnings():   # its `timm.models.layers` import is deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        reference_vit = load_reference(vit_file, "reference_semilearn_vit")
+    inputs, lines = DATASETS["cifar10"].inputs, []
+    for name, drop_path_rate, size, shape in VITS:
+        torch.manual_seed(seed + 1)   # a pretrained network at 224 px with a 1,000-class head
+        pretrained = VisionTransformer(img_size=224, depth=12, num_classes=1000, **shape)
+        path = folder / f"{name}_released_format.pth"
+        torch.save({"model": pretrained.state_dict()}, path)
+        options = dict(drop_path_rate=drop_path_rate, fused_attention=True, init="semilearn",
+                       checkpoint_dir=str(folder))
+        torch.manual_seed(seed)
+        ours = build_network(name, 10, inputs, pretrained=False, checkpoint=None,
+                             checkpoint_sha256=None, **options)
+        torch.manual_seed(seed)
+        theirs = getattr(reference_vit, name)(num_classes=10)
+        same_init = all(torch.equal(a, b) for a, b in zip(theirs.state_dict().values(),
+                                                          ours.state_dict().values(), strict=True))
+        torch.manual_seed(seed)
+        ours = build_network(name, 10, inputs, pretrained=True, checkpoint=str(path),
+                             checkpoint_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                             **options).eval()
+        torch.manual_seed(seed)
+        theirs = utils.load_checkpoint(getattr(reference_vit, name)(num_classes=10), str(path)).eval()
+        same_loaded = all(torch.equal(a, b) for a, b in zip(theirs.state_dict().values(),
+                                                            ours.state_dict().values(), strict=True))
+        images = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(seed + 2))
+        with torch.no_grad():
+            difference = (ours(images).logits - theirs(images)["logits"]).abs().max().item()
+        lines.append(f"{name}: same initial values {same_init}, same weights after loading "
+                     f"{same_loaded}, largest logit difference {difference:.2e} (float32 rounding)")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for variant in ("semilearn", "semilearn-2022", "torchssl"):
         parser.add_argument(f"--{variant}", nargs=2, type=Path, metavar=("WRN_PY", "WRN_VAR_PY"),
                             help=f"the {variant} reference's wrn.py and wrn_var.py")
+    parser.add_argument("--semilearn-vit", nargs=2, type=Path, metavar=("VIT_PY", "UTILS_PY"),
+                        help="semilearn 0.3.2's nets/vit/vit.py and nets/utils.py")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.semilearn_vit:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            print("\n".join(compare_vits(*args.semilearn_vit, Path(folder))), flush=True)
     for variant, files in (("semilearn", args.semilearn), ("semilearn_2022", args.semilearn_2022),
                            ("torchssl", args.torchssl)):
         if files:

@@ -129,7 +129,9 @@ def canonical_hash(data) -> str:
 # of its config), so adding an option renames no earlier run and keeps its MLflow history.
 HASH_NEUTRAL = {("train", "optimizer"): "sgd", ("train", "layer_decay"): 1.0,
                 ("train", "lr_schedule"): "cosine", ("train", "lr_warmup_steps"): 0,
-                ("algorithm_params", "batchnorm"): "joint"}   # Mean Teacher's
+                ("algorithm_params", "batchnorm"): "joint",   # Mean Teacher's
+                ("train", "ctaugment"): {"depth": 2, "threshold": 0.8, "decay": 0.99,
+                                         "probe_network": "ema", "translate": "pixels"}}
 
 
 def run_hash(run: dict) -> str:

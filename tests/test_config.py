@@ -92,6 +92,23 @@ def test_config_hash_ignores_execution_settings_but_not_hyperparameters(params):
     assert load_study(other_tau).run_config("digits", 20, "fixmatch", 0).config_hash != base
 
 
+def test_ctaugment_is_a_strong_augmentation_whose_settings_are_checked_and_hashed(params):
+    """strong_augment: ctaugment is valid for any algorithm; train.ctaugment's settings matter to
+    a run's hash only away from FixMatch-TF's values (HASH_NEUTRAL), and wrong ones are named."""
+    base = load_study(params).run_config("digits", 20, "fixmatch", 0)
+    cta = load_study(deep_merge(params, {"train": {"strong_augment": "ctaugment"}}))
+    assert cta.run_config("digits", 20, "fixmatch", 0).config_hash != base.config_hash
+    assert cta.run_config("digits", 20, "fixmatch", 0).train["ctaugment"] == params["train"]["ctaugment"]
+    deeper = load_study(deep_merge(params, {"train": {"strong_augment": "ctaugment",
+                                                      "ctaugment": {"depth": 3}}}))
+    assert (deeper.run_config("digits", 20, "fixmatch", 0).config_hash
+            != cta.run_config("digits", 20, "fixmatch", 0).config_hash)
+    message = error_for(params, lambda c: c["train"]["ctaugment"].update(probe_network="student"))
+    assert "train.ctaugment.probe_network" in message and "'ema'" in message and "'raw'" in message
+    message = error_for(params, lambda c: c["train"].update(strong_augment="cta"))
+    assert "train.strong_augment" in message and "'ctaugment'" in message
+
+
 def test_run_config_is_fully_resolved_and_leaves_out_where_the_job_runs(params):
     config = copy.deepcopy(params)
     config["study"].update(dataset="svhn", n_labels=[40], model="wrn_28_2")

@@ -29,12 +29,24 @@ def study_of(name: str):
     return load_study(load_params(ROOT / "params.yaml", path), source=str(path))
 
 
+USB_CV = {
+    # config: (dataset, label budgets, network, lr, layer decay, pad_fraction, FlexMatch's warm-up)
+    "usb-cv-cifar100": ("cifar100", [200, 400], "vit_small_patch2_32", 5e-4, 0.5, 0.125, 0),
+    "usb-cv-stl10": ("stl10", [40, 100], "vit_base_patch16_96", 1e-4, 0.65, 0.125, 5120),
+    "usb-cv-eurosat": ("eurosat", [20, 40], "vit_small_patch2_32", 5e-5, 1.0, 0.125, 0),
+    "usb-cv-tissuemnist": ("tissuemnist", [80, 400], "vit_tiny_patch2_32", 5e-5, 0.95, 1 / 32, 0),
+    "usb-cv-semi-aves": ("semi_aves", [3959], "vit_small_patch16_224", 1e-3, 0.65, 0.125, 0),
+}
+USB_CV_EMA = {"meanteacher", "comatch", "simmatch"}   # ema_m 0.999; the others 0
+
+
 @pytest.mark.parametrize("name", sorted(path.stem for path in CONFIGS.glob("*.yaml")))
 def test_every_config_is_a_valid_study(name):
     study_of(name)
 
 
-@pytest.mark.parametrize("name", [*sorted(DASH_STUDIES), *sorted(USB_CLASSIC), "gpu-smoke"])
+@pytest.mark.parametrize("name", [*sorted(DASH_STUDIES), *sorted(USB_CLASSIC), *sorted(USB_CV),
+                                  "gpu-smoke", "usb-cv-smoke"])
 def test_study_is_named_after_its_file(name):
     assert study_of(name).name == name
 
@@ -137,3 +149,74 @@ def test_usb_classic_study_dry_runs_offline_every_algorithm_budget_and_seed(name
     assert result.returncode == 0, result.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.MULTILINE))
     assert counts["train"] == "171" and counts["evaluate"] == "57"
+
+
+@pytest.mark.parametrize("name", sorted(USB_CV))
+def test_usb_cv_study_runs_all_19_algorithms_with_usbs_pretrained_protocol(name):
+    """semilearn 0.3.2's config/usb_cv files, value by value (configs/usb-cv-*.yaml say where)."""
+    from semisup.catalog import algorithm_cards
+
+    study = study_of(name)
+    config = study.config
+    dataset, budgets, model, lr, layer_decay, pad_fraction, flexmatch_warmup = USB_CV[name]
+    assert sorted(config["study"]["algorithms"]) == sorted(algorithm_cards())
+    assert (config["study"]["dataset"], config["study"]["n_labels"], config["study"]["model"],
+            config["study"]["seeds"]) == (dataset, budgets, model, [0, 1, 2])
+    weights = config["models"][model]
+    assert weights["pretrained"] and weights["checkpoint"].startswith(
+        "https://github.com/microsoft/Semi-supervised-learning/releases/download/v.0.0.0/")
+    train = config["train"]
+    assert (train["steps"], train["batch_size"], train["uratio"]) == (204_800, 8, 1)
+    assert (train["optimizer"], train["lr"], train["layer_decay"], train["weight_decay"]) == (
+        "adamw", lr, layer_decay, 5e-4)
+    assert (train["lr_schedule"], train["eval_every"], train["pad_fraction"]) == ("cosine", 2048,
+                                                                               pad_fraction)
+    assert train["strong_augment"] == "usb" and train["precision"] == "bf16"
+    for algorithm in config["study"]["algorithms"]:
+        run = study.run_config(dataset, budgets[0], algorithm, 0).train
+        assert run["ema_decay"] == (0.999 if algorithm in USB_CV_EMA else 0.0), algorithm
+        assert run["lr_warmup_steps"] == (flexmatch_warmup if algorithm == "flexmatch" else 5120)
+        assert run["uratio"] == 1
+    algorithms = config["algorithms"]
+    assert algorithms["mixmatch"]["lambda_u"] == 10.0
+    assert (algorithms["comatch"]["queue_batches"], algorithms["comatch"]["lambda_contrast"]) == (
+        32, 5.0 if dataset == "stl10" else 1.0)
+    assert algorithms["simmatch"]["T"] == (0.1 if dataset in ("cifar100", "stl10") else 0.2)
+    assert config["reports"]["selection"] == "best" and config["reports"]["model"] == "ema"
+    assert config["reports"]["published"] == "reference/published_usb_cv.csv"
+
+
+def test_usb_cv_published_numbers_are_every_cell_of_usbs_results_file():
+    """reference/published_usb_cv.csv: USB's results/usb_cv.csv, 19 algorithms x 9 columns less
+    its one `None` (CRMatch, STL-10, 100 labels), read by the tables' own reader."""
+    from pipeline.reports.tables import read_published
+
+    rows = read_published(ROOT / "reference/published_usb_cv.csv")
+    assert len(rows) == 170 and {row["selection"] for row in rows} == {"best"}
+    cells = {(row["algorithm"], row["dataset"], row["n_labels"]): (row["error_mean"], row["error_std"])
+             for row in rows}
+    assert len(cells) == 170
+    assert {(dataset, n) for _, dataset, n in cells} == {
+        (dataset, n) for dataset, budgets, *_ in USB_CV.values() for n in budgets}
+    assert cells["fixmatch", "cifar100", 200] == (29.6, 0.9)
+    assert cells["defixmatch", "semi_aves", 3959] == (32.01, 0.26)
+    assert ("crmatch", "stl10", 100) not in cells
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(USB_CV))
+def test_usb_cv_study_dry_runs_offline_every_algorithm_budget_and_seed(name, tmp_path):
+    """`snakemake -n` plans budgets x 19 algorithms x 3 seeds training runs, offline (neither the
+    download nor the pretrained weights are fetched by a dry run)."""
+    import re
+    import subprocess
+    import sys
+
+    budgets = len(USB_CV[name][1])
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile",
+                             str(ROOT / "Snakefile"), "--configfile", str(CONFIGS / f"{name}.yaml"),
+                             "--cores", "2", "--dry-run", "--quiet", "rules"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.MULTILINE))
+    assert counts["train"] == str(budgets * 19 * 3) and counts["evaluate"] == str(budgets * 19)

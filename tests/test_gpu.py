@@ -56,3 +56,38 @@ def test_training_step_makes_no_host_synchronisation(data, name):
         torch.cuda.set_sync_debug_mode("default")
     assert all(value.is_cuda for value in stats.values())
     assert torch.isfinite(stats["loss"]).item()
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "remixmatch"])
+def test_a_training_step_with_ctaugment_makes_no_host_synchronisation(data, name):
+    """CTAugment's strong views, its probe (scored by the EMA network) and the bin update."""
+    spec, train_data = data
+    options = default_train_options("digits_rgb32", steps=100, batch_size=8, uratio=2,
+                                    precision="bf16", channels_last=True,
+                                    strong_augment="ctaugment")
+    train_data = replace(train_data, modality=replace_augment(train_data.modality, options))
+    torch.manual_seed(0)
+    algorithm = build_algorithm(name, default_params()["algorithms"][name],
+                                facts=train_data.facts(10), total_steps=100)
+    network = build_network("wrn_28_2", 10, spec.inputs, variant="semilearn")
+    trainer = Trainer(network, algorithm, train_data, train_config(options), 0, CUDA)
+    trainer.network.train()
+    for _ in range(3):
+        trainer.train_step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            stats = trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(stats["loss"]).item()
+    assert (trainer.data.modality.ctaugment.rates < 1).any().item()
+
+
+def replace_augment(modality, options):
+    """The same pools on the device, with the augmentation of `options`."""
+    from semisup.data.image import ImageModality
+
+    return ImageModality(modality.pools, get_dataset("digits_rgb32").inputs,
+                         image_augment(options), True)

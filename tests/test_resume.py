@@ -59,6 +59,13 @@ CASES["comatch"] = ("comatch", {**DEFAULT_PARAMS["comatch"], "tau": 0.5, "smooth
                                 "queue_batches": 2, "alignment_batches": 4})
 CASES["simmatch"] = ("simmatch", {**DEFAULT_PARAMS["simmatch"], "tau": 0.5,
                                   "similarity_start_step": 4, "alignment_batches": 4})
+# CTAugment's bin rates are state too: they change every step (a probe of the labeled batch).
+# (tau 0: every strong view is in the loss. In 12 steps the rates move by about 1 %, which rarely
+# changes a drawn bin: the rates themselves are compared in the test after the next one.)
+CASES["fixmatch-ctaugment"] = ("fixmatch", {**DEFAULT_PARAMS["fixmatch"], "tau": 0.0})
+CASES["remixmatch-ctaugment"] = CASES["remixmatch"]   # two strong views and a rotated one
+CTAUGMENT = replace(AUGMENT, strong="ctaugment")
+CASE_AUGMENT = {"fixmatch-ctaugment": CTAUGMENT, "remixmatch-ctaugment": CTAUGMENT}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,7 +89,8 @@ def make_trainer(digits, case: str, seed: int, checkpoint: Path | None = None,
     split = make_split(data.train_labels.numpy(), 20, data.num_classes, split_seed, "digits")
     train_data = image_train_data(
         replace(data, test_images=data.test_images[:64], test_labels=data.test_labels[:64]),
-        torch.tensor(split["labeled_indices"]), spec.inputs, AUGMENT, False, CPU)
+        torch.tensor(split["labeled_indices"]), spec.inputs, CASE_AUGMENT.get(case, AUGMENT),
+        False, CPU)
     torch.manual_seed(seed)   # as pipeline.runs.train does before building the network
     network = build_network("small_cnn", data.num_classes, spec.inputs, width=4, bn_momentum=0.01)
     name, params = CASES[case]
@@ -126,7 +134,8 @@ def uninterrupted(digits):
 # step 6 (resumed from 3: FlexMatch's first records, Dash's warm-up just over, CoMatch's and
 # SimMatch's similarities not yet on).
 KILLS = [(case, 10) for case in CASES] + [(case, 5) for case in ("flexmatch", "dash", "dash-usb",
-                                                                  "comatch", "simmatch")]
+                                                                  "comatch", "simmatch",
+                                                                  "fixmatch-ctaugment")]
 
 
 @pytest.mark.parametrize("case,die_at", KILLS)
@@ -140,6 +149,27 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(digits, uninterrupte
     resumed = make_trainer(digits, case, 0, checkpoint).fit()
     assert resumed.resumed_from == saved["step"]
     same_result(resumed, uninterrupted(case))
+
+
+def test_ctaugment_bin_rates_travel_in_the_checkpoint_and_resume_exactly(digits, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    uninterrupted = make_trainer(digits, "fixmatch-ctaugment", 0)
+    uninterrupted.fit()
+    with pytest.raises(Killed):
+        make_trainer(digits, "fixmatch-ctaugment", 0, checkpoint, log=kill_at(5)).fit()
+    saved = torch.load(checkpoint, weights_only=False)
+    assert (saved["augmentation"]["ctaugment"]["rates"] < 1).any()
+    resumed = make_trainer(digits, "fixmatch-ctaugment", 0, checkpoint)
+    resumed.fit()
+    assert torch.equal(resumed.data.modality.ctaugment.rates,
+                       uninterrupted.data.modality.ctaugment.rates)
+    # A RandAugment run does not take them, and a CTAugment run does not start without them.
+    with pytest.raises(CheckpointError, match="strong augmentation is not ctaugment"):
+        make_trainer(digits, "fixmatch", 0, checkpoint).fit()
+    del saved["augmentation"]
+    torch.save(saved, checkpoint)
+    with pytest.raises(CheckpointError, match="no CTAugment bin rates"):
+        make_trainer(digits, "fixmatch-ctaugment", 0, checkpoint).fit()
 
 
 def test_checkpoint_is_written_atomically_and_at_the_end(digits, uninterrupted, tmp_path):

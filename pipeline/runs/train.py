@@ -151,9 +151,12 @@ def train_config(train: dict):
 
 def image_augment(train: dict):
     """The image data layer's augmentation settings from a run's resolved `train`."""
+    from semisup.data.ctaugment import CTAugmentSettings
     from semisup.data.image import ImageAugment
 
-    return ImageAugment(**{field: train[key] for key, field in AUGMENT_KEYS.items()})
+    settings = {field: train[key] for key, field in AUGMENT_KEYS.items()}
+    settings["ctaugment"] = CTAugmentSettings(**settings["ctaugment"])
+    return ImageAugment(**settings)
 
 
 def audio_augment(train: dict):
@@ -174,7 +177,7 @@ LOOP_KEYS = ("steps", "batch_size", "uratio", "lr_schedule", "lr_warmup_steps", 
              "eval_every", "log_every", "checkpoint_every", "eval_batch_size", "last_k",
              "precision", "channels_last", "compile")
 AUGMENT_KEYS = {"horizontal_flip": "horizontal_flip", "pad_fraction": "pad_fraction",
-                "strong_augment": "strong"}   # train key -> ImageAugment field
+                "strong_augment": "strong", "ctaugment": "ctaugment"}   # train key -> field
 
 
 def start_torch(run: RunConfig, device_setting: str, threads: int, device_source: str):

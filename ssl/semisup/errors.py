@@ -16,3 +16,8 @@ class SplitError(SemisupError, ValueError):
 
 class CheckpointError(SemisupError):
     """A checkpoint exists but cannot be used; never silently start afresh."""
+
+
+class PretrainedWeightsError(SemisupError):
+    """Pretrained weights could not be fetched, failed their checksum or do not fit the network;
+    the message names the file, its URL and where to put it."""

@@ -1,10 +1,12 @@
 """The training loop: sample, views, step, optimizer, EMA, evaluate, checkpoint.
 
 One readable loop. The data layer (semisup.data.modality) holds the inputs on the training
-device; each step samples indices, asks it for the views the algorithm declares, and calls the
-algorithm's step. Per-step statistics stay on the device and are read back only every
-`log_every` steps; evaluation happens every `eval_every` steps (and at the steps the algorithm
-asks for). The optimizer and the learning-rate schedule are registered parts (semisup.optim).
+device; each step samples indices, asks it for the views the algorithm declares (and, where the
+augmentation learns from probes, for a probe of the labeled samples, which the network the
+augmentation names scores in eval mode before the step), and calls the algorithm's step.
+Per-step statistics stay on the device and are read back only every `log_every` steps;
+evaluation happens every `eval_every` steps (and at the steps the algorithm asks for). The
+optimizer and the learning-rate schedule are registered parts (semisup.optim).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 from .algorithms import Algorithm, Side, StepBatch, StepContext
 from .checkpoint import load_checkpoint, save_atomically
 from .data.inputs import Inputs, batch_size
-from .data.modality import TrainData
+from .data.modality import Probe, TrainData
 from .errors import CheckpointError
 from .models.network import Network
 from .optim import OptimizerConfig, build_optimizer, lr_factor
@@ -118,6 +120,7 @@ class Trainer:
         self.log, self.progress, self.checkpoint_path = log, progress, checkpoint_path
         self.algorithm = algorithm.to(device)
         self.data = data = data.with_labeled_set(algorithm.labeled_set)
+        data.modality.reset_state()   # a learning augmentation starts afresh with each run
         self.network = self.assemble(network, algorithm)
         self.ema_network = copy.deepcopy(self.network)
         for parameter in self.ema_network.parameters():
@@ -166,10 +169,25 @@ class Trainer:
             batch.unlabeled = Side(
                 data.modality.views("unlabeled", unlabeled, views.unlabeled, self.augment_generator),
                 labels=data.unlabeled_labels[unlabeled], indices=unlabeled)
+        batch.probe = data.modality.probe("train", labeled, batch.labeled.labels,
+                                          views.labeled + views.unlabeled, self.augment_generator)
         return batch
+
+    @torch.no_grad()
+    def learn_from_probe(self, probe: Probe) -> dict[str, Tensor]:
+        """The augmentation learns from the class probabilities of the network it names (the EMA
+        or the raw network, as it is before this step's update), in eval mode."""
+        network = self.ema_network if probe.network == "ema" else self.network
+        was_training = network.training
+        network.eval()
+        with self.autocast():
+            logits = network(probe.inputs).logits.float()
+        network.train(was_training)
+        return self.data.modality.learn(probe, torch.softmax(logits, dim=-1))
 
     def train_step(self) -> dict[str, Tensor]:
         batch = self.next_batch()
+        probe_stats = {} if batch.probe is None else self.learn_from_probe(batch.probe)
         ctx = StepContext(network=self.forward_network, step=self.step,
                           generator=self.step_generator,
                           teacher=self.ema_network if self.algorithm.needs_teacher else None,
@@ -182,7 +200,7 @@ class Trainer:
         self.optimizer.step()
         update_ema(self.ema_network, self.network, self.config.ema_decay)
         self.step += 1
-        stats = dict(output.stats)
+        stats = {**output.stats, **probe_stats}
         stats["loss"] = output.loss.detach()
         return stats
 
@@ -219,6 +237,7 @@ class Trainer:
             "augment_generator": self.augment_generator.get_state(),
             "step_generator": self.step_generator.get_state(),
             "host_generator": self.host_generator.get_state(),
+            "augmentation": self.data.modality.state_dict(),   # CTAugment's bin rates
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "curve": self.curve, "stat_sums": self.stat_sums, "stat_counts": self.stat_counts,
@@ -240,6 +259,8 @@ class Trainer:
         self.augment_generator.set_state(state["augment_generator"])
         self.step_generator.set_state(state["step_generator"])
         self.host_generator.set_state(state["host_generator"])
+        # Checkpoints from before learning augmentations have no entry: RandAugment has no state.
+        self.data.modality.load_state_dict(state.get("augmentation", {}))
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

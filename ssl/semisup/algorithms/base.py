@@ -18,6 +18,12 @@ on the training device that checkpoints carry: VAT's noise, a permutation) or, f
 on the host without reading the device (MixUp's lambda), ctx.host_generator (on the CPU, seeded
 and checkpointed too), and may call torch.autograd.grad; it never touches the optimizer.
 
+Where the strong augmentation learns from probes (CTAugment) and the step declares a strong view,
+`batch.probe` holds that step's probe of the labeled samples (semisup.data.modality.Probe): the
+trainer scores it with the network the augmentation names and updates the augmentation before the
+step; an algorithm that wants the probe images (a loss on them, its own statistics) reads them
+there. Otherwise `batch.probe` is None.
+
 For the catalog (semisup.catalog reads these without importing torch, so each must be a literal
 in the class body of a registered algorithm): `name`, `display_name`, `reference` (the codebase
 it follows), `figures` (the report figures that show it), `hyperparameters` (a YAML mapping of
@@ -36,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.inputs import Inputs, batch_size, cat_inputs
-from ..data.modality import DataFacts
+from ..data.modality import DataFacts, Probe
 from ..models.network import NetOutput
 from .components import Stateful
 
@@ -65,6 +71,7 @@ class Side:
 class StepBatch:
     labeled: Side
     unlabeled: Side | None = None   # None in a step that draws no unlabeled batch
+    probe: Probe | None = None      # CTAugment's probe of the labeled samples, where there is one
 
 
 @dataclass

@@ -118,13 +118,19 @@ def _sharpness(images: Tensor, factors: Tensor) -> Tensor:
     """ImageEnhance.Sharpness: blend with PIL's SMOOTH filter, kernel [[1,1,1],[1,5,1],[1,1,1]] / 13
     rounded to nearest, border pixels kept. The sums are integers, exact in float32, and
     sum / 13 is never within 1/26 of a rounding boundary, so the rounding is exact too."""
+    return _blend(_smooth_filter(images), images, factors)
+
+
+def _smooth_filter(images: Tensor) -> Tensor:
+    """PIL's ImageFilter.SMOOTH as float32 pixels: [[1,1,1],[1,5,1],[1,1,1]] / 13, rounded to
+    nearest, the one-pixel border kept."""
     pixels = images.float()
     row_sums = pixels[..., :, :-2] + pixels[..., :, 1:-1] + pixels[..., :, 2:]
     box_sums = row_sums[..., :-2, :] + row_sums[..., 1:-1, :] + row_sums[..., 2:, :]
     weighted_sums = box_sums + 4 * pixels[..., 1:-1, 1:-1]
     smooth = pixels.clone()
     smooth[..., 1:-1, 1:-1] = (weighted_sums / 13 + 0.5).floor()
-    return _blend(smooth, images, factors)
+    return smooth
 
 
 def _posterize(images: Tensor, bits: Tensor) -> Tensor:
@@ -167,13 +173,13 @@ def _equalize(images: Tensor, values: Tensor) -> Tensor:
     return _apply_lookup_tables(images, lut.view(n, channels, 256))
 
 
-def _rotate(images: Tensor, degrees: Tensor) -> Tensor:
+def _rotate(images: Tensor, degrees: Tensor, fill: int = GEOMETRIC_FILL) -> Tensor:
     """Image.rotate(degrees): counter-clockwise about the centre."""
     radians = torch.deg2rad(degrees.double())
     cos, sin = radians.cos(), radians.sin()
     centre_x, centre_y = images.shape[3] / 2, images.shape[2] / 2
     return _affine(images, (cos, -sin, centre_x - cos * centre_x + sin * centre_y,
-                            sin, cos, centre_y - sin * centre_x - cos * centre_y))
+                            sin, cos, centre_y - sin * centre_x - cos * centre_y), fill)
 
 
 def _shear_x(images: Tensor, shears: Tensor) -> Tensor:
@@ -318,8 +324,8 @@ def _grayscale(images: Tensor) -> Tensor:
     return ((19595 * red + 38470 * green + 7471 * blue + 32768) >> 16).unsqueeze(1)
 
 
-def _affine(images: Tensor, coefficients: tuple) -> Tensor:
-    """PIL's Image.transform(size, AFFINE, (a, b, c, d, e, f), NEAREST, fillcolor=GEOMETRIC_FILL)
+def _affine(images: Tensor, coefficients: tuple, fill: int = GEOMETRIC_FILL) -> Tensor:
+    """PIL's Image.transform(size, AFFINE, (a, b, c, d, e, f), NEAREST, fillcolor=fill)
     per sample: output pixel (x, y) copies the input pixel containing the point
     (a X + b Y + c, d X + e Y + f) at its centre X = x + 0.5, Y = y + 0.5, or gets the fill when
     that point lies outside. Each coefficient is a number or a per-sample tensor (n,)."""
@@ -333,19 +339,19 @@ def _affine(images: Tensor, coefficients: tuple) -> Tensor:
     inside = ((source_columns >= 0) & (source_columns < width)
               & (source_rows >= 0) & (source_rows < height))
     return _gather_pixels(images, source_rows.clamp(0, height - 1),
-                          source_columns.clamp(0, width - 1), fill_where=~inside)
+                          source_columns.clamp(0, width - 1), fill_where=~inside, fill=fill)
 
 
 def _gather_pixels(images: Tensor, rows: Tensor, columns: Tensor,
-                   fill_where: Tensor | None = None) -> Tensor:
-    """out[k, :, y, x] = images[k, :, rows[k, y, x], columns[k, y, x]], or GEOMETRIC_FILL where
+                   fill_where: Tensor | None = None, fill: int = GEOMETRIC_FILL) -> Tensor:
+    """out[k, :, y, x] = images[k, :, rows[k, y, x], columns[k, y, x]], or `fill` where
     fill_where[k, y, x] (indices broadcast to (n, H, W)). The fill is an extra pixel appended to
     every image, so one gather does both."""
     n, channels, height, width = images.shape
     flat_images = images.reshape(n, channels, height * width)
     flat_index = (rows * width + columns).expand(n, height, width).reshape(n, 1, height * width)
     if fill_where is not None:
-        fill_pixel = flat_images.new_full((n, channels, 1), GEOMETRIC_FILL)
+        fill_pixel = flat_images.new_full((n, channels, 1), fill)
         flat_images = torch.cat([flat_images, fill_pixel], 2)
         flat_index = flat_index.masked_fill(fill_where.reshape(n, 1, -1), height * width)
     return flat_images.gather(2, flat_index.expand(n, channels, -1)).view(images.shape)

@@ -2,7 +2,10 @@
 whole batch at a time there (semisup.data.augment) and normalised per channel.
 
 View kinds: "weak" (random crop after reflect padding, horizontal flip where the dataset allows)
-and "strong" (weak, then RandAugment and Cutout, in the chosen variant).
+and "strong" (weak, then RandAugment and Cutout in the chosen variant, or CTAugment and its
+cutout: `strong` = "ctaugment"). With CTAugment, a step whose views include "strong" also gets a
+probe of its labeled samples (weak, then CTAugment's probe policy), whose predictions update the
+bin rates (semisup.data.ctaugment).
 """
 from __future__ import annotations
 
@@ -14,18 +17,20 @@ from torch import Tensor
 
 from ..catalog import ImageInputs
 from .augment import strong_augment, weak_augment
-from .modality import POOLS, Modality, TrainData
+from .ctaugment import CTAugment, CTAugmentSettings
+from .modality import POOLS, Modality, Probe, TrainData
 from .registry import ImageData
 
 
 @dataclass(frozen=True)
 class ImageAugment:
     """How an image dataset is augmented (params.yaml: train.horizontal_flip, pad_fraction,
-    strong_augment)."""
+    strong_augment, ctaugment)."""
 
     horizontal_flip: bool
     pad_fraction: float
-    strong: str                 # RandAugment variant: fixmatch | usb
+    strong: str                      # RandAugment variant fixmatch | usb, or ctaugment
+    ctaugment: CTAugmentSettings     # used where strong is ctaugment
 
 
 class Normalizer:
@@ -52,6 +57,8 @@ class ImageModality(Modality):
             raise ValueError(f"the image data layer needs the pools {', '.join(missing)}")
         self.pools, self.augment = pools, augment
         self.normalize = Normalizer(inputs.mean, inputs.std, pools["train"].device, channels_last)
+        self.ctaugment = (CTAugment(augment.ctaugment, pools["train"].device)
+                          if augment.strong == "ctaugment" else None)
 
     @classmethod
     def from_images(cls, train: Tensor, test: Tensor, extra_unlabeled: Tensor | None,
@@ -76,11 +83,45 @@ class ImageModality(Modality):
         return [self.normalize(self.augmented(images, kind, generator)) for kind in kinds]
 
     def augmented(self, images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
-        augment = self.augment
-        crop_and_flip = {"flip": augment.horizontal_flip, "pad_fraction": augment.pad_fraction}
         if kind == "weak":
-            return weak_augment(images, generator, **crop_and_flip)
-        return strong_augment(images, generator, variant=augment.strong, **crop_and_flip)
+            return self.weak(images, generator)
+        if self.ctaugment is not None:
+            return self.ctaugment.augment(self.weak(images, generator), generator)
+        augment = self.augment
+        return strong_augment(images, generator, variant=augment.strong,
+                              flip=augment.horizontal_flip, pad_fraction=augment.pad_fraction)
+
+    def weak(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        return weak_augment(images, generator, flip=self.augment.horizontal_flip,
+                            pad_fraction=self.augment.pad_fraction)
+
+    # ---- CTAugment's probes and state ---------------------------------------------------------
+    def probe(self, pool: str, indices: Tensor, labels: Tensor, kinds: Sequence[str],
+              generator: torch.Generator) -> Probe | None:
+        if self.ctaugment is None or "strong" not in kinds:
+            return None
+        images, policy = self.ctaugment.probe(self.weak(self.pools[pool][indices], generator),
+                                              generator)
+        return Probe(self.normalize(images), labels, policy, self.augment.ctaugment.probe_network)
+
+    def learn(self, probe: Probe, probabilities: Tensor) -> dict[str, Tensor]:
+        proximity = self.ctaugment.update(probe.policy, probabilities, probe.labels)
+        return {"ctaugment_probe_proximity": proximity.mean().float()}
+
+    def state_dict(self) -> dict:
+        return {} if self.ctaugment is None else {"ctaugment": self.ctaugment.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (self.ctaugment is not None) != ("ctaugment" in state):
+            raise KeyError("the checkpoint has no CTAugment bin rates" if self.ctaugment else
+                           "the checkpoint has CTAugment bin rates but this run's strong "
+                           "augmentation is not ctaugment")
+        if self.ctaugment is not None:
+            self.ctaugment.load_state_dict(state["ctaugment"])
+
+    def reset_state(self) -> None:
+        if self.ctaugment is not None:
+            self.ctaugment.reset()
 
     def batches(self, pool: str, batch_size: int) -> Iterator[Tensor]:
         images = self.pools[pool]

@@ -6,6 +6,11 @@ never names an image, a token or a waveform.
 Inputs come in three pools: "train" (the training set: the labeled samples are drawn from it by
 their indices), "unlabeled" (the unlabeled set: the training set plus extra unlabeled samples,
 where a dataset has them) and "test".
+
+An augmentation may learn during training (CTAugment): then the modality makes a probe of the
+labeled batch each step (`probe`), the trainer scores it with a network and hands the
+predictions back (`learn`), and the modality's `state_dict` (what it has learned) goes into
+checkpoints. A modality without one returns no probe and has no state.
 """
 from __future__ import annotations
 
@@ -40,11 +45,44 @@ class Modality:
         """The pool's inputs in order, without augmentation, `batch_size` at a time."""
         raise NotImplementedError
 
+    def probe(self, pool: str, indices: Tensor, labels: Tensor, kinds: Sequence[str],
+              generator: torch.Generator) -> Probe | None:
+        """A probe of the samples at `indices` of `pool` when one of the view kinds `kinds` uses
+        an augmentation that learns from probes; None otherwise (and nothing is drawn)."""
+        return None
+
+    def learn(self, probe: Probe, probabilities: Tensor) -> dict[str, Tensor]:
+        """Update the augmentation from the network's class probabilities on `probe`; returns
+        per-step statistics (0-dim tensors)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """What the augmentation has learned (checkpoints carry it); {} when nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def reset_state(self) -> None:
+        """Forget what the augmentation has learned (a new run starts)."""
+
     def check_kinds(self, kinds: Sequence[str]) -> None:
         unknown = [kind for kind in kinds if kind not in self.view_kinds]
         if unknown:
             raise ValueError(f"the {self.name} data layer makes the views "
                              f"{', '.join(self.view_kinds)}, not {', '.join(unknown)}")
+
+
+@dataclass
+class Probe:
+    """Labeled samples augmented to score an augmentation that learns (CTAugment's probe):
+    `inputs` and their `labels`, the modality's record of what each input went through
+    (`policy`), and the network that scores them, in eval mode: "ema" or "raw"."""
+
+    inputs: Inputs
+    labels: Tensor
+    policy: object
+    network: str
 
 
 @dataclass(frozen=True)
