@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from semisup.catalog import DATASETS, algorithm_cards
+from semisup.catalog import AUDIO_MODELS, DATASETS, algorithm_cards
 
 from .errors import ConfigError
 
@@ -186,10 +186,26 @@ def study_problems(config: dict, source: str) -> list[str]:
     if missing:
         problems.append(f"{source}: {' and '.join(missing)} is missing: every option of the "
                         f"study's dataset and model must be given (params.yaml lists them all).")
-    elif study["dataset"] == "image_folder" and config["datasets"]["image_folder"]["path"] is None:
-        problems.append(f"{source}: study.dataset is image_folder but datasets.image_folder.path "
-                        f"is null; set it to a folder with one sub-folder of images per class.")
-    return problems
+    elif study["dataset"] in ("image_folder", "audio_folder") and \
+            config["datasets"][study["dataset"]]["path"] is None:
+        kind = "images" if study["dataset"] == "image_folder" else "WAV files"
+        problems.append(f"{source}: study.dataset is {study['dataset']} but datasets."
+                        f"{study['dataset']}.path is null; set it to a folder with one sub-folder "
+                        f"of {kind} per class.")
+    return problems + modality_problems(study, source)
+
+
+def modality_problems(study: dict, source: str) -> list[str]:
+    """An audio dataset needs a network that takes waveforms, an image dataset one that does not."""
+    audio = DATASETS[study["dataset"]].inputs.modality == "audio"
+    if audio == (study["model"] in AUDIO_MODELS):
+        return []
+    if audio:
+        return [f"{source}: study.dataset {study['dataset']} is audio but study.model "
+                f"{study['model']} does not take waveforms; set study.model to one of "
+                f"{', '.join(AUDIO_MODELS)}."]
+    return [f"{source}: study.model {study['model']} takes waveforms but study.dataset "
+            f"{study['dataset']} is not audio; choose a network for its inputs."]
 
 
 def steps_problems(train: dict, source: str) -> list[str]:

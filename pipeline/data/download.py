@@ -15,9 +15,13 @@ from ..files import read_json, write_json
 
 def manifest_for(dataset: str, root: Path, files: list[Path], options: dict) -> dict:
     data = get_dataset(dataset).load(root, **options)
-    shapes = {"train_images": list(data.train_images.shape), "test_images": list(data.test_images.shape)}
-    if data.extra_unlabeled_images is not None:
-        shapes["extra_unlabeled_images"] = list(data.extra_unlabeled_images.shape)
+    if hasattr(data, "shapes"):   # audio: waveforms
+        shapes = data.shapes()
+    else:
+        shapes = {"train_images": list(data.train_images.shape),
+                  "test_images": list(data.test_images.shape)}
+        if data.extra_unlabeled_images is not None:
+            shapes["extra_unlabeled_images"] = list(data.extra_unlabeled_images.shape)
     checksums = {str(path.relative_to(root)): sha256_file(path) for path in sorted(files)}
     return {"dataset": dataset, "options": options, "num_classes": data.num_classes,
             "class_names": data.class_names, "shapes": shapes, "files": checksums,
@@ -27,6 +31,13 @@ def manifest_for(dataset: str, root: Path, files: list[Path], options: dict) -> 
 MANIFEST_KEYS = ("dataset", "options", "num_classes", "shapes", "files", "digest")
 
 
+def train_shape(shapes) -> list | None:
+    """The training set's shape in a manifest: its images', or its waveforms' (audio)."""
+    if not isinstance(shapes, dict):
+        return None
+    return shapes.get("train_images", shapes.get("train_waveforms"))
+
+
 def read_manifest(path: Path) -> dict:
     """A dataset manifest, checked whole: every key this module writes, train images' shape, and
     the digest of its file checksums (a hand edit or another tool's file is named, not half-read)."""
@@ -34,9 +45,9 @@ def read_manifest(path: Path) -> dict:
     problems = [f"it lacks {key!r}" for key in MANIFEST_KEYS
                 if not isinstance(manifest, dict) or key not in manifest]
     if not problems:
-        shape = manifest["shapes"].get("train_images") if isinstance(manifest["shapes"], dict) else None
+        shape = train_shape(manifest["shapes"])
         if not (isinstance(shape, list) and shape and isinstance(shape[0], int)):
-            problems.append("shapes.train_images is not a list of sizes")
+            problems.append("shapes.train_images (or train_waveforms) is not a list of sizes")
         elif not isinstance(manifest["files"], dict) or manifest["digest"] != hashlib.sha256(
                 json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest():
             problems.append("its digest does not match its file checksums")

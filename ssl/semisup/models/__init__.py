@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import cnn, vit, wrn
+from . import cnn, speech, vit, wrn
 from .network import NetOutput, Network
 
-MODELS: dict[str, Callable[..., Network]] = {**cnn.MODELS, **wrn.MODELS, **vit.MODELS}
+MODELS: dict[str, Callable[..., Network]] = {**cnn.MODELS, **wrn.MODELS, **vit.MODELS,
+                                             **speech.MODELS}
 
 
 def build_network(name: str, num_classes: int, inputs, **options) -> Network:
