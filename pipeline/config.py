@@ -196,7 +196,8 @@ class Study:
         """A new RunConfig: the study's settings of this run (the algorithm's overrides of
         `train` applied, the dataset's flip filled in) and their hash."""
         train = resolved_train({**self.config["train"],
-                                **self.config["algorithm_overrides"].get(algorithm, {})}, dataset)
+                                **self.config["algorithm_overrides"].get(algorithm, {})}, dataset,
+                               self.config.get("audio"))
         model = self.config["study"]["model"]
         run = copy.deepcopy({   # the order of RunConfig's fields
             "study": self.name, "dataset": dataset,
@@ -213,12 +214,16 @@ class Study:
         return {key: self.config["train"][key] for key in EXECUTION_KEYS}
 
 
-def resolved_train(train: dict, dataset: str) -> dict:
+def resolved_train(train: dict, dataset: str, audio: dict | None = None) -> dict:
     """A run's training settings: the execution settings left out, the dataset's own flip
-    (semisup.catalog) filled in unless the config sets one."""
+    (semisup.catalog) filled in unless the config sets one; for an audio dataset, the audio
+    data layer's settings (params.yaml: audio) as `audio` instead of a flip."""
     resolved = {key: value for key, value in train.items() if key not in EXECUTION_KEYS}
-    if DATASETS[dataset].inputs.modality == "image":   # (text has no flips)
-        resolved.setdefault("horizontal_flip", DATASETS[dataset].inputs.horizontal_flip)
+    inputs = DATASETS[dataset].inputs
+    if inputs.modality == "audio":
+        resolved.setdefault("audio", copy.deepcopy(audio or {}))
+    elif inputs.modality == "image":   # (text has no flips)
+        resolved.setdefault("horizontal_flip", inputs.horizontal_flip)
     return resolved
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from semisup.data import DatasetError, get_dataset
 from semisup.data import eurosat, semi_aves, tissuemnist
+from semisup.data.ctaugment import CTAugmentSettings
 from semisup.data.image import ImageAugment, image_train_data
 from semisup.data.splits import make_split, release_split
 from semisup.errors import SplitError
@@ -259,7 +260,8 @@ def test_semi_aves_keeps_the_release_labeled_and_unlabeled_sets_apart(tmp_path, 
     expected = usb_resized((staging / "u_train_in/3.jpg").read_bytes(), (16, 16))
     assert np.array_equal(data.extra_unlabeled_images[3].permute(1, 2, 0).numpy(), expected)
     # The data layer's unlabeled pool is u_train_in alone (USB never adds the labeled images).
-    augment = ImageAugment(horizontal_flip=True, pad_fraction=0.125, strong="fixmatch")
+    augment = ImageAugment(horizontal_flip=True, pad_fraction=0.125, strong="fixmatch",
+                           ctaugment=CTAugmentSettings(**default_params()["train"]["ctaugment"]))
     train_data = image_train_data(data, torch.arange(12), spec.inputs, augment, False, "cpu")
     assert train_data.modality.size("unlabeled") == 5 and train_data.modality.size("train") == 12
     assert train_data.unlabeled_labels.tolist() == [-1] * 5

@@ -15,13 +15,13 @@ from ..files import read_json, write_json
 
 def manifest_for(dataset: str, root: Path, files: list[Path], options: dict) -> dict:
     data = get_dataset(dataset).load(root, **options)
-    if hasattr(data, "manifest_shapes"):   # text: counts of texts
-        shapes = data.manifest_shapes()
+    if hasattr(data, "shapes"):   # audio: waveforms; text: texts
+        shapes = data.shapes()
     else:
         shapes = {"train_images": list(data.train_images.shape),
                   "test_images": list(data.test_images.shape)}
-    if getattr(data, "extra_unlabeled_images", None) is not None:
-        shapes["extra_unlabeled_images"] = list(data.extra_unlabeled_images.shape)
+        if data.extra_unlabeled_images is not None:
+            shapes["extra_unlabeled_images"] = list(data.extra_unlabeled_images.shape)
     checksums = {str(path.relative_to(root)): sha256_file(path) for path in sorted(files)}
     return {"dataset": dataset, "options": options, "num_classes": data.num_classes,
             "class_names": data.class_names, "shapes": shapes, "files": checksums,
@@ -31,9 +31,11 @@ def manifest_for(dataset: str, root: Path, files: list[Path], options: dict) -> 
 MANIFEST_KEYS = ("dataset", "options", "num_classes", "shapes", "files", "digest")
 
 
-def train_size(shapes: dict) -> list | None:
-    """The shape of the training set in a manifest's shapes: images (N, C, H, W) or texts (N, 3)."""
-    return shapes.get("train_images", shapes.get("train_texts"))
+def train_shape(shapes) -> list | None:
+    """The training set's shape in a manifest: its images', its waveforms' (audio) or its texts'."""
+    if not isinstance(shapes, dict):
+        return None
+    return shapes.get("train_images", shapes.get("train_waveforms", shapes.get("train_texts")))
 
 
 def read_manifest(path: Path) -> dict:
@@ -43,9 +45,9 @@ def read_manifest(path: Path) -> dict:
     problems = [f"it lacks {key!r}" for key in MANIFEST_KEYS
                 if not isinstance(manifest, dict) or key not in manifest]
     if not problems:
-        shape = train_size(manifest["shapes"]) if isinstance(manifest["shapes"], dict) else None
+        shape = train_shape(manifest["shapes"])
         if not (isinstance(shape, list) and shape and isinstance(shape[0], int)):
-            problems.append("shapes.train_images (or train_texts) is not a list of sizes")
+            problems.append("shapes.train_images (or train_waveforms, train_texts) is not a list of sizes")
         elif not isinstance(manifest["files"], dict) or manifest["digest"] != hashlib.sha256(
                 json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest():
             problems.append("its digest does not match its file checksums")

@@ -12,7 +12,7 @@ from semisup.data.splits import make_split, release_split
 
 from ..errors import argument_parser, cli
 from ..files import write_json
-from .download import read_manifest, verify_files
+from .download import read_manifest, train_shape, verify_files
 
 
 @cli
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset, release = manifest["dataset"], DATASETS[manifest["dataset"]].release_labels
     if release is not None:   # the labeled set is the release's training set: nothing to draw
         option = f"datasets.{dataset}.{release.option}={manifest['options'][release.option]}"
-        split = release_split(manifest["shapes"]["train_images"][0], args.n_labels, args.seed,
+        split = release_split(train_shape(manifest["shapes"])[0], args.n_labels, args.seed,
                               dataset, option)
     else:
         data = get_dataset(dataset).load(root, **manifest["options"])

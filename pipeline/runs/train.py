@@ -128,7 +128,11 @@ def load_train_data(run: RunConfig, manifest_path: Path, split_path: Path, devic
     spec = get_dataset(run.dataset)
     data = spec.load(manifest_path.parent, **manifest["options"])
     indices = torch.tensor(verify_split(split, str(split_path), num_train=len(data.train_labels)))
-    if spec.inputs.modality == "text":
+    if spec.inputs.modality == "audio":
+        from semisup.data.audio import audio_train_data
+
+        train_data = audio_train_data(data, indices, audio_augment(run.train), device)
+    elif spec.inputs.modality == "text":
         train_data = text_train_data_of(run, data, indices, device, manifest_path.parent,
                                         manifest["digest"])
     else:
@@ -174,6 +178,18 @@ def image_augment(train: dict):
     settings = {field: train[key] for key, field in AUGMENT_KEYS.items()}
     settings["ctaugment"] = CTAugmentSettings(**settings["ctaugment"])
     return ImageAugment(**settings)
+
+
+def audio_augment(train: dict):
+    """The audio data layer's settings from a run's resolved `train` (its `audio`)."""
+    from semisup.data.audio import AudioAugment
+    from semisup.data.wave_augment import StrongAudio
+
+    audio = train["audio"]
+    strong = {key: tuple(value) if isinstance(value, list) else value
+              for key, value in audio["strong"].items()}
+    return AudioAugment(**{key: value for key, value in audio.items() if key != "strong"},
+                        strong=StrongAudio(**strong))
 
 
 # The run config's `train` keys, by the library part that takes them.

@@ -30,7 +30,7 @@ def check_existing_inputs(study: Study) -> None:
                                             study.config["study"]["seeds"])]
     if not manifest_path.exists():
         return   # the download rule makes it, and the splits follow from it
-    from ..data.download import read_manifest, train_size   # (imports torch: only with data)
+    from ..data.download import read_manifest, train_shape   # (imports torch: only with data)
 
     manifest = read_manifest(manifest_path)
     existing = [path for path in splits if path.exists()]
@@ -38,7 +38,7 @@ def check_existing_inputs(study: Study) -> None:
         return
     from semisup.data.splits import verify_split
 
-    num_train = train_size(manifest["shapes"])[0]
+    num_train = train_shape(manifest["shapes"])[0]
     for path in existing:
         verify_split(read_json(path, "split file"), str(path), num_train)
         if read_json(path, "split file").get("dataset_digest") != manifest["digest"]:

@@ -110,6 +110,15 @@ class ImageInputs:
 
 
 @dataclass(frozen=True)
+class AudioInputs:
+    """What an audio dataset tells its networks and data layer: mono waveforms (their sample
+    rate is a dataset option, the clips' length a setting of the audio data layer)."""
+
+    channels: int = 1
+    modality: ClassVar[str] = "audio"
+
+
+@dataclass(frozen=True)
 class TextInputs:
     """A text dataset in USB's release format (semisup.data.usb_text): each training sample is
     its original text and two back-translations; tokenised for the network it trains."""
@@ -132,9 +141,13 @@ class ReleaseLabels:
 @dataclass(frozen=True)
 class DatasetFacts:
     num_classes: int | None        # None: known once the data is read (image_folder)
-    inputs: ImageInputs | TextInputs
+    inputs: ImageInputs | AudioInputs | TextInputs
     release_labels: ReleaseLabels | None = None   # None: the split draws n_labels per class
 
+
+# The networks that take waveforms (semisup.models.speech); an audio dataset needs one of them.
+AUDIO_MODELS = ("hubert_base", "wav2vec2_base")
+TEXT_MODELS = ("bert_base_uncased",)   # the networks that read token ids (their own tokenizer)
 
 DIGITS_MEAN, DIGITS_STD = (0.3050,), (0.3760,)   # over all 1,797 images
 DATASETS: dict[str, DatasetFacts] = {
@@ -163,6 +176,15 @@ DATASETS: dict[str, DatasetFacts] = {
     # ImageNet's statistics, for natural images; the classes are the folder's sub-folders.
     "image_folder": DatasetFacts(None, ImageInputs(3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                                                    True)),
+    # Audio: a user's folder of WAV files per class (the smoke study's test-made tones).
+    "audio_folder": DatasetFacts(None, AudioInputs()),
+    # USB's audio tasks (semisup.data.usb_audio): 16 kHz clips from USB's pickles. FSDnoisy18k's
+    # labeled set is its release's train.pkl (1,773 clips), its unlabeled set ulb_train.pkl.
+    "esc50": DatasetFacts(50, AudioInputs()),
+    "fsdnoisy": DatasetFacts(20, AudioInputs(), ReleaseLabels("labeled_file", (("train.pkl", 1773),))),
+    "gtzan": DatasetFacts(10, AudioInputs()),
+    "urbansound8k": DatasetFacts(10, AudioInputs()),
+    "superbks": DatasetFacts(10, AudioInputs()),
     # USB's NLP tasks (semilearn 0.3.2, config/usb_nlp): the classes of its json releases.
     "imdb": DatasetFacts(2, TextInputs()),
     "ag_news": DatasetFacts(4, TextInputs()),

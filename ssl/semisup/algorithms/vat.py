@@ -18,8 +18,15 @@ itself). `float32` reproduces it; `float64` runs the power iteration (the clean 
 pass and the gradient) in double precision with autocast off, where xi d is resolved: the
 paper's method (there the same move leaves the direction unchanged, and it agrees with float32's
 at a resolvable xi = 0.1 to a cosine of 0.99). A larger xi in float32 is another way.
+
+Waveforms (the audio modality's WaveBatch): the padded, normalised waveform is perturbed (its
+L2 norm per sample over the whole padded width) and the mask kept, as semilearn perturbs its
+audio networks' input values (USB's audio configs leave vat_embed false).
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +36,7 @@ from . import register
 from .base import (Algorithm, StepBatch, StepContext, StepOutput, Views, frozen_batchnorm_statistics,
                    scalar, supervised_loss)
 from .masking import linear_rampup
+from ..data.inputs import WaveBatch
 
 PRECISIONS = ("float32", "float64")
 
@@ -60,11 +68,23 @@ def in_double_precision(network: nn.Module):
     tensors = {name: value.detach().double() if value.is_floating_point() else value
                for name, value in {**dict(module.named_parameters()),
                                    **dict(module.named_buffers())}.items()}
+    device_type = next(iter(tensors.values())).device.type
 
-    def forward(inputs: Tensor):
-        with torch.autocast(inputs.device.type, enabled=False):
+    def forward(inputs):
+        with torch.autocast(device_type, enabled=False):
             return functional_call(module, tensors, (inputs,))
     return forward
+
+
+def perturbed_values(inputs) -> tuple[Tensor, Callable]:
+    """The tensor VAT perturbs and how to make the network's input from it: an image batch
+    itself; a WaveBatch's waveforms, its mask kept."""
+    if isinstance(inputs, Tensor):
+        return inputs, lambda values: values
+    if isinstance(inputs, WaveBatch):
+        return inputs.waveform, lambda values: replace(inputs, waveform=values)
+    raise TypeError(f"vat perturbs image tensors and waveforms, not {type(inputs).__name__} "
+                    f"(semilearn's perturbation of text embeddings is not implemented)")
 
 
 @register
@@ -104,30 +124,31 @@ class VAT(Algorithm):
         self.rampup_fraction = rampup_fraction
 
     def adversarial_direction(self, network: nn.Module, x: Tensor, logits: Tensor,
-                              generator: torch.Generator) -> Tensor:
+                              generator: torch.Generator,
+                              as_input: Callable = lambda values: values) -> Tensor:
         """One power iteration: the unit direction (per sample) in which p(x + r) moves fastest
-        away from p(x), from the gradient at a random probe r = xi d."""
+        away from p(x), from the gradient at a random probe r = xi d (as_input(x + r): what the
+        network takes)."""
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         forward = network
         if self.precision == "float64":   # the target p(x) too, so that the gradient at r = 0 is 0
             forward, x = in_double_precision(network), x.double()
             with torch.no_grad():
-                logits = forward(x).logits
+                logits = forward(as_input(x)).logits
         probe = (self.xi * l2_normalize(noise.to(x.dtype))).requires_grad_()
-        divergence = kl_with_logits(logits.detach(), forward(x + probe).logits)
+        divergence = kl_with_logits(logits.detach(), forward(as_input(x + probe)).logits)
         (gradient,) = torch.autograd.grad(divergence, probe)
         return l2_normalize(gradient).to(noise.dtype)
 
     def training_step(self, ctx: StepContext, batch: StepBatch) -> StepOutput:
         (x_lb,), (x_ulb,) = batch.labeled.views, batch.unlabeled.views
-        if not isinstance(x_ulb, Tensor):
-            raise TypeError(f"vat perturbs image tensors, not {type(x_ulb).__name__} (semilearn's "
-                            f"perturbation of text embeddings is not implemented)")
+        values, as_input = perturbed_values(x_ulb)
         loss_sup = supervised_loss(ctx.network(x_lb).logits, batch.labeled.labels)
         with frozen_batchnorm_statistics(ctx.network):
             logits_ulb = ctx.network(x_ulb).logits
-            direction = self.adversarial_direction(ctx.network, x_ulb, logits_ulb, ctx.generator)
-            logits_adversarial = ctx.network(x_ulb + self.eps * direction).logits
+            direction = self.adversarial_direction(ctx.network, values, logits_ulb, ctx.generator,
+                                                   as_input)
+            logits_adversarial = ctx.network(as_input(values + self.eps * direction)).logits
         loss_unsup = kl_with_logits(logits_ulb.detach(), logits_adversarial)
         loss_entropy = entropy_with_logits(logits_ulb)
         weight = self.lambda_u * linear_rampup(ctx.step, self.total_steps, self.rampup_fraction)

@@ -58,7 +58,7 @@ class TextData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def manifest_shapes(self) -> dict[str, list[int]]:
+    def shapes(self) -> dict[str, list[int]]:
         return {"train_texts": [len(self.train_texts), 3],
                 "validation_texts": [len(self.validation_texts)],
                 "test_texts": [len(self.test_texts)]}
