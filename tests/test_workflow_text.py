@@ -18,8 +18,8 @@ ALGORITHMS = ["supervised", "fixmatch", "flexmatch", "comatch"]
 @pytest.fixture(scope="module")
 def nlp_study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("nlp")
-    make_tiny_bert(workdir / "smoke" / "tiny-bert")
-    make_release(workdir / "smoke" / "ag_news")
+    make_tiny_bert(workdir / "data/usb-nlp-smoke/tiny-bert")
+    make_release(workdir / "data/usb-nlp-smoke/ag_news")
     shutil.copy(ROOT / "configs" / "usb-nlp-smoke.yaml", workdir)
     result = snakemake(workdir, "--cores", "2", "--configfile", "usb-nlp-smoke.yaml")
     assert result.returncode == 0, result.stderr[-4000:]

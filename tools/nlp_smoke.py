@@ -1,13 +1,14 @@
-"""Make what the NLP smoke study (configs/usb-nlp-smoke.yaml) reads, offline, in seconds:
+"""Make what the NLP smoke study (configs/usb-nlp-smoke.yaml) reads, offline, in seconds, in
+data/usb-nlp-smoke/:
 
-  smoke/tiny-bert/   a tiny BERT (hidden 16, 2 layers, 2 heads, random weights) and its
-                     word-piece tokenizer over a 40-word vocabulary, as save_pretrained writes
-                     them: loaded through the same path as bert-base-uncased
-  smoke/ag_news/     train.json, dev.json, test.json in USB's release format: 4 classes of short
-                     made-up news lines, each with two "back-translations" (word-order and
-                     synonym variants)
+  tiny-bert/   a tiny BERT (hidden 16, 2 layers, 2 heads, random weights) and its word-piece
+               tokenizer over a 40-word vocabulary, as save_pretrained writes them: loaded
+               through the same path as bert-base-uncased
+  ag_news/     train.json, dev.json, test.json in USB's release format: 4 classes of short
+               made-up news lines, each with two "back-translations" (word-order and synonym
+               variants)
 
-    uv run python tools/nlp_smoke.py [folder]      # default: ./smoke
+    uv run python tools/nlp_smoke.py [folder]      # default: data/usb-nlp-smoke
     uv run snakemake --cores all --configfile configs/usb-nlp-smoke.yaml
 
 The tests make the same files (tests/test_text.py, tests/test_workflow_text.py).
@@ -82,7 +83,7 @@ def make_release(folder: Path, per_class: tuple[int, int, int] = (24, 6, 10), se
 
 
 def main(argv: list[str]) -> None:
-    root = Path(argv[0] if argv else "smoke")
+    root = Path(argv[0] if argv else "data/usb-nlp-smoke")
     print(f"wrote {make_tiny_bert(root / 'tiny-bert')} and {make_release(root / 'ag_news')}")
 
 
