@@ -222,7 +222,7 @@ def resolved_train(train: dict, dataset: str, audio: dict | None = None) -> dict
     inputs = DATASETS[dataset].inputs
     if inputs.modality == "audio":
         resolved.setdefault("audio", copy.deepcopy(audio or {}))
-    else:
+    elif inputs.modality == "image":   # (text has no flips)
         resolved.setdefault("horizontal_flip", inputs.horizontal_flip)
     return resolved
 

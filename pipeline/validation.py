@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from semisup.catalog import AUDIO_MODELS, DATASETS, algorithm_cards
+from semisup.catalog import AUDIO_MODELS, DATASETS, TEXT_MODELS, algorithm_cards
 
 from .errors import ConfigError
 
@@ -147,7 +147,18 @@ def validate(config: dict, source: str = "params.yaml", command_line: dict | Non
 def semantic_problems(config: dict, source: str) -> list[str]:
     """Checks that need more than one key."""
     return [*study_problems(config, source), *steps_problems(config["train"], source),
-            *numerics_problems(config["train"], source)]
+            *numerics_problems(config["train"], source), *selection_problems(config, source)]
+
+
+def selection_problems(config: dict, source: str) -> list[str]:
+    """Only text datasets (USB's releases) have the validation split that reports.selection
+    at_best_validation reads."""
+    dataset = config["study"]["dataset"]
+    if config["reports"]["selection"] != "at_best_validation" or \
+            DATASETS[dataset].inputs.modality == "text":
+        return []
+    return [f"{source}: reports.selection is at_best_validation, but {dataset} has no validation "
+            f"split (USB's text datasets do); use best, last, median or mean."]
 
 
 def release_problems(config: dict, source: str, n_labels: int, release) -> list[str]:
@@ -196,16 +207,23 @@ def study_problems(config: dict, source: str) -> list[str]:
 
 
 def modality_problems(study: dict, source: str) -> list[str]:
-    """An audio dataset needs a network that takes waveforms, an image dataset one that does not."""
-    audio = DATASETS[study["dataset"]].inputs.modality == "audio"
-    if audio == (study["model"] in AUDIO_MODELS):
-        return []
-    if audio:
-        return [f"{source}: study.dataset {study['dataset']} is audio but study.model "
-                f"{study['model']} does not take waveforms; set study.model to one of "
-                f"{', '.join(AUDIO_MODELS)}."]
-    return [f"{source}: study.model {study['model']} takes waveforms but study.dataset "
-            f"{study['dataset']} is not audio; choose a network for its inputs."]
+    """An audio dataset needs a network that takes waveforms, a text dataset one that reads token
+    ids (with its own tokenizer), an image dataset one that does neither."""
+    modality = DATASETS[study["dataset"]].inputs.modality
+    audio = modality == "audio"
+    if audio != (study["model"] in AUDIO_MODELS):
+        if audio:
+            return [f"{source}: study.dataset {study['dataset']} is audio but study.model "
+                    f"{study['model']} does not take waveforms; set study.model to one of "
+                    f"{', '.join(AUDIO_MODELS)}."]
+        return [f"{source}: study.model {study['model']} takes waveforms but study.dataset "
+                f"{study['dataset']} is not audio; choose a network for its inputs."]
+    if (modality == "text") != (study["model"] in TEXT_MODELS):
+        kind, fit = (("a text", ", ".join(TEXT_MODELS)) if modality == "text"
+                     else (f"an {modality}", "a network for its inputs"))
+        return [f"{source}: study.dataset {study['dataset']} is {kind} dataset but study.model "
+                f"{study['model']} is not a network for it; use {fit}."]
+    return []
 
 
 def steps_problems(train: dict, source: str) -> list[str]:

@@ -15,7 +15,7 @@ from ..files import read_json, write_json
 
 def manifest_for(dataset: str, root: Path, files: list[Path], options: dict) -> dict:
     data = get_dataset(dataset).load(root, **options)
-    if hasattr(data, "shapes"):   # audio: waveforms
+    if hasattr(data, "shapes"):   # audio: waveforms; text: texts
         shapes = data.shapes()
     else:
         shapes = {"train_images": list(data.train_images.shape),
@@ -32,10 +32,10 @@ MANIFEST_KEYS = ("dataset", "options", "num_classes", "shapes", "files", "digest
 
 
 def train_shape(shapes) -> list | None:
-    """The training set's shape in a manifest: its images', or its waveforms' (audio)."""
+    """The training set's shape in a manifest: its images', its waveforms' (audio) or its texts'."""
     if not isinstance(shapes, dict):
         return None
-    return shapes.get("train_images", shapes.get("train_waveforms"))
+    return shapes.get("train_images", shapes.get("train_waveforms", shapes.get("train_texts")))
 
 
 def read_manifest(path: Path) -> dict:
@@ -47,7 +47,7 @@ def read_manifest(path: Path) -> dict:
     if not problems:
         shape = train_shape(manifest["shapes"])
         if not (isinstance(shape, list) and shape and isinstance(shape[0], int)):
-            problems.append("shapes.train_images (or train_waveforms) is not a list of sizes")
+            problems.append("shapes.train_images (or train_waveforms, train_texts) is not a list of sizes")
         elif not isinstance(manifest["files"], dict) or manifest["digest"] != hashlib.sha256(
                 json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest():
             problems.append("its digest does not match its file checksums")

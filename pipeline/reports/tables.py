@@ -26,6 +26,7 @@ SELECTION_TEXT = {
     "last": "the test error at the last evaluation",
     "median": "the median test error over the last {k} evaluations",
     "mean": "the mean test error over the last {k} evaluations",
+    "at_best_validation": "the test error at the lowest validation error (USB's NLP and audio tasks)",
 }
 ALPHA = 0.05   # a cell is significantly worse than the column's best when p < ALPHA
 TIED = "†"     # the mark of a cell the paired test cannot tell from the column's best

@@ -127,15 +127,36 @@ def load_train_data(run: RunConfig, manifest_path: Path, split_path: Path, devic
                         f"describes; delete the split and rerun snakemake to recreate it")
     spec = get_dataset(run.dataset)
     data = spec.load(manifest_path.parent, **manifest["options"])
-    indices = verify_split(split, str(split_path), num_train=len(data.train_labels))
+    indices = torch.tensor(verify_split(split, str(split_path), num_train=len(data.train_labels)))
     if spec.inputs.modality == "audio":
         from semisup.data.audio import audio_train_data
 
-        train_data = audio_train_data(data, torch.tensor(indices), audio_augment(run.train), device)
+        train_data = audio_train_data(data, indices, audio_augment(run.train), device)
+    elif spec.inputs.modality == "text":
+        train_data = text_train_data_of(run, data, indices, device, manifest_path.parent,
+                                        manifest["digest"])
     else:
-        train_data = image_train_data(data, torch.tensor(indices), spec.inputs,
-                                      image_augment(run.train), run.train["channels_last"], device)
+        train_data = image_train_data(data, indices, spec.inputs, image_augment(run.train),
+                                      run.train["channels_last"], device)
     return train_data, spec.inputs, data.num_classes, manifest, split
+
+
+def text_train_data_of(run: RunConfig, data, indices, device, raw_dir: Path, data_digest: str):
+    """A text dataset tokenised with the tokenizer of the run's network (its name_or_path: token
+    ids mean something only to the network whose vocabulary made them), once per study: kept in
+    <raw data>/tokens/, named by the tokenizer's fingerprint, max_length and the data's digest."""
+    from semisup.data.text import text_train_data, tokenizer_fingerprint
+    from semisup.models.bert import load_tokenizer
+
+    options = run.model_options
+    if "name_or_path" not in options or "max_length" not in options:
+        raise UserError(f"{run.dataset} is a text dataset, but the model {run.model} has no "
+                        f"tokenizer (name_or_path and max_length options); use a text network, "
+                        f"e.g. study.model: bert_base_uncased")
+    tokenizer = load_tokenizer(options["name_or_path"])
+    cache = raw_dir / "tokens" / (f"{tokenizer_fingerprint(tokenizer)[:16]}-"
+                                  f"{options['max_length']}-{data_digest[:16]}.pt")
+    return text_train_data(data, indices, tokenizer, options["max_length"], device, cache)
 
 
 def train_config(train: dict):

@@ -14,7 +14,9 @@ CORE_SECONDS_PER_IMAGE = 13.6 * 2 / 960
 # USB's ViTs at their image sizes (forward through the class token, timm's explicit attention).
 RELATIVE_WORK = {"wrn_28_2": 1.0, "wrn_28_8": 15.7, "wrn_37_2": 3.0, "cnn32": 0.047,
                  "small_cnn": 0.00072, "vit_tiny_patch2_32": 7.8, "vit_small_patch2_32": 28.3,
-                 "vit_small_patch16_224": 21.4, "vit_base_patch16_96": 14.9}
+                 "vit_small_patch16_224": 21.4, "vit_base_patch16_96": 14.9,
+                 # a text of 512 tokens (USB's max_length; shorter texts cost less)
+                 "bert_base_uncased": 226.0}
 MIN_SECONDS_PER_STEP = 0.01   # a step of the small CNN: Python's own overhead (100 steps/s)
 LONG_RUN_SECONDS = 3600       # warn when a run would take longer than this on this CPU
 

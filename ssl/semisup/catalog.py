@@ -119,6 +119,14 @@ class AudioInputs:
 
 
 @dataclass(frozen=True)
+class TextInputs:
+    """A text dataset in USB's release format (semisup.data.usb_text): each training sample is
+    its original text and two back-translations; tokenised for the network it trains."""
+
+    modality: ClassVar[str] = "text"
+
+
+@dataclass(frozen=True)
 class ReleaseLabels:
     """A labeled set fixed by the dataset's release (Semi-Aves), not drawn per seed: the option
     that chooses it and how many labeled images each of its values gives."""
@@ -133,12 +141,13 @@ class ReleaseLabels:
 @dataclass(frozen=True)
 class DatasetFacts:
     num_classes: int | None        # None: known once the data is read (image_folder)
-    inputs: ImageInputs | AudioInputs
+    inputs: ImageInputs | AudioInputs | TextInputs
     release_labels: ReleaseLabels | None = None   # None: the split draws n_labels per class
 
 
 # The networks that take waveforms (semisup.models.speech); an audio dataset needs one of them.
 AUDIO_MODELS = ("hubert_base", "wav2vec2_base")
+TEXT_MODELS = ("bert_base_uncased",)   # the networks that read token ids (their own tokenizer)
 
 DIGITS_MEAN, DIGITS_STD = (0.3050,), (0.3760,)   # over all 1,797 images
 DATASETS: dict[str, DatasetFacts] = {
@@ -176,4 +185,10 @@ DATASETS: dict[str, DatasetFacts] = {
     "gtzan": DatasetFacts(10, AudioInputs()),
     "urbansound8k": DatasetFacts(10, AudioInputs()),
     "superbks": DatasetFacts(10, AudioInputs()),
+    # USB's NLP tasks (semilearn 0.3.2, config/usb_nlp): the classes of its json releases.
+    "imdb": DatasetFacts(2, TextInputs()),
+    "ag_news": DatasetFacts(4, TextInputs()),
+    "amazon_review": DatasetFacts(5, TextInputs()),
+    "yahoo_answers": DatasetFacts(10, TextInputs()),
+    "yelp_review": DatasetFacts(5, TextInputs()),
 }

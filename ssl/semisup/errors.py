@@ -21,3 +21,8 @@ class CheckpointError(SemisupError):
 class PretrainedWeightsError(SemisupError):
     """Pretrained weights could not be fetched, failed their checksum or do not fit the network;
     the message names the file, its URL and where to put it."""
+
+
+class PretrainedError(SemisupError):
+    """A pretrained network or its tokenizer could not be loaded; the message says where to put
+    its files."""

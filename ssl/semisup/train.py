@@ -91,7 +91,9 @@ def evaluate(network: nn.Module, batches: Iterable[Inputs], labels: Tensor,
 
 
 def summarize(curve: list[dict[str, float]], last_k: int) -> dict[str, float]:
-    """Best, last, median and mean of the last k evaluations, for the EMA and the raw model."""
+    """Best, last, median and mean of the last k evaluations, for the EMA and the raw model; with
+    a validation set, also the test error at the evaluation of the lowest validation error (the
+    first of equals: USB's checkpoint selection, which keeps a new best only when it is higher)."""
     metrics = {}
     for model_name in ("ema", "raw"):
         errors = torch.tensor([point[f"{model_name}/error"] for point in curve], dtype=torch.float64)
@@ -100,6 +102,10 @@ def summarize(curve: list[dict[str, float]], last_k: int) -> dict[str, float]:
         metrics[f"{model_name}/last_error"] = errors[-1].item()
         metrics[f"{model_name}/median{last_k}_error"] = tail.median().item()
         metrics[f"{model_name}/mean{last_k}_error"] = tail.mean().item()
+        if f"{model_name}/validation_error" in curve[0]:
+            validation = torch.tensor([point[f"{model_name}/validation_error"] for point in curve])
+            best = int(torch.argmin(validation))   # the first of equal minima
+            metrics[f"{model_name}/at_best_validation_error"] = errors[best].item()
     return metrics
 
 
@@ -219,13 +225,18 @@ class Trainer:
         for name, network in (("ema", self.ema_network), ("raw", self.network)):
             result = self.evaluate_network(network)
             point[f"{name}/loss"], point[f"{name}/error"] = result["loss"], result["error"]
+            if self.data.validation_labels is not None:
+                result = self.evaluate_network(network, "validation")
+                point[f"{name}/validation_loss"] = result["loss"]
+                point[f"{name}/validation_error"] = result["error"]
         self.curve.append(point)
         self.algorithm.on_evaluation(self.step, point, self.network, self.evaluate_network)
         return point
 
-    def evaluate_network(self, network: nn.Module) -> dict[str, float]:
-        return evaluate(network, self.data.modality.batches("test", self.config.eval_batch_size),
-                        self.data.test_labels, self.autocast)
+    def evaluate_network(self, network: nn.Module, pool: str = "test") -> dict[str, float]:
+        labels = self.data.validation_labels if pool == "validation" else self.data.test_labels
+        return evaluate(network, self.data.modality.batches(pool, self.config.eval_batch_size),
+                        labels, self.autocast)
 
     def state_dict(self) -> dict:
         return {

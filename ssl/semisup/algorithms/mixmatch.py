@@ -21,7 +21,8 @@ from . import register
 from .base import (Algorithm, StepBatch, StepContext, StepOutput, Views, cross_entropy_per_sample,
                    frozen_batchnorm_statistics, scalar)
 from .masking import linear_rampup
-from .mixup import chunked_logits, mix, mixup_draw, one_hot, sharpen_probabilities
+from .mixup import (chunked_logits, mix, mixup_draw, one_hot, require_image_tensors,
+                    sharpen_probabilities)
 
 
 @register
@@ -48,6 +49,7 @@ class MixMatch(Algorithm):
 
     def training_step(self, ctx: StepContext, batch: StepBatch) -> StepOutput:
         (x_lb,), (x_w1, x_w2) = batch.labeled.views, batch.unlabeled.views
+        require_image_tensors("mixmatch", x_lb)
         num_labeled = len(batch.labeled.labels)
         with torch.no_grad(), frozen_batchnorm_statistics(ctx.network):
             probs_w1 = torch.softmax(ctx.network(x_w1).logits.float(), dim=-1)

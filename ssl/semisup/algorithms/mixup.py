@@ -27,6 +27,14 @@ def mixup_draw(ctx: StepContext, num_rows: int, alpha: float) -> tuple[float, Te
     return max(lam, 1.0 - lam), permutation
 
 
+def require_image_tensors(algorithm: str, inputs) -> None:
+    """MixUp of inputs needs tensors: token ids cannot be mixed (semilearn mixes text in feature
+    space, mixup_manifold, which is not implemented here)."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"{algorithm} mixes image tensors, not {type(inputs).__name__} "
+                        f"(semilearn's MixUp of text features, mixup_manifold, is not implemented)")
+
+
 @torch.no_grad()
 def mix(lam: float, permutation: Tensor, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Each row mixed with row permutation[i]: inputs and targets alike (no gradient)."""

@@ -30,7 +30,8 @@ from .base import (Algorithm, StepBatch, StepContext, StepOutput, Views, cross_e
                    frozen_batchnorm_statistics, scalar)
 from .components import DistributionAlignment
 from .masking import linear_rampup
-from .mixup import chunked_logits, mix, mixup_draw, one_hot, sharpen_probabilities
+from .mixup import (chunked_logits, mix, mixup_draw, one_hot, require_image_tensors,
+                    sharpen_probabilities)
 from .rotation import NUM_ROTATIONS, rotate_randomly
 
 
@@ -91,6 +92,7 @@ class ReMixMatch(Algorithm):
 
     def training_step(self, ctx: StepContext, batch: StepBatch) -> StepOutput:
         (x_lb,), (x_w, x_s0, x_s1) = batch.labeled.views, batch.unlabeled.views
+        require_image_tensors("remixmatch", x_lb)
         num_labeled = len(batch.labeled.labels)
         with torch.no_grad(), frozen_batchnorm_statistics(ctx.network):
             probs_w = torch.softmax(ctx.network(x_w).logits.float(), dim=-1)

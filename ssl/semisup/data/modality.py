@@ -5,7 +5,8 @@ never names an image, a token or a waveform.
 
 Inputs come in three pools: "train" (the training set: the labeled samples are drawn from it by
 their indices), "unlabeled" (the unlabeled set: the training set plus extra unlabeled samples,
-where a dataset has them) and "test".
+where a dataset has them) and "test"; a dataset with a validation split has a fourth,
+"validation".
 
 An augmentation may learn during training (CTAugment): then the modality makes a probe of the
 labeled batch each step (`probe`), the trainer scores it with a network and hands the
@@ -106,6 +107,9 @@ class TrainData:
     labeled_indices: Tensor
     test_labels: Tensor
     unlabeled_labels: Tensor
+    # The labels of the data layer's "validation" pool, where the dataset has one (USB's text
+    # and audio releases: their dev split, evaluated beside the test set).
+    validation_labels: Tensor | None = None
 
     def with_labeled_set(self, labeled_set: str) -> TrainData:
         """The data an algorithm trains on: "split", the split's labeled samples; "all", every

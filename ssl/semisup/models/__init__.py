@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import cnn, speech, vit, wrn
+from . import bert, cnn, speech, vit, wrn
 from .network import NetOutput, Network
 
 MODELS: dict[str, Callable[..., Network]] = {**cnn.MODELS, **wrn.MODELS, **vit.MODELS,
-                                             **speech.MODELS}
+                                             **speech.MODELS, **bert.MODELS}
 
 
 def build_network(name: str, num_classes: int, inputs, **options) -> Network:
