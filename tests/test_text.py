@@ -176,7 +176,12 @@ def test_joined_views_pad_with_the_pad_id(tiny_bert):
 
 
 def test_a_missing_model_names_the_folder_to_put_it_in(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    # huggingface_hub reads HF_HUB_OFFLINE when it is first imported, which an earlier test may
+    # have done: without both, the hub is tried over the network (23 s of time-outs in the suite)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(PretrainedError) as error:
         build_network("bert_base_uncased", 2, None, name_or_path="bert-base-uncased",
                       max_length=512, dropout=0.1, pooling="view_positions")
