@@ -327,20 +327,7 @@ def test_unknown_settings_are_refused_with_the_allowed_values():
         CTAugmentSettings(2, 0.8, 0.99, probe_network="ema", translate="fraction")
 
 
-# --- in the training loop: fixmatch + ctaugment on digits ---------------------------------------
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    from semisup.data import get_dataset
-
-    from pipeline.config import default_params
-
-    spec = get_dataset("digits")
-    root = tmp_path_factory.mktemp("digits")
-    options = default_params()["datasets"]["digits"]
-    spec.download(root, **options)
-    return spec, spec.load(root, **options)
-
+# --- in the training loop: fixmatch + ctaugment on digits (tests/conftest.py) -------------------
 
 def ctaugment_trainer(digits, make_algorithm=None, steps=6, **ctaugment_settings):
     from dataclasses import replace
