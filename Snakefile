@@ -4,6 +4,7 @@
 # `python -m pipeline.<stage>.<module>` (data, runs, reports).
 import itertools
 import json
+import os
 import shlex
 import sys
 from argparse import Namespace
@@ -188,6 +189,15 @@ onstart:
     hosts = "" if workflow.local_exec else "--jobs-on-other-hosts"
     experiment = shlex.quote(STUDY.name)
     shell(f"python -m pipeline.runs.tracking init --experiment {experiment} {hosts}")
+    if workflow.local_exec:
+        # warm starts: the train jobs fork from a process that imports torch and MLflow once
+        # (pipeline/runs/forkserver.py), in the background: jobs that start before it is ready
+        # run cold. It stops when this Snakemake process ends.
+        flavour = "portable" if STUDY.config["train"]["portable_numerics"] else "native"
+        owner = os.getpid()
+        shell(
+            f"python -m pipeline.runs.forkserver start --owner {owner} --flavour {flavour} --wait 0"
+        )
 
 
 # `snakemake --report reports/<study>/report.html` (after a run) bundles the outputs marked report(...)

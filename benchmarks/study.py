@@ -20,18 +20,22 @@ use --override or an absolute --configfile instead.)
 
 Then it reads what the train jobs left behind:
   logs/<study>/benchmarks/train/*.tsv  Snakemake's `benchmark:` of each job: `s` (the job's wall
-                                       seconds, shell and interpreter start included), cpu_time,
-                                       max_rss;
+                                       seconds, shell and interpreter start included);
   results/<study>/.../run.json         `wall_seconds` (from pipeline.runs.train's main(), after the
-                                       interpreter started and the pipeline modules imported) and
-                                       `steps_per_second` of the training loop;
+                                       interpreter started and the pipeline modules imported),
+                                       `steps_per_second` of the training loop, and the job
+                                       process's `cpu_seconds` and `max_rss_mb` (a warm-started
+                                       job runs in a process forked from the fork server, which
+                                       the TSV's cpu_time and max_rss do not see);
   results/<study>/.../evaluations.csv  the last evaluated step (the number of steps trained).
 and splits each job's seconds into
   start-up  = s - wall_seconds                    (job launch, shell, interpreter, the
-                                                   torch-free pipeline modules; the MLflow calls
-                                                   after run.json is written)
-  set-up    = wall_seconds - steps / steps/s      (torch and mlflow imports, data, model,
-                                                   MLflow run, outputs)
+                                                   torch-free pipeline modules, a warm start's
+                                                   fork; the MLflow calls after run.json is
+                                                   written)
+  set-up    = wall_seconds - steps / steps/s      (torch and mlflow imports unless the job
+                                                   started warm, data, model, MLflow run,
+                                                   outputs)
   training  = steps / steps/s                     (Trainer.fit: steps, evaluations, checkpoints)
 """
 from __future__ import annotations
@@ -103,6 +107,8 @@ def train_jobs(workdir: Path) -> list[dict]:
         except (OSError, ValueError):
             run = None
         steps = last_step(run_dir / "evaluations.csv")
+        if run and "cpu_seconds" in run:   # the job process's own: a warm start forks it
+            job["cpu_time"], job["max_rss"] = run["cpu_seconds"], run["max_rss_mb"]
         if run and steps and run.get("steps_per_second"):
             trained = steps - run.get("resumed_from_step", 0)
             job["train_s"] = trained / run["steps_per_second"]
@@ -203,7 +209,7 @@ def report_job_parts(split: list[dict]) -> dict:
         "training": [job["train_s"] for job in split],
     }
     total = sum(job["s"] for job in split)
-    titles = {"startup": "start-up (interpreter, imports incl. torch)",
+    titles = {"startup": "start-up (launch, interpreter, last MLflow calls)",
               "setup": "set-up (data, model, MLflow, outputs)", "training": "training (Trainer.fit)"}
     print(f"\nper train job (mean over {len(split)}; % of the job's wall seconds):")
     for part, values in parts.items():

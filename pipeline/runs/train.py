@@ -25,6 +25,7 @@ from ..errors import UserError, argument_parser, cli
 from ..files import atomic_path, read_json, writable_dir, write_json
 from ..run_config import RunConfig
 from .checkpoints import CHECKPOINT, RUN_RECORD
+from .forkserver import FLAVOUR_ENV, exit_now, run_warm
 from .tracking import RunLogger, git_commit, git_diff, tracking_uri
 
 # This module imports torch only inside functions: pin_cpu_numerics must run before the import.
@@ -40,9 +41,11 @@ def pin_cpu_numerics() -> str | None:
     moved test predictions. Pinned: ATen's AVX2 kernels, MKL's vendor-neutral COMPATIBLE branch
     (its AVX2 branch is for Intel CPUs only), oneDNN and NNPACK off (NNPACK chooses its own
     kernels by CPU; without it the convolutions are ATen's im2col and MKL's GEMM, as fast here).
-    Call before torch is imported. Returns a warning where the CPU cannot run those kernels (no
-    AVX2, not x86-64): the run goes on, but its numbers will differ from other machines'."""
-    if "torch" in sys.modules:
+    Call before torch is imported (or in a job forked from a portable fork server, which
+    imported it pinned: pipeline/runs/forkserver.py). Returns a warning where the CPU cannot
+    run those kernels (no AVX2, not x86-64): the run goes on, but its numbers will differ from
+    other machines'."""
+    if "torch" in sys.modules and os.environ.get(FLAVOUR_ENV) != "portable":
         raise UserError("train.portable_numerics pins torch's CPU kernels before torch is "
                         "imported, but this process imported torch already; run the job in a "
                         "fresh process (python -m pipeline.runs.train) or set portable_numerics "
@@ -245,6 +248,19 @@ def mlflow_params(run: RunConfig) -> dict:
     return params
 
 
+def process_usage() -> dict:
+    """This job process's CPU seconds and peak memory so far. Snakemake's `benchmark:` measures
+    the job's command, whose work a warm-started job hands to a process forked from the fork
+    server (pipeline/runs/forkserver.py), outside the command's process tree."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
+    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10   # bytes on macOS, KiB on Linux
+    return {"cpu_seconds": round(cpu, 2), "max_rss_mb": round(usage.ru_maxrss * scale, 1)}
+
+
 def where_this_runs() -> dict:
     """This attempt's machine and, under SLURM, its job: the tags and run.json keys that link an
     MLflow run to the cluster's records (a resumed attempt records its own)."""
@@ -290,8 +306,8 @@ def write_outputs(out: Path, run: RunConfig, provenance: dict, result, logger: R
                                   "wall_seconds": round(time.time() - started, 2),
                                   "steps_per_second": round(result.steps_per_second, 2),
                                   "resumed_from_step": result.resumed_from, "device": str(device),
-                                  "threads": torch.get_num_threads(), **where_this_runs(),
-                                  **provenance})
+                                  "threads": torch.get_num_threads(), **process_usage(),
+                                  **where_this_runs(), **provenance})
     for artifact in ("metrics.json", "evaluations.csv", "train_stats.csv"):
         logger.log_artifact(out / artifact)
 
@@ -367,5 +383,21 @@ def main(argv: list[str] | None = None) -> None:
                                          if k.startswith("ema/")), flush=True)
 
 
+def numerics_flavour(argv: list[str]) -> str | None:
+    """The fork server flavour this job needs (its torch imported with portable numerics or
+    not); None where the arguments or the run config are wrong (main reports them)."""
+    try:
+        run = RunConfig.read(parse_arguments(argv).run_config)
+    except (UserError, SystemExit):
+        return None
+    return "portable" if run.train.get("portable_numerics") else "native"
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # a warm start where this study's fork server runs (pipeline/runs/forkserver.py)
+    flavour = numerics_flavour(sys.argv[1:])
+    code = run_warm("pipeline.runs.train", sys.argv[1:], flavour) if flavour else None
+    if code is None:
+        main()   # (a user error exits 2 here, a bug with its traceback)
+        exit_now(0)
+    sys.exit(code)
