@@ -220,3 +220,18 @@ def test_usb_cv_study_dry_runs_offline_every_algorithm_budget_and_seed(name, tmp
     assert result.returncode == 0, result.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.MULTILINE))
     assert counts["train"] == str(budgets * 19 * 3) and counts["evaluate"] == str(budgets * 19)
+
+
+def test_digits_all_runs_every_registered_algorithm_in_the_default_studys_shape():
+    """configs/digits-all.yaml: all of the registry, otherwise the default study (budgets, seeds,
+    network, steps, portable numerics), so that its numbers sit beside the default study's."""
+    from semisup.algorithms import ALGORITHMS
+
+    study, default = study_of("digits-all"), load_study(load_params(ROOT / "params.yaml"))
+    assert study.name == "digits-all"
+    algorithms = study.config["study"]["algorithms"]
+    assert sorted(algorithms) == sorted(ALGORITHMS) and len(set(algorithms)) == len(algorithms)
+    for key in ("dataset", "n_labels", "seeds", "model"):
+        assert study.config["study"][key] == default.config["study"][key], key
+    assert study.config["train"] == default.config["train"]
+    assert set(default.config["study"]["algorithms"]) < set(algorithms)
