@@ -71,6 +71,20 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def fork_server_cpu_seconds(workdir: Path, wait: float = 10.0) -> float:
+    """The CPU time of the study's fork server, its imports and the jobs forked from it
+    (pipeline/runs/forkserver.py): not children of this process, so not in RUSAGE_CHILDREN. The
+    server writes it to logs/forkserver.log when it stops, within a second of Snakemake."""
+    log, deadline = workdir / "logs" / "forkserver.log", time.monotonic() + wait
+    pattern = re.compile(r"stopping \((\d+\.\d) s of CPU")
+    while True:
+        text = log.read_text() if log.exists() else ""
+        found = pattern.findall(text)
+        if found or not text or time.monotonic() > deadline:
+            return sum(float(value) for value in found)
+        time.sleep(0.2)
+
+
 def read_tsv(path: Path) -> dict[str, float]:
     with open(path, newline="") as handle:
         row = next(csv.DictReader(handle, delimiter="\t"))
@@ -178,8 +192,8 @@ def report(jobs: list[dict], wall: float, cores: int, cpu: float) -> dict:
                "cpu_utilisation": round(cpu / (wall * cores), 3) if wall > 0 else None,
                "train_jobs": len(jobs)}
     print(f"\nstudy wall time: {wall:.1f} s ({wall / 60:.1f} min) on {cores} cores; CPU time of "
-          f"all processes {cpu:.1f} s = {100 * summary['cpu_utilisation']:.0f}% of "
-          f"{cores} cores x wall")
+          f"all processes (the fork server's included) {cpu:.1f} s = "
+          f"{100 * summary['cpu_utilisation']:.0f}% of {cores} cores x wall")
     if not jobs:
         print("no train benchmark TSVs found (a dry run, or nothing had to run)")
         return summary
@@ -293,7 +307,7 @@ def main() -> None:
         result = subprocess.run(command, cwd=workdir, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, check=False)
     wall = time.perf_counter() - start
-    cpu = children_cpu_seconds() - cpu_before
+    cpu = children_cpu_seconds() - cpu_before + fork_server_cpu_seconds(workdir)
     print(f"after:  {uptime()}")
     if result.returncode != 0:
         print(f"snakemake failed (exit {result.returncode}); the last lines of {log_path}:")

@@ -145,7 +145,7 @@ def test_the_server_stops_with_its_snakemake_process(tmp_path):
     owner.kill()
     owner.wait()
     assert wait_for(lambda: not path.exists(), 10)
-    assert "stopping" in (tmp_path / "logs/forkserver.log").read_text()
+    assert "stopping (" in (tmp_path / "logs/forkserver.log").read_text()
 
 
 # ---- a real training job, warm and cold: the same bytes --------------------------------------
@@ -198,5 +198,9 @@ def test_a_warm_training_job_writes_what_a_cold_one_writes(tmp_path):
     log = (tmp_path / "logs/forkserver.log").read_text()
     assert log.count("pipeline.runs.train --run-config run.json") == 1   # the warm one only
     assert outputs["warm"] == outputs["cold"]
-    run_record = json.loads((tmp_path / "warm" / "run.json").read_text())
-    assert run_record["cpu_seconds"] > 0 and run_record["max_rss_mb"] > 50   # the job's own
+    records = {mode: json.loads((tmp_path / mode / "run.json").read_text())
+               for mode in ("cold", "warm")}
+    assert records["warm"]["start"] == "warm" and records["cold"]["start"] == "cold"
+    # the job process's own CPU time and memory (a forked job's includes the imported modules)
+    assert records["warm"]["cpu_seconds"] > 0 and records["warm"]["max_rss_mb"] > 50
+    assert records["cold"]["cpu_seconds"] > records["warm"]["cpu_seconds"]   # the imports

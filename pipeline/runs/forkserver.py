@@ -204,6 +204,16 @@ def preload(flavour: str) -> dict[str, str]:
     return env
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its ended children: a server's imports and the jobs it ran
+    (each supervisor waits for its job; the server waits for the supervisors)."""
+    import resource
+
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                          resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 class Job:
     """What the forked job process runs, once the server's loop is left behind."""
 
@@ -277,7 +287,11 @@ class Server:
         while True:
             self.owners = self.alive_owners()
             if not self.owners:
-                self.log("its Snakemake process(es) ended: stopping")
+                with contextlib.suppress(ChildProcessError):
+                    while os.waitpid(-1, 0)[0]:   # the jobs' supervisors still running
+                        pass
+                self.log(f"its Snakemake process(es) ended: stopping ({cpu_seconds():.1f} s of "
+                         f"CPU for its imports and jobs)")
                 return None
             with contextlib.suppress(ChildProcessError):
                 while os.waitpid(-1, os.WNOHANG)[0]:

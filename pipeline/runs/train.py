@@ -306,7 +306,10 @@ def write_outputs(out: Path, run: RunConfig, provenance: dict, result, logger: R
                                   "wall_seconds": round(time.time() - started, 2),
                                   "steps_per_second": round(result.steps_per_second, 2),
                                   "resumed_from_step": result.resumed_from, "device": str(device),
-                                  "threads": torch.get_num_threads(), **process_usage(),
+                                  "threads": torch.get_num_threads(),
+                                  # forked from the fork server (warm) or a process of its own
+                                  "start": "warm" if os.environ.get(FLAVOUR_ENV) else "cold",
+                                  **process_usage(),
                                   **where_this_runs(), **provenance})
     for artifact in ("metrics.json", "evaluations.csv", "train_stats.csv"):
         logger.log_artifact(out / artifact)
