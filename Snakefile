@@ -84,13 +84,21 @@ if workflow.is_main_process:
     if WARNING:
         print(WARNING, file=sys.stderr)
 
-# ---- the study's plan: every algorithm x label budget x seed, then its reports -----------------
+# ---- the study's plan: every row x label budget x seed, then its reports -----------------------
+# A row (the {algorithm} wildcard) is a name in study.algorithms: a registered algorithm, or a
+# variant of one (params.yaml's `variants:`, pipeline/variants.py) with a results folder, run
+# configs, MLflow runs and table row of its own.
 DATASET = STUDY.dataset
 N_LABELS = STUDY.config["study"]["n_labels"]
 SEEDS = STUDY.config["study"]["seeds"]
-ALGORITHMS = STUDY.config["study"]["algorithms"]
+ALGORITHMS = STUDY.rows
+ROW_ALGORITHMS = STUDY.row_algorithms()
+# each row's name in the tables, figures and pages: a variant's label, reports.labels, or the
+# algorithm's display name
+LABELS = json.dumps(STUDY.row_labels(), sort_keys=True)
 TRAIN_RUNS = dict(dataset=DATASET, n_labels=N_LABELS, algorithm=ALGORITHMS, seed=SEEDS)
-FIGURES = figures_for(ALGORITHMS)  # an algorithm's own figures only where the study has it
+# an algorithm's own figures only where the study has a row of it
+FIGURES = figures_for(ALGORITHMS, ROW_ALGORITHMS)
 RESULTS = STUDY.results_dir
 REPORTS = STUDY.reports_dir
 RUN = f"{RESULTS}/{{dataset}}-{{n_labels}}/{{algorithm}}/seed{{seed}}"
@@ -314,19 +322,21 @@ rule tables:
         selection=STUDY.config["reports"]["selection"],
         model=STUDY.config["reports"]["model"],
         published=published_arguments(),
+        labels=LABELS,
         code=code_digest("pipeline.reports.tables"),
     shell:
         "python -m pipeline.reports.tables --summaries {input.summaries}"
         " --selection {params.selection} --model {params.model} --table {output.table}"
         " --metrics {output.metrics} --table-metrics {output.table_metrics}"
-        " {params.published} > {log} 2>&1"
+        " --labels {params.labels:q} {params.published} > {log} 2>&1"
 
 
 rule figures:
     input:
         evaluations=expand(rules.train.output.evaluations, **TRAIN_RUNS),
         stats=expand(
-            rules.train.output.stats, **{**TRAIN_RUNS, "algorithm": stats_algorithms(ALGORITHMS)}
+            rules.train.output.stats,
+            **{**TRAIN_RUNS, "algorithm": stats_algorithms(ALGORITHMS, ROW_ALGORITHMS)},
         ),
         # every run's identity and resolved config: each figure picks the runs it draws
         runs=expand(rules.train.output.metrics, **TRAIN_RUNS),
@@ -345,11 +355,13 @@ rule figures:
         model=STUDY.config["reports"]["model"],
         out=lambda wildcards, output: Path(output.pdf[0]).parent,
         curves=lambda wildcards, output: Path(output.curves[0]).parent,
+        labels=LABELS,
         code=code_digest("pipeline.reports.figures"),
     shell:
         "python -m pipeline.reports.figures --evaluations {input.evaluations}"
         " --train-stats {input.stats} --figures {params.figures} --runs {input.runs}"
-        " --model {params.model} --out {params.out} --curves {params.curves} > {log} 2>&1"
+        " --model {params.model} --labels {params.labels:q} --out {params.out}"
+        " --curves {params.curves} > {log} 2>&1"
 
 
 rule report_pages:
@@ -364,11 +376,12 @@ rule report_pages:
     log:
         f"logs/{STUDY.name}/report_pages.log",
     params:
+        labels=LABELS,
         code=code_digest("pipeline.reports.report_pages"),
     shell:
         "python -m pipeline.reports.report_pages --tables {input.tables} --runs {input.runs}"
         " --benchmarks {input.benchmarks} --tables-html {output.tables}"
-        " --run-times-html {output.run_times} > {log} 2>&1"
+        " --run-times-html {output.run_times} --labels {params.labels:q} > {log} 2>&1"
 
 
 # A file of the chain deleted by hand while files made from it are still there: Snakemake alone

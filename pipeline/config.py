@@ -18,6 +18,7 @@ from semisup.catalog import DATASETS
 from .errors import ConfigError
 from .run_config import RunConfig
 from .validation import COMMAND_LINE, set_on_command_line, validate
+from .variants import algorithm_of, row_algorithm_params, row_labels, variants_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,28 +185,47 @@ class Study:
     def split_path(self, dataset: str, n_labels: int | str, seed: int | str) -> str:
         return f"data/splits/{dataset}/{self.data_key(dataset)}/{n_labels}/seed{seed}.json"
 
-    def run_config(self, dataset: str, n_labels: int | str, algorithm: str,
+    @property
+    def rows(self) -> list[str]:
+        """study.algorithms: registered algorithms and variants, in the tables' order."""
+        return self.config["study"]["algorithms"]
+
+    def row_labels(self) -> dict[str, str]:
+        """Each row's name in the reports (pipeline/variants.py)."""
+        return row_labels(self.config)
+
+    def row_algorithms(self) -> dict[str, str]:
+        """Each row's registered algorithm (a variant's `algorithm`, else the row itself)."""
+        return {row: algorithm_of(self.config, row) for row in self.rows}
+
+    def run_config(self, dataset: str, n_labels: int | str, row: str,
                    seed: int | str) -> RunConfig:
-        """The resolved configuration of one run (RunConfig), made once per run."""
-        key = (dataset, int(n_labels), algorithm, int(seed))
+        """The resolved configuration of one run (RunConfig) of a row (a registered algorithm
+        or a variant), made once per run."""
+        key = (dataset, int(n_labels), row, int(seed))
         if key not in self.runs:
             self.runs[key] = self.resolve_run(*key)
         return self.runs[key]
 
-    def resolve_run(self, dataset: str, n_labels: int, algorithm: str, seed: int) -> RunConfig:
+    def resolve_run(self, dataset: str, n_labels: int, row: str, seed: int) -> RunConfig:
         """A new RunConfig: the study's settings of this run (the algorithm's overrides of
-        `train` applied, the dataset's flip filled in) and their hash."""
-        train = resolved_train({**self.config["train"],
-                                **self.config["algorithm_overrides"].get(algorithm, {})}, dataset,
-                               self.config.get("audio"))
+        `train` applied, then a variant's; the dataset's flip filled in) and their hash. A
+        variant's run records its name; a registered algorithm's run has no `variant` key at all,
+        so that its config and hash are those it had before variants existed."""
+        algorithm = algorithm_of(self.config, row)
+        train = {**self.config["train"], **self.config["algorithm_overrides"].get(algorithm, {})}
+        variant = variants_of(self.config).get(row)
+        if variant:
+            train = deep_merge(train, variant.get("train", {}))
         model = self.config["study"]["model"]
         run = copy.deepcopy({   # the order of RunConfig's fields
             "study": self.name, "dataset": dataset,
             "dataset_options": self.dataset_options(dataset),
             "n_labels": n_labels, "seed": seed,
-            "algorithm": algorithm, "algorithm_params": self.config["algorithms"][algorithm],
+            "algorithm": algorithm, "algorithm_params": row_algorithm_params(self.config, row),
             "model": model, "model_options": self.config["models"][model],
-            "train": train,
+            "train": resolved_train(train, dataset, self.config.get("audio")),
+            **({"variant": row} if variant else {}),
         })
         return RunConfig(**run, config_hash=run_hash(run))
 

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, fields
 
 from .errors import ConfigError
 
+# Keys that a run config has only where they are set (RunConfig.as_dict).
+OPTIONAL_KEYS = ("variant",)
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -31,11 +34,23 @@ class RunConfig:
     model_options: dict
     train: dict
     config_hash: str   # of the other fields (pipeline.config.run_hash)
+    # The variant (params.yaml's `variants:`) this run is a row of; None: the algorithm's own row.
+    # Left out of as_dict (so of the hash, metrics.json and to_json) while None: a run of a
+    # registered algorithm keeps the config and hash it had before variants existed.
+    variant: str | None = None
+
+    @property
+    def row(self) -> str:
+        """The table row this run belongs to: its variant, else its algorithm."""
+        return self.variant or self.algorithm
 
     def as_dict(self) -> dict:
         """The fields in their order: the `run` of metrics.json, and what config_hash hashes
-        (without config_hash itself)."""
-        return asdict(self)
+        (without config_hash itself); `variant` only where the run has one."""
+        values = asdict(self)
+        if self.variant is None:
+            del values["variant"]
+        return values
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True)
@@ -52,7 +67,7 @@ class RunConfig:
             raise ConfigError(f"{source}: the run config is {type(data).__name__}, not a JSON "
                               f"object; pass what the workflow writes (RunConfig.to_json)")
         names = [each.name for each in fields(cls)]
-        missing = [name for name in names if name not in data]
+        missing = [name for name in names if name not in data and name not in OPTIONAL_KEYS]
         unknown = sorted(set(data) - set(names))
         if missing or unknown:
             problems = ([f"it lacks {', '.join(map(repr, missing))}"] if missing else []) + \

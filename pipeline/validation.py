@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator, validators
 from semisup.catalog import AUDIO_MODELS, DATASETS, TEXT_MODELS, algorithm_cards
 
 from .errors import ConfigError
+from .variants import row_labels, variants_of
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
@@ -41,16 +42,50 @@ Validator = validators.extend(
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer))
 
 
-def load_schema() -> dict:
-    """params.schema.yaml, with the algorithms' names and hyperparameter blocks from their cards."""
+# Settings of where and how the job's process runs: the same for every row of a study, so a
+# variant's `train` cannot set them.
+PROCESS_KEYS = ("device", "threads", "portable_numerics")
+
+
+def load_schema(variant_names: tuple[str, ...] = ()) -> dict:
+    """params.schema.yaml, with the algorithms' names and hyperparameter blocks from their cards;
+    study.algorithms may also list `variant_names` (the config's variants)."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     cards = algorithm_cards()
-    schema["properties"]["study"]["properties"]["algorithms"]["items"] = {"enum": list(cards)}
-    schema["properties"]["algorithms"]["properties"] = {
+    properties = schema["properties"]
+    properties["study"]["properties"]["algorithms"]["items"] = {
+        "enum": [*cards, *(name for name in variant_names if name not in cards)]}
+    properties["algorithms"]["properties"] = {
         name: {"description": card.description, "type": "object", "additionalProperties": False,
                "required": list(card.hyperparameters), "properties": card.hyperparameters}
         for name, card in cards.items()}
+    variant = properties["variants"]["additionalProperties"]["properties"]
+    variant["algorithm"] = {"description": variant["algorithm"]["description"],
+                            "enum": list(cards)}
+    # merged key by key onto the study's `train`: no key is required, at any depth
+    variant["train"] = {**variant["train"], "additionalProperties": False, "properties": {
+        key: without_required(value) for key, value in properties["train"]["properties"].items()
+        if key not in PROCESS_KEYS}}
+    variant["train"].pop("x-properties-from")
     return schema
+
+
+def without_required(schema):
+    """A schema (part) with no `required` keys, at any depth: for settings merged onto complete
+    ones."""
+    if isinstance(schema, dict):
+        return {key: without_required(value) for key, value in schema.items() if key != "required"}
+    if isinstance(schema, list):
+        return [without_required(value) for value in schema]
+    return schema
+
+
+def variant_names(config: dict) -> tuple[str, ...]:
+    """The names of the config's variants, where `variants` is a mapping (else the schema says
+    what is wrong with it)."""
+    variants = config.get("variants")
+    return tuple(name for name in variants if isinstance(name, str)) \
+        if isinstance(variants, dict) else ()
 
 
 def _key_path(error) -> str:
@@ -118,6 +153,9 @@ def describe(error, source: str, command_line: dict | None = None) -> str:
                 f"Allowed keys{' under ' + where if prefix else ''}: {', '.join(known)}.")
     if set_on_command_line(command_line, error.absolute_path):
         source = COMMAND_LINE
+    if "propertyNames" in error.schema_path:   # a key of a mapping, not a value
+        return (f"{source}: {where} has the key {error.instance!r}, which is not allowed; its "
+                f"keys must be {_allowed(error.schema)}.")
     if error.validator == "required":
         return f"{source}: {where} lacks a required key: {error.message}."
     if error.validator in ("minItems", "uniqueItems"):
@@ -132,7 +170,7 @@ def describe(error, source: str, command_line: dict | None = None) -> str:
 def validate(config: dict, source: str = "params.yaml", command_line: dict | None = None) -> None:
     """Raise ConfigError listing every problem, each with key, bad value, what is allowed and
     where it was set (`command_line`: the `--config` overrides merged into config last)."""
-    validator = Validator(load_schema())
+    validator = Validator(load_schema(variant_names(config)))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     problems = [describe(error, source, command_line) for error in errors]
     if command_line:
@@ -146,8 +184,56 @@ def validate(config: dict, source: str = "params.yaml", command_line: dict | Non
 
 def semantic_problems(config: dict, source: str) -> list[str]:
     """Checks that need more than one key."""
-    return [*study_problems(config, source), *steps_problems(config["train"], source),
-            *numerics_problems(config["train"], source), *selection_problems(config, source)]
+    return [*variant_problems(config, source), *study_problems(config, source),
+            *steps_problems(config["train"], source), *numerics_problems(config["train"], source),
+            *selection_problems(config, source), *label_problems(config, source)]
+
+
+def variant_problems(config: dict, source: str) -> list[str]:
+    """Each variant: a name of its own, an algorithm with hyperparameters, and its
+    algorithm_params checked as the algorithm's block is (the merged block against its card)."""
+    problems = []
+    cards = algorithm_cards()
+    blocks = load_schema()["properties"]["algorithms"]["properties"]
+    for name, variant in variants_of(config).items():
+        algorithm = variant["algorithm"]
+        if name in cards:
+            problems.append(f"{source}: variants.{name}: {name!r} is a registered algorithm's "
+                            f"name, and a variant needs a row name of its own; rename it, e.g. "
+                            f"{algorithm}_{'cta' if name == algorithm else 'variant'}.")
+        if algorithm not in config["algorithms"]:
+            problems.append(f"{source}: variants.{name}.algorithm is {algorithm!r}, which has "
+                            f"no entry under `algorithms:` for its hyperparameters; add "
+                            f"`algorithms: {{{algorithm}: {{...}}}}` (params.yaml has them all).")
+            continue
+        merged = {**config["algorithms"][algorithm], **variant.get("algorithm_params", {})}
+        for error in Validator(blocks[algorithm]).iter_errors(merged):
+            error.path.extendleft(reversed(["variants", name, "algorithm_params"]))
+            problems.append(describe(error, source))
+    return problems
+
+
+def label_problems(config: dict, source: str) -> list[str]:
+    """reports.labels names rows of registered algorithms the study has, and no two rows of a
+    study share a name in the reports (the tables could not tell them apart)."""
+    rows = config["study"]["algorithms"]
+    variants = variants_of(config)
+    problems = []
+    for row in (config["reports"].get("labels") or {}):
+        if row in variants:
+            problems.append(f"{source}: reports.labels names the variant {row!r}; a variant's "
+                            f"row is named by its own label: set variants.{row}.label instead.")
+        elif row not in rows:
+            problems.append(f"{source}: reports.labels names {row!r}, which is not in "
+                            f"study.algorithms ({', '.join(rows)}); remove it or correct it.")
+    named: dict[str, list[str]] = {}
+    for row, label in row_labels(config).items():
+        named.setdefault(label, []).append(row)
+    problems += [f"{source}: the rows {' and '.join(map(repr, same))} of study.algorithms would "
+                 f"both be named {label!r} in the reports; give each its own label "
+                 f"(variants.<name>.label, or reports.labels for a registered algorithm)."
+                 for label, same in named.items() if len(same) > 1]
+    return problems
 
 
 def selection_problems(config: dict, source: str) -> list[str]:
@@ -188,7 +274,7 @@ def study_problems(config: dict, source: str) -> list[str]:
                             f"of the {classes} classes of {study['dataset']}; use e.g. "
                             f"{max(classes, n_labels // classes * classes)}.")
     for name in study["algorithms"]:
-        if name not in config["algorithms"]:
+        if name not in variants_of(config) and name not in config["algorithms"]:
             problems.append(f"{source}: study.algorithms lists {name!r}, which has no entry under "
                             f"`algorithms:` for its hyperparameters; add `algorithms: {{{name}: {{}}}}`.")
     missing = [f"{section}.{name}" for section, name in (("datasets", study["dataset"]),

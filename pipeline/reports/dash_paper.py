@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from ..errors import UserError
+from .naming import row_name
 from .plotting import (FigureInputs, budgets_of, data_names, label, plot_mean_and_band, pyplot,
                        run_identity, save, seed_curves)
 
@@ -56,11 +57,12 @@ def logged_rho_hat(rows: list[dict[str, float]]) -> float:
     return finite[-1]
 
 
-def dash_settings(metrics_paths: list[Path]) -> dict:
-    """The resolved Dash hyperparameters the study's dash runs used (their metrics.json; the
-    other runs given are left out)."""
+def dash_settings(metrics_paths: list[Path], row: str = DASH) -> dict:
+    """The resolved Dash hyperparameters the runs of `row` (Dash's own row, or a variant of Dash)
+    used (their metrics.json; the other runs given are left out)."""
     identities = [run_identity(path) for path in metrics_paths]
-    settings = [run["algorithm_params"] for run in identities if run["algorithm"] == DASH]
+    settings = [run["algorithm_params"] for run in identities
+                if run["algorithm"] == DASH and row_name(run) == row]
     if not settings:
         raise UserError("dash_rho figure: no metrics.json of a dash run was given")
     if any(other != settings[0] for other in settings[1:]):
@@ -72,12 +74,15 @@ def dash_settings(metrics_paths: list[Path]) -> dict:
 # ---- the figures --------------------------------------------------------------------------------
 def plot_dash_rho(inputs: FigureInputs, out_dir: Path) -> list[Path]:
     """Per label budget: each seed's logged rho (markers) and the schedule for several gamma,
-    started from the seeds' mean logged rho_hat (lines); rho_min dashed."""
+    started from the seeds' mean logged rho_hat (lines); rho_min dashed. Of the study's first
+    row that runs Dash (Dash's own row, else a variant of it, e.g. Dash (CTA))."""
     plt = pyplot()
-    dash_groups = {key: runs for key, runs in inputs.train_stats.items() if key[2] == DASH}
+    rows = [row for row in inputs.algorithms if inputs.algorithm_of(row) == DASH]
+    dash_groups = {key: runs for key, runs in inputs.train_stats.items()
+                   if rows and key[2] == rows[0]}
     if not dash_groups:
         raise UserError("dash_rho figure: no train_stats.csv of a dash run was given")
-    settings = dash_settings(list(inputs.runs))
+    settings = dash_settings(list(inputs.runs), rows[0])
     budgets = budgets_of(dash_groups)
     names = data_names(inputs.runs)
     figure, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.4), squeeze=False)
@@ -147,7 +152,7 @@ def plot_pseudo_labels(inputs: FigureInputs, out_dir: Path) -> list[Path]:
                 key = next((k for k in chosen if k[1] == n_labels and k[2] == algorithm), None)
                 if key is not None:
                     steps, values = seed_curves(chosen[key], column)
-                    plot_mean_and_band(ax, steps, values, label=label(algorithm))
+                    plot_mean_and_band(ax, steps, values, label=label(algorithm, inputs.labels))
             ax.set_title(f"{title}, {n_labels} labels", fontsize=9)
             ax.set_xlabel("training step")
             ax.set_ylabel(ylabel, fontsize=8)

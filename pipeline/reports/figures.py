@@ -7,7 +7,9 @@
   selection      how every algorithm that selects pseudo-labels selects them: mask rate,
                  precision, wrong selections (pipeline/reports/selection.py)
 A study gets the figures that its algorithms' cards list (`figures` in each algorithm's module,
-read by semisup.catalog).
+read by semisup.catalog). A row of a study is a registered algorithm or a variant of one
+(pipeline/variants.py): a variant gets its algorithm's figures, and its label (--labels) in the
+legends.
 
 Each figure picks the runs it draws by their identity (the metrics.json beside each CSV file).
 Outputs are byte-identical across reruns on the same results (pipeline/reports/plotting.py).
@@ -23,17 +25,19 @@ from semisup.catalog import algorithm_cards
 from ..errors import UserError, argument_parser, cli
 from ..files import write_text
 from . import dash_paper, selection
+from .naming import read_labels
 from .plotting import (FigureInputs, Groups, budgets_of, data_names, group_runs, label,
-                       line_styles, plot_mean_and_band, pyplot, save, seed_curves)
+                       line_styles, plot_mean_and_band, pyplot, row_algorithms, save, seed_curves)
 
 COMMON_FIGURES = ("error_curves",)   # every study's, of every algorithm
 
 
-def write_curves(groups: Groups, model: str, out_dir: Path) -> list[Path]:
-    """Per label budget, every algorithm's test error at each evaluation (mean over seeds), as
-    <n_labels>-labels.csv: a column step, then one per algorithm (its display name, in the
-    study's order), empty where it did not evaluate at that step. `dvc plots show` draws one
-    chart per label budget from it, a line per algorithm (dvc.yaml)."""
+def write_curves(groups: Groups, model: str, out_dir: Path,
+                 labels: dict[str, str] | None = None) -> list[Path]:
+    """Per label budget, every row's test error at each evaluation (mean over seeds), as
+    <n_labels>-labels.csv: a column step, then one per row (its label, in the study's order),
+    empty where it did not evaluate at that step. `dvc plots show` draws one chart per label
+    budget from it, a line per row (dvc.yaml)."""
     import csv
     import io
 
@@ -45,7 +49,7 @@ def write_curves(groups: Groups, model: str, out_dir: Path) -> list[Path]:
         for (_, budget, algorithm), runs in groups.items():
             if budget == n_labels:
                 steps, errors = seed_curves(runs, f"{model}/error")
-                curves[label(algorithm)] = dict(zip(map(int, steps), np.nanmean(errors, 0),
+                curves[label(algorithm, labels)] = dict(zip(map(int, steps), np.nanmean(errors, 0),
                                                     strict=True))
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
@@ -74,8 +78,8 @@ def plot_error_curves(inputs: FigureInputs, out_dir: Path) -> list[Path]:
         cells = {key: runs for key, runs in groups.items() if key[1] == n_labels}
         for (_, _, algorithm), runs in cells.items():
             steps, errors = seed_curves(runs, f"{model}/error")
-            plot_mean_and_band(ax, steps, errors, label=label(algorithm), linewidth=1.2,
-                               **styles[algorithm])
+            plot_mean_and_band(ax, steps, errors, label=label(algorithm, inputs.labels),
+                               linewidth=1.2, **styles[algorithm])
         data = sorted({names.get(dataset, dataset) for dataset, _, _ in cells})
         ax.set_title(f"{', '.join(data)}, {n_labels} labels")
         ax.set_xlabel("training step")
@@ -104,30 +108,34 @@ def own_figures(algorithm: str) -> tuple[str, ...]:
     return card.figures if card else ()
 
 
-def figure_algorithms(figure: str, algorithms: list[str]) -> list[str]:
-    """The algorithms of `algorithms` (in their order) that `figure` draws: all of them for a
-    common figure, else those whose card lists it."""
+def figure_algorithms(figure: str, rows: list[str],
+                      algorithm_of: dict[str, str] | None = None) -> list[str]:
+    """The rows of `rows` (in their order) that `figure` draws: all of them for a common figure,
+    else those whose algorithm's card lists it (`algorithm_of`: a variant's algorithm)."""
     if figure in COMMON_FIGURES:
-        return list(algorithms)
-    return [name for name in algorithms if figure in own_figures(name)]
+        return list(rows)
+    algorithm_of = algorithm_of or {}
+    return [row for row in rows if figure in own_figures(algorithm_of.get(row, row))]
 
 
-def figures_for(algorithms: list[str]) -> list[str]:
-    """The figures a study with these algorithms gets (the Snakefile declares them as outputs)."""
-    return [*COMMON_FIGURES, *(name for name in FIGURES
-                               if name not in COMMON_FIGURES and figure_algorithms(name, algorithms))]
+def figures_for(rows: list[str], algorithm_of: dict[str, str] | None = None) -> list[str]:
+    """The figures a study with these rows gets (the Snakefile declares them as outputs)."""
+    return [*COMMON_FIGURES, *(name for name in FIGURES if name not in COMMON_FIGURES
+                               and figure_algorithms(name, rows, algorithm_of))]
 
 
-def stats_algorithms(algorithms: list[str]) -> list[str]:
-    """The algorithms whose train_stats.csv the figures read: those with figures of their own."""
-    return [name for name in algorithms if own_figures(name)]
+def stats_algorithms(rows: list[str], algorithm_of: dict[str, str] | None = None) -> list[str]:
+    """The rows whose train_stats.csv the figures read: those whose algorithm has figures of its
+    own."""
+    algorithm_of = algorithm_of or {}
+    return [row for row in rows if own_figures(algorithm_of.get(row, row))]
 
 
 def draw(figures: list[str], inputs: FigureInputs, out_dir: Path) -> list[Path]:
     """Each of `figures`, of the algorithms it draws among `inputs.algorithms` (the study's)."""
     written = []
     for name in (name for name in FIGURES if name in figures):
-        drawn = figure_algorithms(name, list(inputs.algorithms))
+        drawn = figure_algorithms(name, list(inputs.algorithms), inputs.row_algorithms)
         if not drawn:
             having = [algorithm for algorithm in algorithm_cards() if name in own_figures(algorithm)]
             raise UserError(f"{name} figure: no run given is of an algorithm that has it "
@@ -150,6 +158,10 @@ def parse_arguments(argv: list[str] | None):
     parser.add_argument("--gammas", nargs="+", type=float, default=list(dash_paper.DASH_GAMMAS),
                         help="gamma values whose rho schedule dash_rho draws")
     parser.add_argument("--model", default="ema", choices=["ema", "raw"])
+    parser.add_argument("--labels", type=read_labels, default={},
+                        help="each row's name in the legends and curves, as JSON {row: label} "
+                             "(the Snakefile gives every row's); default: the algorithm's "
+                             "display name")
     parser.add_argument("--out", required=True, type=Path, help="figures folder")
     parser.add_argument("--curves", type=Path, help="folder for the error curves as CSV, "
                         "<n_labels>-labels.csv (what `dvc plots` draws)")
@@ -165,10 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     study_algorithms = dict.fromkeys(key[2] for key in [*evaluations, *train_stats])
     inputs = FigureInputs(evaluations=evaluations, train_stats=train_stats, runs=tuple(args.runs),
                           algorithms=tuple(study_algorithms), model=args.model,
-                          gammas=tuple(args.gammas))
+                          gammas=tuple(args.gammas), labels=args.labels,
+                          row_algorithms=row_algorithms(args.evaluations))
     written = draw(args.figures, inputs, args.out)
     if args.curves:
-        written += write_curves(evaluations, args.model, args.curves)
+        written += write_curves(evaluations, args.model, args.curves, args.labels)
     print("wrote " + ", ".join(map(str, written)))
 
 

@@ -6,33 +6,38 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from semisup.catalog import display_name
 
 from ..errors import UserError
 from ..files import atomic_path, read_json
-from .naming import data_name
+from .naming import data_name, label_of, row_name
 
 PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": "ssl-repro"}
 PNG_METADATA = {"Software": None}
 STYLE = {"svg.hashsalt": "ssl-repro", "pdf.compression": 6, "pdf.fonttype": 42}
 
-# (dataset, n_labels, algorithm) -> each seed's rows of one CSV file
+# (dataset, n_labels, row) -> each seed's rows of one CSV file; a row is a registered algorithm or
+# a variant of one (pipeline/variants.py)
 Groups = dict[tuple[str, int, str], list[list[dict[str, float]]]]
 
 
 @dataclass(frozen=True)
 class FigureInputs:
-    """What a figure is drawn from: the study's results, and the algorithms the figure draws."""
+    """What a figure is drawn from: the study's results, and the rows the figure draws (a row
+    is a registered algorithm or a variant: `row_algorithms` says which algorithm each runs)."""
 
     evaluations: Groups              # every run's evaluations.csv, in the study's order
     train_stats: Groups              # train_stats.csv of the algorithms with figures of their own
     runs: tuple[Path, ...]           # every run's metrics.json: its identity and resolved config
-    algorithms: tuple[str, ...]      # the algorithms this figure draws, in the study's order
+    algorithms: tuple[str, ...]      # the rows this figure draws, in the study's order
     model: str = "ema"               # whose test error: the EMA model's or the raw model's
     gammas: tuple[float, ...] = ()   # dash_rho: the gammas drawn beside the study's own
+    labels: dict[str, str] = field(default_factory=dict)           # row -> its name (legends)
+    row_algorithms: dict[str, str] = field(default_factory=dict)   # row -> its algorithm
+
+    def algorithm_of(self, row: str) -> str:
+        return self.row_algorithms.get(row, row)
 
 
 # ---- reading results ----------------------------------------------------------------------------
@@ -53,9 +58,15 @@ def run_identity(path: Path) -> dict:
 
 
 def run_key(path: Path) -> tuple[str, int, str]:
-    """(dataset, n_labels, algorithm) of the run that wrote `path`."""
+    """(dataset, n_labels, row) of the run that wrote `path`."""
     run = run_identity(path)
-    return run["dataset"], int(run["n_labels"]), run["algorithm"]
+    return run["dataset"], int(run["n_labels"]), row_name(run)
+
+
+def row_algorithms(paths: list[Path]) -> dict[str, str]:
+    """row -> the registered algorithm it runs, from the identities of the runs that wrote
+    `paths`."""
+    return {row_name(run): run["algorithm"] for run in map(run_identity, paths)}
 
 
 def data_names(runs: tuple[Path, ...]) -> dict[str, str]:
@@ -67,7 +78,7 @@ def data_names(runs: tuple[Path, ...]) -> dict[str, str]:
 
 
 def group_runs(paths: list[Path]) -> Groups:
-    """Rows of each run's CSV, grouped over seeds by (dataset, n_labels, algorithm), in the order
+    """Rows of each run's CSV, grouped over seeds by (dataset, n_labels, row), in the order
     given (the Snakefile gives the study's order: the tables' row order)."""
     groups: dict = defaultdict(list)
     for path in paths:
@@ -115,8 +126,9 @@ def save(figure, out_dir: Path, stem: str) -> list[Path]:
     return written
 
 
-def label(algorithm: str) -> str:
-    return display_name(algorithm)
+def label(row: str, labels: dict[str, str] | None = None) -> str:
+    """A row's name in legends and in the curves' CSV columns (pipeline/reports/naming.py)."""
+    return label_of(row, labels or {})
 
 
 def plot_mean_and_band(ax, steps, values, **style):

@@ -14,10 +14,9 @@ import csv
 import html
 from pathlib import Path
 
-from semisup.catalog import display_name
-
 from ..errors import UserError, argument_parser, cli
 from ..files import read_json, write_text
+from .naming import label_of, read_labels, row_name
 from .table_model import Table, to_html, to_latex
 
 STYLE = """<style>
@@ -68,15 +67,15 @@ def read_benchmark(path: Path) -> dict[str, str]:
 
 
 def run_times_rows(runs: list[Path], benchmarks: list[Path]) -> list[dict]:
-    """runs[i] (…/<dataset>-<n>/<algorithm>/seed<k>/run.json) and benchmarks[i] describe the same
-    job; the rows are sorted by label budget, algorithm and seed."""
+    """runs[i] (…/<dataset>-<n>/<row>/seed<k>/run.json) and benchmarks[i] describe the same
+    job; the rows are sorted by label budget, table row (algorithm or variant) and seed."""
     if len(runs) != len(benchmarks):
         raise UserError(f"{len(runs)} run.json files but {len(benchmarks)} benchmark files")
     rows = []
     for run_path, benchmark_path in zip(runs, benchmarks, strict=True):
         identity = read_json(run_path.with_name("metrics.json"), "run metrics file")["run"]
         dataset, n_labels = identity["dataset"], identity["n_labels"]
-        algorithm, seed = identity["algorithm"], identity["seed"]
+        algorithm, seed = row_name(identity), identity["seed"]
         expected = f"{dataset}-{n_labels}-{algorithm}-seed{seed}.tsv"
         if benchmark_path.name != expected:
             raise UserError(f"{benchmark_path} does not belong to {run_path} (expected a file "
@@ -102,11 +101,13 @@ RUN_TIME_COLUMNS = (("n_labels", "labels", "{}"), ("algorithm", "algorithm", "{}
                     ("resumed_from_step", "resumed from step", "{}"))
 
 
-def run_times_page(rows: list[dict]) -> str:
+def run_times_page(rows: list[dict], labels: dict[str, str] | None = None) -> str:
+    """Every job's costs, and each table cell's (`labels`: the rows' names, as in the tables)."""
+    labels = labels or {}
     header = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in RUN_TIME_COLUMNS)
     lines = [f"<tr>{header}</tr>"]
     for index, row in enumerate(rows):
-        row = {**row, "algorithm": display_name(row["algorithm"])}
+        row = {**row, "algorithm": label_of(row["algorithm"], labels)}
         cells = "".join(f"<td>{html.escape(fmt.format(row[key]))}</td>"
                         for key, _, fmt in RUN_TIME_COLUMNS)
         lines.append(f"<tr{MIDRULE if index == 0 else ''}>{cells}</tr>")
@@ -114,12 +115,13 @@ def run_times_page(rows: list[dict]) -> str:
     caption = (f"{len(rows)} training jobs, {total:.0f} s of job wall time in all. Job times "
                "(from Snakemake's benchmark files) include starting Python and loading the data; "
                "steps/s counts the training loop only.")
-    return page("Run times", ["<h1>Run times</h1>", *cell_costs(rows), "<h2>Every job</h2>",
+    return page("Run times", ["<h1>Run times</h1>", *cell_costs(rows, labels),
+                              "<h2>Every job</h2>",
                               '<table class="booktabs">',
                               f"<caption>{html.escape(caption)}</caption>", *lines, "</table>"])
 
 
-def cell_costs(rows: list[dict]) -> list[str]:
+def cell_costs(rows: list[dict], labels: dict[str, str] | None = None) -> list[str]:
     """What each table cell cost: its jobs' wall time summed, as CPU-hours (wall time x the
     job's threads) or GPU-hours (wall time on a CUDA device)."""
     costs: dict[tuple[int, str], dict[str, float]] = {}
@@ -135,7 +137,7 @@ def cell_costs(rows: list[dict]) -> list[str]:
              "<tr><th>labels</th><th>algorithm</th><th>CPU-hours</th><th>GPU-hours</th></tr>"]
     for index, ((n_labels, algorithm), cost) in enumerate(sorted(costs.items())):
         lines.append(f"<tr{MIDRULE if index == 0 else ''}><td>{n_labels}</td>"
-                     f"<td>{html.escape(display_name(algorithm))}</td>"
+                     f"<td>{html.escape(label_of(algorithm, labels or {}))}</td>"
                      f"<td>{cost['CPU']:.4f}</td><td>{cost['GPU']:.4f}</td></tr>")
     return [*lines, "</table>"]
 
@@ -150,9 +152,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="the train jobs' benchmark files, in the order of --runs")
     parser.add_argument("--tables-html", required=True, type=Path)
     parser.add_argument("--run-times-html", required=True, type=Path)
+    parser.add_argument("--labels", type=read_labels, default={},
+                        help="each row's name, as JSON {row: label} (the Snakefile gives every "
+                             "row's); default: the algorithm's display name")
     args = parser.parse_args(argv)
     write_text(args.tables_html, tables_page(args.tables, args.run_times_html))
-    write_text(args.run_times_html, run_times_page(run_times_rows(args.runs, args.benchmarks)))
+    write_text(args.run_times_html, run_times_page(run_times_rows(args.runs, args.benchmarks),
+                                                   args.labels))
     print(f"wrote {args.tables_html} and {args.run_times_html}")
 
 

@@ -53,8 +53,8 @@ def plot_selection(inputs: FigureInputs, out_dir: Path) -> list[Path]:
                 key = next((k for k in chosen if k[1] == n_labels and k[2] == algorithm), None)
                 if key is not None:
                     steps, values = panel_values(chosen[key], what)
-                    plot_mean_and_band(ax, steps, values, label=label(algorithm), linewidth=1.1,
-                                       **styles[algorithm])
+                    plot_mean_and_band(ax, steps, values, label=label(algorithm, inputs.labels),
+                                       linewidth=1.1, **styles[algorithm])
             ax.set_title(f"{title}, {n_labels} labels", fontsize=9)
             ax.set_ylabel(ylabel, fontsize=8)
             ax.grid(alpha=0.3)

@@ -1,10 +1,13 @@
 """Rule `tables`: the study's tables, each as LaTeX (booktabs) and as its table model (JSON, which
 the rule `report_pages` renders as HTML), and reports/<study>/metrics.json (for `dvc metrics`).
 
-  main        test error rate mean ± std over seeds per algorithm and label budget; bold: the
+  main        test error rate mean ± std over seeds per row and label budget; bold: the
               lowest mean of each column; †: a cell that a paired t-test over the seeds (which
               share their labeled splits) cannot tell from it
   published   given a CSV of published numbers: ours beside them, with the difference
+
+A row is a registered algorithm or a variant of one (pipeline/variants.py): the summaries name it
+(pipeline/reports/naming.py: row_name), and --labels gives each row's name in the tables.
 """
 from __future__ import annotations
 
@@ -13,12 +16,10 @@ import math
 import re
 from pathlib import Path
 
-from semisup.catalog import display_name
-
 from ..errors import UserError, argument_parser, cli
 from ..files import read_json, write_json, write_text
 from ..runs.evaluate import PROVENANCE
-from .naming import data_name
+from .naming import data_name, label_of, read_labels, row_name
 from .table_model import Cell, Table, to_latex
 
 SELECTION_TEXT = {
@@ -49,11 +50,12 @@ def paired_p_value(a: list[float], b: list[float]) -> float:
 
 
 class Column:
-    """One label budget of a table: each algorithm's seed statistics, the lowest mean and the
-    p-value of every other cell against it."""
+    """One label budget of a table: each row's seed statistics, the lowest mean and the p-value
+    of every other cell against it; `labels`: the rows' names in the notes."""
 
-    def __init__(self, n_labels: int, cells: dict[str, dict], seeds: dict[str, list[int]]):
-        self.n_labels, self.cells = n_labels, cells
+    def __init__(self, n_labels: int, cells: dict[str, dict], seeds: dict[str, list[int]],
+                 labels: dict[str, str] | None = None):
+        self.n_labels, self.cells, self.labels = n_labels, cells, labels or {}
         self.best = min(cells, key=lambda algorithm: cells[algorithm]["mean"])
         by_seed = {a: dict(zip(seeds[a], cells[a]["values"], strict=True)) for a in cells}
         common = lambda a: sorted(set(by_seed[a]) & set(by_seed[self.best]))
@@ -74,8 +76,8 @@ class Column:
         return not math.isnan(p) and p >= ALPHA
 
     def note(self) -> str:
-        lowest = " and ".join(display_name(a) for a in self.cells if self.is_bold(a))
-        tied = [f"{display_name(a)} (p = {p:.2f})" for a, p in self.p_values.items()
+        lowest = " and ".join(label_of(a, self.labels) for a in self.cells if self.is_bold(a))
+        tied = [f"{label_of(a, self.labels)} (p = {p:.2f})" for a, p in self.p_values.items()
                 if self.is_tied(a)]
         if all(math.isnan(p) for p in self.p_values.values()) and self.p_values:
             return f"{self.n_labels} labels: {lowest} lowest; one seed, so no test."
@@ -87,9 +89,11 @@ class Column:
 
 class Results:
     """The summaries of one study as the tables read them: which metric, the label budgets, the
-    algorithms in study order, and a Column per budget."""
+    rows (algorithms and variants, keyed by row_name) in study order with their labels, and a
+    Column per budget."""
 
-    def __init__(self, summaries: list[dict], model: str, selection: str):
+    def __init__(self, summaries: list[dict], model: str, selection: str,
+                 labels: dict[str, str] | None = None):
         first = summaries[0]
         self.study, self.dataset, self.network = first["study"], first["dataset"], first["model"]
         self.data = data_name(self.dataset, self.study)   # as captions name it
@@ -97,12 +101,16 @@ class Results:
         self.key = metric_key(model, selection, self.last_k)
         self.n_seeds = first["metrics"][self.key]["n"]
         self.budgets = sorted({s["n_labels"] for s in summaries})
-        self.algorithms = list(dict.fromkeys(s["algorithm"] for s in summaries))
-        self.columns = {n: Column(n, {s["algorithm"]: s["metrics"][self.key] for s in summaries
+        self.labels = labels or {}
+        self.algorithms = list(dict.fromkeys(row_name(s) for s in summaries))   # the rows
+        self.columns = {n: Column(n, {row_name(s): s["metrics"][self.key] for s in summaries
                                       if s["n_labels"] == n},
-                                  {s["algorithm"]: [seed["seed"] for seed in s["seeds"]]
-                                   for s in summaries if s["n_labels"] == n})
+                                  {row_name(s): [seed["seed"] for seed in s["seeds"]]
+                                   for s in summaries if s["n_labels"] == n}, self.labels)
                         for n in self.budgets}
+
+    def label(self, row: str) -> str:
+        return label_of(row, self.labels)
 
     def ours(self, algorithm: str, n_labels: int) -> Cell:
         stats = self.columns[n_labels].cells.get(algorithm)
@@ -126,8 +134,8 @@ class Results:
                 *(self.columns[n].note() for n in self.budgets)]
 
 
-def name_cell(algorithm: str) -> Cell:
-    return Cell(display_name(algorithm))
+def name_cell(results: Results, row: str) -> Cell:
+    return Cell(results.label(row))
 
 
 def main_table(results: Results) -> Table:
@@ -138,13 +146,14 @@ def main_table(results: Results) -> Table:
                  f"mean of each column; {TIED}: the paired test cannot tell it from the lowest "
                  f"(notes)."),
         header=[[Cell("Algorithm"), *(Cell(f"{n} labels") for n in results.budgets)]],
-        rows=[[name_cell(a), *(results.ours(a, n) for n in results.budgets)]
+        rows=[[name_cell(results, a), *(results.ours(a, n) for n in results.budgets)]
               for a in results.algorithms],
         notes=results.notes())
 
 
-def render(summaries: list[dict], model: str, selection: str) -> str:
-    return to_latex(main_table(Results(summaries, model, selection)))
+def render(summaries: list[dict], model: str, selection: str,
+           labels: dict[str, str] | None = None) -> str:
+    return to_latex(main_table(Results(summaries, model, selection, labels)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,13 +225,15 @@ def source_letters(rows: list[dict]) -> dict[Source, str]:
 
 def algorithm_rows(results: Results, algorithm: str, published: dict,
                    letters: dict[Source, str]) -> list[list[Cell]]:
-    """One row per source with numbers for `algorithm` (a single row when none has): per budget
-    ours (on the first row), published (marked with its source) and ours - published."""
+    """One row per source with numbers for `algorithm` (a table row: a registered algorithm or a
+    variant, which the CSV's `algorithm` column names; a single row when no source has numbers
+    for it): per budget ours (on the first row), published (marked with its source) and ours -
+    published."""
     sources = [s for s in letters
                if any((s, algorithm, n) in published for n in results.budgets)]
     rows = []
     for position, source in enumerate(sources or [None]):
-        cells = [name_cell(algorithm) if position == 0 else Cell("")]
+        cells = [name_cell(results, algorithm) if position == 0 else Cell("")]
         for n in results.budgets:
             ours = results.columns[n].cells.get(algorithm)
             row = published.get((source, algorithm, n))
@@ -284,8 +295,9 @@ def published_table(results: Results, published_rows: list[dict],
 
 
 def render_published(summaries: list[dict], published_rows: list[dict], model: str,
-                     selection: str, published_name: str = "the published numbers") -> str:
-    return to_latex(published_table(Results(summaries, model, selection), published_rows,
+                     selection: str, published_name: str = "the published numbers",
+                     labels: dict[str, str] | None = None) -> str:
+    return to_latex(published_table(Results(summaries, model, selection, labels), published_rows,
                                     published_name))
 
 
@@ -300,7 +312,8 @@ def table_metrics(results: Results) -> dict:
 
 
 def metrics_document(summaries: list[dict]) -> dict:
-    """Nested {dataset-n_labels: {algorithm: {metric: mean, metric_std: std}}} for dvc metrics,
+    """Nested {dataset-n_labels: {row: {metric: mean, metric_std: std}}} for dvc metrics (a row:
+    an algorithm or a variant),
     with each seed's run identity (config hash, code digest, split and data hashes: the MLflow
     run's tags). Only what a rerun on any machine reproduces: no MLflow run ids, no times."""
     document: dict = {}
@@ -312,7 +325,7 @@ def metrics_document(summaries: list[dict]) -> dict:
             values[key + "_std"] = round(stats["std"], 4)
         values["runs"] = [{"seed": seed["seed"], **{key: seed[key] for key in PROVENANCE}}
                           for seed in summary["seeds"]]
-        entry[summary["algorithm"]] = values
+        entry[row_name(summary)] = values
     return document
 
 
@@ -338,11 +351,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="CSV of published numbers (reference/README.md) to compare with")
     parser.add_argument("--published-table", type=Path,
                         help="where to write the comparison table (with --published)")
+    parser.add_argument("--labels", type=read_labels, default={},
+                        help="each row's name in the tables, as JSON {row: label} (the Snakefile "
+                             "gives every row's); default: the algorithm's display name")
     args = parser.parse_args(argv)
     if (args.published is None) != (args.published_table is None):
         parser.error("--published and --published-table go together")
     summaries = [read_json(path, "summary") for path in args.summaries]
-    results = Results(summaries, args.model, args.selection)
+    results = Results(summaries, args.model, args.selection, args.labels)
     write_table(main_table(results), args.table)
     write_json(args.metrics, metrics_document(summaries))
     if args.table_metrics:

@@ -1,6 +1,6 @@
 """A training job's checkpoint folder, kept outside the rule's outputs so that a killed job keeps it:
 
-  checkpoints/<study>/<dataset>-<n_labels>/<algorithm>/seed<k>/<config hash>-<code digest>/
+  checkpoints/<study>/<dataset>-<n_labels>/<row>/seed<k>/<config hash>-<code digest>/
     checkpoint.pt      the trainer's state, every train.checkpoint_every steps and at the last
     mlflow_run.json    the job's MLflow run (pipeline.runs.tracking.RunLogger)
 
@@ -25,7 +25,7 @@ RUN_RECORD = "mlflow_run.json"
 def checkpoint_dir(run: RunConfig, code_digest: str) -> str:
     """The checkpoint folder of `run` trained by the code of digest `code_digest` (the train
     rule's, pipeline/code.py)."""
-    return (f"checkpoints/{run.study}/{run.dataset}-{run.n_labels}/{run.algorithm}/"
+    return (f"checkpoints/{run.study}/{run.dataset}-{run.n_labels}/{run.row}/"
             f"seed{run.seed}/{run.config_hash[:16]}-{code_digest[:12]}")
 
 

@@ -1,4 +1,4 @@
-"""Rule `evaluate`: aggregate one (dataset, n_labels, algorithm) over seeds: mean, std, n of
+"""Rule `evaluate`: aggregate one (dataset, n_labels, row: an algorithm or a variant) over seeds: mean, std, n of
 every metric, with each seed's provenance (MLflow run id, hashes, git commit).
 
 Snakemake starts this rule only once it has recorded the seeds' train jobs as complete, so it is
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = {
         "study": first["study"], "dataset": first["dataset"], "n_labels": first["n_labels"],
         "algorithm": first["algorithm"], "model": first["model"],
+        # a variant's summary names it (its table row); an algorithm's own has no such key
+        **({"variant": first["variant"]} if first.get("variant") else {}),
         "last_k": first["train"]["last_k"],   # of the median/mean metrics
         "metrics": aggregate(per_seed),
         "seeds": [{"seed": m["run"]["seed"], "mlflow_run_id": r["mlflow_run_id"],

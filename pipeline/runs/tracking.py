@@ -42,7 +42,10 @@ __all__ = ["DEFAULT_URI", "RunLogger", "client", "experiment_id", "git_commit", 
 # the runs table.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # The tags that name a table cell's run: a newer finished run of the same cell supersedes older ones.
+# A variant's runs (pipeline/variants.py) also have the tag VARIANT_TAG, which the others lack: a
+# cell is these tags' values and the variant's name, or the absence of one.
 CELL_TAGS = ("study", "dataset", "n_labels", "algorithm", "seed")
+VARIANT_TAG = "variant"
 ATTEMPT_TAG = "ssl_repro_attempt"
 # A training job's HTTP requests: a few quick retries instead of MLflow's minutes (7 retries,
 # 120 s timeouts), since a failed metric write is kept and sent again later.
@@ -323,15 +326,17 @@ class RunLogger:
                   f"{type(error).__name__}: {str(error)[:200]})", file=sys.stderr)
 
     def supersede_earlier_runs(self, run: RunConfig) -> list[str]:
-        """Tag the earlier finished runs of `run`'s table cell (same CELL_TAGS values; made with
-        another config or code) `superseded_by` this run: the reports now hold this run's
-        numbers. Returns their ids."""
+        """Tag the earlier finished runs of `run`'s table cell (same CELL_TAGS values and the same
+        variant or none; made with another config or code) `superseded_by` this run: the reports
+        now hold this run's numbers. Returns their ids. (MLflow's filter cannot ask for a tag's
+        absence, so the variant is compared here.)"""
         query = " and ".join(f"tags.{key} = '{getattr(run, key)}'" for key in CELL_TAGS)
         earlier = self._call(lambda: self.tracking.search_runs(
             [self.experiment_id], filter_string=f"{query} and attributes.status = 'FINISHED'",
             max_results=1000), "search runs", "search the runs of this table cell in")
-        superseded = [run.info.run_id for run in earlier if run.info.run_id != self.run_id
-                      and "superseded_by" not in run.data.tags]
+        superseded = [other.info.run_id for other in earlier if other.info.run_id != self.run_id
+                      and "superseded_by" not in other.data.tags
+                      and other.data.tags.get(VARIANT_TAG) == run.variant]
         for run_id in superseded:
             self._call(lambda run_id=run_id: self.tracking.set_tag(
                 run_id, "superseded_by", self.run_id), "tag superseded run", "tag a run in")

@@ -240,6 +240,8 @@ def mlflow_params(run: RunConfig) -> dict:
     training loop, defaults included."""
     params = {key: getattr(run, key)
               for key in ("study", "dataset", "n_labels", "seed", "algorithm", "model")}
+    if run.variant:
+        params["variant"] = run.variant
     for prefix, section in (("dataset", run.dataset_options), (run.algorithm, run.algorithm_params),
                             ("model", run.model_options), ("train", run.train)):
         params.update({f"{prefix}.{key}": json.dumps(value, sort_keys=True)
@@ -275,6 +277,8 @@ def mlflow_tags(run: RunConfig, provenance: dict, device) -> dict:
     commit = provenance["git_commit"]
     return {"algorithm": run.algorithm, "dataset": run.dataset, "n_labels": run.n_labels,
             "seed": run.seed, "study": run.study, **provenance,
+            # a variant's runs are a table row of their own (tracking.CELL_TAGS)
+            **({"variant": run.variant} if run.variant else {}),
             "mlflow.source.git.commit": commit.removesuffix("-dirty"),
             # where this attempt ran (tags, so that a resumed attempt records its own)
             "execution.device": str(device), "execution.threads": torch.get_num_threads(),
@@ -332,7 +336,9 @@ def run_provenance(run: RunConfig, code: str | None, split: dict, manifest: dict
 
 
 def run_name(run: RunConfig) -> str:
-    return f"{run.algorithm}-{run.dataset}-{run.n_labels}-seed{run.seed}"
+    """The MLflow run's name: its table row (a variant's name, else the algorithm's), dataset,
+    label budget and seed."""
+    return f"{run.row}-{run.dataset}-{run.n_labels}-seed{run.seed}"
 
 
 def parse_arguments(argv: list[str] | None):
