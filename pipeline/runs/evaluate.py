@@ -1,5 +1,6 @@
-"""Rule `evaluate`: aggregate one (dataset, n_labels, row: an algorithm or a variant) over seeds: mean, std, n of
-every metric, with each seed's provenance (MLflow run id, hashes, git commit).
+"""Rule `evaluate`: aggregate one (dataset, n_labels, row: an algorithm or a variant of one) over
+seeds: mean, std, n of every metric, with each seed's provenance (MLflow run id, hashes, git
+commit).
 
 Snakemake starts this rule only once it has recorded the seeds' train jobs as complete, so it is
 also where their checkpoint folders go (--accepted-checkpoints; pipeline/runs/checkpoints.py)."""
