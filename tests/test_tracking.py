@@ -105,6 +105,28 @@ def test_a_newer_finished_run_of_a_cell_supersedes_the_older_ones_only(store: Pa
     assert "superseded_by" not in tags(other_seed) and "superseded_by" not in tags(new)
 
 
+def test_a_variants_run_supersedes_only_the_runs_of_its_own_row(store: Path):
+    """FixMatch (CTA) (the variant fixmatch_cta of fixmatch) and FixMatch share every CELL_TAGS
+    value, algorithm included: the variant tag keeps each row's runs apart."""
+    plain = RunLogger("exp", "plain", store / "a.txt", {**CELL, "config_hash": "1"}, {})
+    plain.finish()
+    old_variant = RunLogger("exp", "cta", store / "b.txt",
+                            {**CELL, "variant": "fixmatch_cta", "config_hash": "2"}, {})
+    old_variant.finish()
+    new = RunLogger("exp", "cta2", store / "c.txt",
+                    {**CELL, "variant": "fixmatch_cta", "config_hash": "3"}, {})
+    new.finish()
+    run = RunConfig(**CELL, dataset_options={}, algorithm_params={}, model="small_cnn",
+                    model_options={}, train={}, config_hash="3", variant="fixmatch_cta")
+    assert new.supersede_earlier_runs(run) == [old_variant.run_id]
+    newer_plain = RunLogger("exp", "plain2", store / "d.txt", {**CELL, "config_hash": "4"}, {})
+    newer_plain.finish()
+    plain_run = RunConfig(**CELL, dataset_options={}, algorithm_params={}, model="small_cnn",
+                          model_options={}, train={}, config_hash="4")
+    assert newer_plain.supersede_earlier_runs(plain_run) == [plain.run_id]
+    assert "superseded_by" not in new.tracking.get_run(new.run_id).data.tags
+
+
 def test_the_experiment_opens_as_a_model_training_one(store: Path):
     logger = RunLogger("exp", "run", store / "id.txt", {}, {})
     experiment = logger.tracking.get_experiment(logger.experiment_id)
