@@ -13,7 +13,10 @@ DASH_STUDIES = {
     "dash-stl10": ("stl10", [40, 250, 1000], "wrn_37_2", 5e-4),
 }
 DASH_COMPARISON = {"supervised", "pimodel", "pseudolabel", "meanteacher", "mixmatch", "uda",
-                   "remixmatch", "fixmatch", "flexmatch", "dash"}
+                   "remixmatch", "fixmatch", "fixmatch_cta", "flexmatch", "dash", "dash_cta"}
+# The Dash paper's rows of FixMatch and Dash: each with RandAugment and with CTAugment.
+DASH_ROWS = {"fixmatch": ("FixMatch (RA)", "fixmatch"), "fixmatch_cta": ("FixMatch (CTA)", "ctaugment"),
+             "dash": ("Dash (RA)", "fixmatch"), "dash_cta": ("Dash (CTA)", "ctaugment")}
 USB_CLASSIC = {
     # config: (dataset, label budgets, network, weight decay)
     "usb-classic-cifar10": ("cifar10", [40, 250, 4000], "wrn_28_2", 5e-4),
@@ -86,8 +89,24 @@ def test_dash_study_reports_best_ema_error_beside_the_published_numbers(name):
     reports = study.config["reports"]
     assert study.reports_dir == f"reports/{name}"
     assert reports == {"dir": None, "selection": "best", "model": "ema",
-                       "published": "reference/published_results.csv", "overwrite": False}
+                       "published": "reference/published_results.csv", "overwrite": False,
+                       "labels": {"fixmatch": "FixMatch (RA)", "dash": "Dash (RA)"}}
     assert (ROOT / reports["published"]).is_file()
+
+
+@pytest.mark.parametrize("name", sorted(DASH_STUDIES))
+def test_dash_study_has_fixmatch_and_dash_with_randaugment_and_with_ctaugment(name):
+    """The paper's FixMatch (RA), FixMatch (CTA), Dash (RA), Dash (CTA): the CTA rows are
+    variants whose runs differ from the RA rows' in their strong augmentation alone."""
+    study = study_of(name)
+    dataset, budgets = DASH_STUDIES[name][:2]
+    labels = study.row_labels()
+    for row, (label, augmentation) in DASH_ROWS.items():
+        run = study.run_config(dataset, budgets[0], row, 0)
+        assert (labels[row], run.train["strong_augment"]) == (label, augmentation)
+        plain = study.run_config(dataset, budgets[0], run.algorithm, 0)
+        assert {**run.train, "strong_augment": "fixmatch"} == plain.train
+        assert run.algorithm_params == plain.algorithm_params
 
 
 def test_run_config_carries_the_network_options_into_the_config_hash():

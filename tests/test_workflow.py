@@ -172,7 +172,7 @@ def test_the_documented_offline_download_command_plans_the_download_only(tmp_pat
     assert "download" in result.stdout and "rule train" not in result.stdout
     # the dry run says what its training jobs would cost here (pipeline/workflow/devices.py)
     said = " ".join(result.stderr.split())
-    assert "warning: 90 training run(s) of 1,048,576 steps each (wrn_28_2, 960 images a step)" \
+    assert "warning: 108 training run(s) of 1,048,576 steps each (wrn_28_2, 960 images a step)" \
         in said and "days. They want a GPU" in said
 
 
