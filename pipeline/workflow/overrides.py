@@ -35,12 +35,13 @@ def own_files(config_files: list[Path]) -> list[Path]:
 
 
 def computed(study: Study) -> dict:
-    """What a study computes: every run's config hash and the settings of its tables."""
+    """What a study computes: every run's config hash, the settings of its tables and the names
+    of its rows in them (a variant's label is in no run's hash)."""
     config = study.config["study"]
     runs = {f"{n}-{a}-seed{s}": study.run_config(study.dataset, n, a, s).config_hash
             for n, a, s in product(config["n_labels"], config["algorithms"], config["seeds"])}
     reports = {k: v for k, v in study.config["reports"].items() if k not in REPORT_PLACES}
-    return {"runs": runs, "reports": reports}
+    return {"runs": runs, "reports": reports, "labels": study.row_labels()}
 
 
 def changed_keys(before, after, prefix: str = "") -> list[str]:
