@@ -221,3 +221,64 @@ def test_a_dry_run_lists_every_row_budget_and_seed_with_the_rows_labels(tmp_path
                     in result.stdout
     assert "--labels '{\"fixmatch\": \"FixMatch (RA)\", \"fixmatch_cta\": \"FixMatch (CTA)\"}'" \
         in result.stdout
+
+
+def write_run(folder, algorithm: str, variant: str | None, seed: int, errors: list[float]):
+    """What a train job writes (metrics.json, run.json, evaluations.csv), by hand: one run of a
+    row on digits with 10 labels."""
+    folder.mkdir(parents=True)
+    run = {"study": "rows", "dataset": "digits", "n_labels": 10, "seed": seed,
+           "algorithm": algorithm, "model": "small_cnn", "train": {"last_k": 2},
+           **({"variant": variant} if variant else {})}
+    (folder / "metrics.json").write_text(json.dumps({
+        "metrics": {"ema/best_error": min(errors)}, "run": run, "config_hash": "h",
+        "code_digest": "c", "split_sha256": "s", "dataset_digest": "d", "git_commit": "g"}))
+    (folder / "run.json").write_text(json.dumps({"mlflow_run_id": f"r{seed}",
+                                                 "wall_seconds": 1.0}))
+    (folder / "evaluations.csv").write_text(
+        "step,ema/error\n" + "".join(f"{3 * (i + 1)},{e}\n" for i, e in enumerate(errors)))
+
+
+def test_a_variants_summary_and_curves_are_its_rows(tmp_path):
+    """evaluate names the variant in its summary (the tables' row key); the figures group runs by
+    row and name each curve by its label."""
+    from pipeline.reports.figures import write_curves
+    from pipeline.reports.plotting import group_runs, row_algorithms
+    from pipeline.runs.evaluate import main as evaluate
+
+    for row, variant, errors in (("fixmatch", None, [50.0, 40.0]),
+                                 ("fixmatch_cta", "fixmatch_cta", [45.0, 30.0])):
+        for seed in (0, 1):
+            write_run(tmp_path / row / f"seed{seed}", "fixmatch", variant, seed, errors)
+        evaluate(["--metrics", *(str(tmp_path / row / f"seed{s}/metrics.json") for s in (0, 1)),
+                  "--out", str(tmp_path / row / "summary.json")])
+    plain, variant = (json.loads((tmp_path / row / "summary.json").read_text())
+                      for row in ("fixmatch", "fixmatch_cta"))
+    assert "variant" not in plain and variant["variant"] == "fixmatch_cta"
+    assert variant["algorithm"] == "fixmatch" and variant["metrics"]["ema/best_error"]["mean"] == 30
+    evaluations = [tmp_path / row / f"seed{s}/evaluations.csv" for row in ("fixmatch",
+                                                                            "fixmatch_cta")
+                   for s in (0, 1)]
+    assert list(group_runs(evaluations)) == [("digits", 10, "fixmatch"),
+                                             ("digits", 10, "fixmatch_cta")]
+    assert row_algorithms(evaluations) == {"fixmatch": "fixmatch", "fixmatch_cta": "fixmatch"}
+    (curves,) = write_curves(group_runs(evaluations), "ema", tmp_path / "plots",
+                             {"fixmatch": "FixMatch (RA)", "fixmatch_cta": "FixMatch (CTA)"})
+    assert curves.read_text() == ("step,FixMatch (RA),FixMatch (CTA)\n"
+                                  "3,50.0000,45.0000\n6,40.0000,30.0000\n")
+
+
+def test_a_variants_mlflow_run_is_named_and_tagged_after_it(params):
+    from pipeline.runs.train import mlflow_params, mlflow_tags, run_name
+
+    study = load_study(with_variants(params))
+    variant = study.run_config("digits", 10, "fixmatch_cta", 0)
+    plain = study.run_config("digits", 10, "fixmatch", 0)
+    assert (run_name(variant), run_name(plain)) == ("fixmatch_cta-digits-10-seed0",
+                                                    "fixmatch-digits-10-seed0")
+    assert mlflow_params(variant)["variant"] == "fixmatch_cta" and "variant" not in \
+        mlflow_params(plain)
+    provenance = {"git_commit": "abc"}
+    assert mlflow_tags(variant, provenance, "cpu")["variant"] == "fixmatch_cta"
+    assert mlflow_tags(variant, provenance, "cpu")["algorithm"] == "fixmatch"
+    assert "variant" not in mlflow_tags(plain, provenance, "cpu")
