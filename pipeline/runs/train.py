@@ -180,6 +180,8 @@ def image_augment(train: dict):
 
     settings = {field: train[key] for key, field in AUGMENT_KEYS.items()}
     settings["ctaugment"] = CTAugmentSettings(**settings["ctaugment"])
+    for ranged in ("resized_crop_scale", "resized_crop_ratio"):   # JSON lists -> (low, high)
+        settings[ranged] = tuple(settings[ranged])
     return ImageAugment(**settings)
 
 
@@ -201,7 +203,11 @@ LOOP_KEYS = ("steps", "batch_size", "uratio", "lr_schedule", "lr_warmup_steps", 
              "eval_every", "log_every", "checkpoint_every", "eval_batch_size", "last_k",
              "precision", "channels_last", "compile")
 AUGMENT_KEYS = {"horizontal_flip": "horizontal_flip", "pad_fraction": "pad_fraction",
-                "strong_augment": "strong", "ctaugment": "ctaugment"}   # train key -> field
+                "strong_augment": "strong", "ctaugment": "ctaugment",
+                "vertical_flip": "vertical_flip", "rand_augment_ops": "rand_augment_ops",
+                "crop_size": "crop_size", "strong_crop": "strong_crop",
+                "resized_crop_scale": "resized_crop_scale",
+                "resized_crop_ratio": "resized_crop_ratio"}   # train key -> ImageAugment field
 
 
 def start_torch(run: RunConfig, device_setting: str, threads: int, device_source: str):
