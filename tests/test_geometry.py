@@ -208,3 +208,39 @@ def test_same_seed_same_batch_other_seed_other_batch(choices):
     again = strong_augment(images, torch.Generator().manual_seed(7), variant="usb", **choices)
     other = strong_augment(images, torch.Generator().manual_seed(8), variant="usb", **choices)
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+# --- the image data layer -------------------------------------------------------------------------
+
+def image_modality(**train):
+    from semisup.catalog import DATASETS
+    from semisup.data.image import ImageModality
+
+    from pipeline.config import default_train_options
+    from pipeline.runs.train import image_augment
+
+    pools = {pool: random_images(4, size=10, seed=seed)
+             for seed, pool in enumerate(("train", "unlabeled", "test"))}
+    augment = image_augment(default_train_options("cifar10", **train))
+    return ImageModality(pools, DATASETS["cifar10"].inputs, augment, channels_last=False)
+
+
+def test_with_a_crop_size_training_sees_random_crops_and_evaluation_the_centre_crop():
+    modality = image_modality(crop_size=6, pad_fraction=0, strong_crop="resized_crop",
+                              strong_augment="usb")
+    weak, strong = modality.views("unlabeled", torch.arange(4), ("weak", "strong"),
+                                  torch.Generator().manual_seed(0))
+    assert weak.shape == strong.shape == (4, 3, 6, 6)
+    (evaluated,) = list(modality.batches("test", 16))
+    assert torch.equal(evaluated, modality.normalize(modality.pools["test"][..., 2:8, 2:8]))
+
+
+def test_without_a_crop_size_evaluation_sees_the_whole_images():
+    modality = image_modality()
+    (evaluated,) = list(modality.batches("test", 16))
+    assert torch.equal(evaluated, modality.normalize(modality.pools["test"]))
+
+
+def test_ctaugment_refuses_randaugments_op_list_and_crop_naming_both():
+    with pytest.raises(ValueError, match="rand_augment_ops 'no_color' and strong_crop"):
+        image_modality(strong_augment="ctaugment", rand_augment_ops="no_color")

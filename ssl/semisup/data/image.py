@@ -30,8 +30,8 @@ from .registry import ImageData
 class ImageAugment:
     """How an image dataset is augmented (params.yaml: train.horizontal_flip, pad_fraction,
     strong_augment, ctaugment, vertical_flip, rand_augment_ops, crop_size, strong_crop,
-    resized_crop_scale, resized_crop_ratio). The defaults after ctaugment are what runs did
-    before these choices existed; semilearn 0.3.2 departs from them on EuroSAT and TissueMNIST
+    resized_crop_scale, resized_crop_ratio). params.yaml's values of the six after ctaugment are
+    what runs did before these choices existed; semilearn 0.3.2 departs from them on EuroSAT and TissueMNIST
     (vertical flips; TissueMNIST's RandAugment without colour ops) and Semi-Aves (224 px crops of
     256 px images, a random resized crop for the strong view)."""
 
@@ -39,12 +39,12 @@ class ImageAugment:
     pad_fraction: float
     strong: str                      # RandAugment variant fixmatch | usb, or ctaugment
     ctaugment: CTAugmentSettings     # used where strong is ctaugment
-    vertical_flip: bool = False
-    rand_augment_ops: str = "all"    # all | no_color (semisup.data.augment.OP_LISTS)
-    crop_size: int | None = None     # None: the images' size; else train crops, evaluation centre
-    strong_crop: str = "pad_crop"    # pad_crop (the weak crop) | resized_crop
-    resized_crop_scale: tuple[float, float] = (0.08, 1.0)
-    resized_crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    vertical_flip: bool
+    rand_augment_ops: str            # all | no_color (semisup.data.augment.OP_LISTS)
+    crop_size: int | None            # None: the images' size; else train crops, evaluation centre
+    strong_crop: str                 # pad_crop (the weak crop) | resized_crop
+    resized_crop_scale: tuple[float, float]   # of the image's area (strong_crop resized_crop)
+    resized_crop_ratio: tuple[float, float]   # width / height
 
 
 class Normalizer:
