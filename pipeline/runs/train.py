@@ -203,11 +203,9 @@ LOOP_KEYS = ("steps", "batch_size", "uratio", "lr_schedule", "lr_warmup_steps", 
              "eval_every", "log_every", "checkpoint_every", "eval_batch_size", "last_k",
              "precision", "channels_last", "compile")
 AUGMENT_KEYS = {"horizontal_flip": "horizontal_flip", "pad_fraction": "pad_fraction",
-                "strong_augment": "strong", "ctaugment": "ctaugment",
-                "vertical_flip": "vertical_flip", "rand_augment_ops": "rand_augment_ops",
-                "crop_size": "crop_size", "strong_crop": "strong_crop",
-                "resized_crop_scale": "resized_crop_scale",
-                "resized_crop_ratio": "resized_crop_ratio"}   # train key -> ImageAugment field
+                "strong_augment": "strong", "ctaugment": "ctaugment",   # train key -> field
+                **{key: key for key in ("vertical_flip", "rand_augment_ops", "crop_size",
+                                        "strong_crop", "resized_crop_scale", "resized_crop_ratio")}}
 
 
 def start_torch(run: RunConfig, device_setting: str, threads: int, device_source: str):
