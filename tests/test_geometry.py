@@ -244,3 +244,17 @@ def test_without_a_crop_size_evaluation_sees_the_whole_images():
 def test_ctaugment_refuses_randaugments_op_list_and_crop_naming_both():
     with pytest.raises(ValueError, match="rand_augment_ops 'no_color' and strong_crop"):
         image_modality(strong_augment="ctaugment", rand_augment_ops="no_color")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("choices", USB_CHOICES)
+def test_the_usb_choices_run_on_cuda_and_resize_boxes_as_on_the_cpu(choices):
+    images = random_images(16)
+    on_cuda = [strong_augment(images.cuda(), torch.Generator(device="cuda").manual_seed(7),
+                              variant="usb", **choices) for _ in range(2)]
+    assert on_cuda[0].is_cuda and torch.equal(on_cuda[0], on_cuda[1])
+    boxes = resized_crop_boxes(images, torch.Generator().manual_seed(0), scale=(0.1, 1.0),
+                               ratio=(3 / 4, 4 / 3))
+    on_cpu = resize_boxes(images, *boxes, size=24)
+    moved = resize_boxes(images.cuda(), *(box.cuda() for box in boxes), size=24).cpu()
+    assert int((on_cpu.int() - moved.int()).abs().max()) <= 1
