@@ -132,7 +132,12 @@ HASH_NEUTRAL = {("train", "optimizer"): "sgd", ("train", "layer_decay"): 1.0,
                 ("train", "lr_schedule"): "cosine", ("train", "lr_warmup_steps"): 0,
                 ("algorithm_params", "batchnorm"): "joint",   # Mean Teacher's
                 ("train", "ctaugment"): {"depth": 2, "threshold": 0.8, "decay": 0.99,
-                                         "probe_network": "ema", "translate": "pixels"}}
+                                         "probe_network": "ema", "translate": "pixels"},
+                # semilearn's per-dataset image augmentation (EuroSAT, TissueMNIST, Semi-Aves)
+                ("train", "vertical_flip"): False, ("train", "rand_augment_ops"): "all",
+                ("train", "crop_size"): None, ("train", "strong_crop"): "pad_crop",
+                ("train", "resized_crop_scale"): [0.08, 1.0],
+                ("train", "resized_crop_ratio"): [0.75, 4 / 3]}
 
 
 def run_hash(run: dict) -> str:

@@ -186,7 +186,8 @@ def semantic_problems(config: dict, source: str) -> list[str]:
     """Checks that need more than one key."""
     return [*variant_problems(config, source), *study_problems(config, source),
             *steps_problems(config["train"], source), *numerics_problems(config["train"], source),
-            *selection_problems(config, source), *label_problems(config, source)]
+            *augment_problems(config["train"], source), *selection_problems(config, source),
+            *label_problems(config, source)]
 
 
 def variant_problems(config: dict, source: str) -> list[str]:
@@ -328,6 +329,25 @@ def numerics_problems(train: dict, source: str) -> list[str]:
         problems.append(f"{source}: train.portable_numerics is true but train.device is "
                         f"{train['device']!r}; portable numerics pin CPU code paths only, so set "
                         f"train.device to 'cpu' or portable_numerics to false.")
+    return problems
+
+
+def augment_problems(train: dict, source: str) -> list[str]:
+    """RandAugment's op list and the strong crop are RandAugment's (CTAugment draws its own ops
+    after the weak view); the resized crop's ranges are (low, high)."""
+    problems = []
+    if train["strong_augment"] == "ctaugment":
+        for key, value in (("rand_augment_ops", "all"), ("strong_crop", "pad_crop")):
+            if train[key] != value:
+                problems.append(f"{source}: train.{key} is {train[key]!r} but train."
+                                f"strong_augment is 'ctaugment', which draws its own ops after "
+                                f"the weak view; set train.{key} to {value!r} or strong_augment "
+                                f"to 'fixmatch' or 'usb'.")
+    for key in ("resized_crop_scale", "resized_crop_ratio"):
+        low, high = train[key]
+        if low > high:
+            problems.append(f"{source}: train.{key} = {train[key]} is not a range (low, high); "
+                            f"write it as [{high}, {low}].")
     return problems
 
 

@@ -360,3 +360,58 @@ def test_a_train_job_reads_its_run_config_from_the_file_the_workflow_wrote(param
     with pytest.raises(ConfigError, match=r"the run config file .*missing\.json is missing; "
                                           r"rerun snakemake, which writes"):
         RunConfig.read(str(tmp_path / "missing.json"))
+
+
+# The default study's run hashes as they were before semilearn's per-dataset augmentation
+# choices (train.vertical_flip, rand_augment_ops, crop_size, strong_crop, resized_crop_scale,
+# resized_crop_ratio) existed, computed at commit 57c45c8: at their defaults they rename no run.
+HASHES_BEFORE_USB_AUGMENTATION = {
+    (10, "fixmatch", 0): "4e200e3b7278c4cd148e10f6b1bd9d67558d82a4c15627dda90fd7e9ac5365fe",
+    (10, "supervised", 0): "50597c086105d97eec265179279e5c4f3920a554919ea4bc9535bf672fb68c14",
+    (50, "meanteacher", 2): "5614e8e24cd174409a27a8cad4b63704bf94f8496fddccbdb80788ccb8bcf37d",
+}
+USB_AUGMENTATION = {"vertical_flip": True, "rand_augment_ops": "no_color", "crop_size": 224,
+                    "strong_crop": "resized_crop", "resized_crop_scale": [0.5, 1.0],
+                    "resized_crop_ratio": [0.5, 2.0]}
+
+
+@pytest.mark.parametrize("run", list(HASHES_BEFORE_USB_AUGMENTATION))
+def test_the_augmentation_choices_at_their_defaults_keep_the_default_studys_hashes(params, run):
+    n_labels, algorithm, seed = run
+    resolved = load_study(params).run_config("digits", n_labels, algorithm, seed)
+    assert resolved.config_hash == HASHES_BEFORE_USB_AUGMENTATION[run]
+    assert {key: resolved.train[key] for key in USB_AUGMENTATION} == {   # in the config, resolved
+        "vertical_flip": False, "rand_augment_ops": "all", "crop_size": None,
+        "strong_crop": "pad_crop", "resized_crop_scale": [0.08, 1.0],
+        "resized_crop_ratio": [0.75, 4 / 3]}
+
+
+@pytest.mark.parametrize("key", list(USB_AUGMENTATION))
+def test_each_augmentation_choice_away_from_its_default_is_another_run(params, key):
+    base = load_study(params).run_config("digits", 10, "fixmatch", 0).config_hash
+    other = load_study(deep_merge(params, {"train": {key: USB_AUGMENTATION[key]}}))
+    assert other.run_config("digits", 10, "fixmatch", 0).config_hash != base
+
+
+def test_the_run_configs_augmentation_reaches_the_image_data_layer(params):
+    from pipeline.runs.train import image_augment
+
+    run = load_study(deep_merge(params, {"train": USB_AUGMENTATION})).run_config(
+        "digits", 10, "fixmatch", 0)
+    augment = image_augment(run.train)
+    assert (augment.vertical_flip, augment.rand_augment_ops, augment.crop_size,
+            augment.strong_crop) == (True, "no_color", 224, "resized_crop")
+    assert augment.resized_crop_scale == (0.5, 1.0) and augment.resized_crop_ratio == (0.5, 2.0)
+
+
+def test_augmentation_choices_that_ctaugment_cannot_honour_or_reversed_ranges_are_named(params):
+    message = error_for(params, lambda c: c["train"].update(strong_augment="ctaugment",
+                                                            rand_augment_ops="no_color"))
+    assert "train.rand_augment_ops is 'no_color'" in message and "'all'" in message
+    message = error_for(params, lambda c: c["train"].update(strong_augment="ctaugment",
+                                                            strong_crop="resized_crop"))
+    assert "train.strong_crop is 'resized_crop'" in message and "'pad_crop'" in message
+    message = error_for(params, lambda c: c["train"].update(resized_crop_scale=[1.0, 0.08]))
+    assert "train.resized_crop_scale = [1.0, 0.08] is not a range" in message
+    message = error_for(params, lambda c: c["train"].update(rand_augment_ops="grey"))
+    assert "train.rand_augment_ops" in message and "'no_color'" in message

@@ -38,7 +38,16 @@ USB_CV = {
     "usb-cv-stl10": ("stl10", [40, 100], "vit_base_patch16_96", 1e-4, 0.65, 0.125, 5120),
     "usb-cv-eurosat": ("eurosat", [20, 40], "vit_small_patch2_32", 5e-5, 1.0, 0.125, 0),
     "usb-cv-tissuemnist": ("tissuemnist", [80, 400], "vit_tiny_patch2_32", 5e-5, 0.95, 1 / 32, 0),
-    "usb-cv-semi-aves": ("semi_aves", [3959], "vit_small_patch16_224", 1e-3, 0.65, 0.125, 0),
+    "usb-cv-semi-aves": ("semi_aves", [3959], "vit_small_patch16_224", 1e-3, 0.65, 0.0, 0),
+}
+# semilearn 0.3.2's cv_datasets/*.py transforms where they are not CIFAR-100's: (vertical_flip,
+# rand_augment_ops, dataset image_size, crop_size, strong_crop)
+USB_CV_AUGMENT = {
+    "usb-cv-cifar100": (False, "all", None, None, "pad_crop"),
+    "usb-cv-stl10": (False, "all", None, None, "pad_crop"),
+    "usb-cv-eurosat": (True, "all", 32, None, "pad_crop"),
+    "usb-cv-tissuemnist": (True, "no_color", 32, None, "pad_crop"),
+    "usb-cv-semi-aves": (False, "all", 256, 224, "resized_crop"),
 }
 USB_CV_EMA = {"meanteacher", "comatch", "simmatch"}   # ema_m 0.999; the others 0
 
@@ -203,6 +212,25 @@ def test_usb_cv_study_runs_all_19_algorithms_with_usbs_pretrained_protocol(name)
     assert algorithms["simmatch"]["T"] == (0.1 if dataset in ("cifar100", "stl10") else 0.2)
     assert config["reports"]["selection"] == "best" and config["reports"]["model"] == "ema"
     assert config["reports"]["published"] == "reference/published_usb_cv.csv"
+
+
+@pytest.mark.parametrize("name", sorted(USB_CV_AUGMENT))
+def test_usb_cv_study_augments_as_semilearns_dataset_transforms(name):
+    """eurosat.py and medmnist.py flip vertically too, medmnist.py's RandAugment has no colour
+    ops, aves.py crops 224 of 256 px images (no padding) and resizes a random crop for the
+    strong view (timm's default ranges); every run of the study gets them."""
+    vertical_flip, ops, image_size, crop_size, strong_crop = USB_CV_AUGMENT[name]
+    study = study_of(name)
+    dataset = study.dataset
+    for algorithm in study.config["study"]["algorithms"]:
+        run = study.run_config(dataset, study.config["study"]["n_labels"][0], algorithm, 0)
+        assert (run.train["vertical_flip"], run.train["rand_augment_ops"], run.train["crop_size"],
+                run.train["strong_crop"]) == (vertical_flip, ops, crop_size, strong_crop)
+        assert run.train["horizontal_flip"] is True
+        assert (run.train["resized_crop_scale"], run.train["resized_crop_ratio"]) == (
+            [0.08, 1.0], [0.75, 4 / 3])
+    if image_size is not None:
+        assert study.dataset_options(dataset)["image_size"] == image_size
 
 
 def test_usb_cv_published_numbers_are_every_cell_of_usbs_results_file():

@@ -261,7 +261,10 @@ def test_semi_aves_keeps_the_release_labeled_and_unlabeled_sets_apart(tmp_path, 
     assert np.array_equal(data.extra_unlabeled_images[3].permute(1, 2, 0).numpy(), expected)
     # The data layer's unlabeled pool is u_train_in alone (USB never adds the labeled images).
     augment = ImageAugment(horizontal_flip=True, pad_fraction=0.125, strong="fixmatch",
-                           ctaugment=CTAugmentSettings(**default_params()["train"]["ctaugment"]))
+                           ctaugment=CTAugmentSettings(**default_params()["train"]["ctaugment"]),
+                           vertical_flip=False, rand_augment_ops="all", crop_size=None,
+                           strong_crop="pad_crop", resized_crop_scale=(0.08, 1.0),
+                           resized_crop_ratio=(3 / 4, 4 / 3))
     train_data = image_train_data(data, torch.arange(12), spec.inputs, augment, False, "cpu")
     assert train_data.modality.size("unlabeled") == 5 and train_data.modality.size("train") == 12
     assert train_data.unlabeled_labels.tolist() == [-1] * 5

@@ -180,6 +180,8 @@ def image_augment(train: dict):
 
     settings = {field: train[key] for key, field in AUGMENT_KEYS.items()}
     settings["ctaugment"] = CTAugmentSettings(**settings["ctaugment"])
+    for ranged in ("resized_crop_scale", "resized_crop_ratio"):   # JSON lists -> (low, high)
+        settings[ranged] = tuple(settings[ranged])
     return ImageAugment(**settings)
 
 
@@ -201,7 +203,9 @@ LOOP_KEYS = ("steps", "batch_size", "uratio", "lr_schedule", "lr_warmup_steps", 
              "eval_every", "log_every", "checkpoint_every", "eval_batch_size", "last_k",
              "precision", "channels_last", "compile")
 AUGMENT_KEYS = {"horizontal_flip": "horizontal_flip", "pad_fraction": "pad_fraction",
-                "strong_augment": "strong", "ctaugment": "ctaugment"}   # train key -> field
+                "strong_augment": "strong", "ctaugment": "ctaugment",   # train key -> field
+                **{key: key for key in ("vertical_flip", "rand_augment_ops", "crop_size",
+                                        "strong_crop", "resized_crop_scale", "resized_crop_ratio")}}
 
 
 def start_torch(run: RunConfig, device_setting: str, threads: int, device_source: str):

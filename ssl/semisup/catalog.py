@@ -166,7 +166,8 @@ DATASETS: dict[str, DatasetFacts] = {
                                           tuple(x / 255 for x in (68.4, 66.6, 68.5)), True)),
     # USB's CV tasks: EuroSAT (RGB, resized 64 -> 32) and TissueMNIST (gray copied to 3
     # channels, resized 28 -> 32) with USB's (0.5, 0.5, 0.5) statistics; USB also flips them
-    # vertically, which the weak augmentation here does not do. Semi-Aves with ImageNet's.
+    # vertically (train.vertical_flip, set by configs/usb-cv-*.yaml: a choice of USB's, not a
+    # fact of the data). Semi-Aves with ImageNet's.
     "eurosat": DatasetFacts(10, ImageInputs(3, (0.5,) * 3, (0.5,) * 3, True)),
     "tissuemnist": DatasetFacts(8, ImageInputs(3, (0.5,) * 3, (0.5,) * 3, True)),
     "semi_aves": DatasetFacts(200, ImageInputs(3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),

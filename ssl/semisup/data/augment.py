@@ -4,8 +4,14 @@ device. Every random choice is made per sample and drawn from the caller's seede
 
 weak   = random crop after reflect padding of round(pad_fraction * width) pixels per side, then a
          horizontal flip with probability 0.5 (torchvision's RandomCrop(padding_mode='reflect')
-         and RandomHorizontalFlip; FixMatch does not flip SVHN: flip=False).
-strong = weak, then RandAugment, then Cutout, in one of two variants:
+         and RandomHorizontalFlip; FixMatch does not flip SVHN: flip=False), then, where asked,
+         a vertical flip likewise (semilearn's EuroSAT and TissueMNIST: vertical_flip=True).
+         The crop is the image's size, or crop_size (semilearn's Semi-Aves: 224 of 256, no
+         padding). semisup.data.geometry does the crops and flips.
+strong = the weak crop and flips (crop='pad_crop'), or a random resized crop and the flips
+         (crop='resized_crop', semilearn's Semi-Aves), then RandAugment over all 14 ops below
+         (ops='all') or the 9 without colour ops (ops='no_color', semilearn's
+         exclude_color_aug, its MedMNIST sets), then Cutout, in one of two variants:
 
   fixmatch  FixMatch paper, as reimplemented by kekmodel/FixMatch-pytorch (RandAugmentMC(2, 10)):
             2 ops drawn with replacement from the 14 below, each applied with probability 0.5 at
@@ -14,7 +20,8 @@ strong = weak, then RandAugment, then Cutout, in one of two variants:
             127, as kekmodel's CutoutAbs. The colour factors use the paper's [0.05, 0.95], which
             is also kekmodel's 0.05 + 0.9 * m / 10 (so the smallest factor drawn is 0.14).
   usb       USB / semilearn RandAugment(3, 5): 3 ops always applied, each value uniform over the
-            op's range; then a square of side round(U(0, 0.5) * width) filled with USB's
+            op's range (semilearn ignores the magnitude argument, "deprecated": its
+            RandAugment(3, 10) of Semi-Aves is this same draw); then a square of side round(U(0, 0.5) * width) filled with USB's
             (125, 123, 114).
 
 Each op reproduces the PIL operation the reference codebases call, pixel for pixel (the tests
@@ -46,12 +53,19 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["weak_augment", "strong_augment", "VARIANTS"]
+from .geometry import check_inputs as _check_inputs
+from .geometry import gather_pixels as _gather_pixels
+from .geometry import pad_crop, resized_crop
+from .geometry import randint as _randint
+from .geometry import uniform as _uniform
+
+__all__ = ["weak_augment", "strong_augment", "VARIANTS", "OP_LISTS", "STRONG_CROPS"]
 
 VARIANTS = ("fixmatch", "usb")
 GEOMETRIC_FILL = 128
 CUTOUT_FILL = {"fixmatch": (127, 127, 127), "usb": (125, 123, 114)}
 OPS_PER_SAMPLE = {"fixmatch": 2, "usb": 3}
+STRONG_CROPS = ("pad_crop", "resized_crop")   # the strong view's crop (semisup.data.geometry)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,33 +73,36 @@ OPS_PER_SAMPLE = {"fixmatch": 2, "usb": 3}
 
 
 def weak_augment(images: Tensor, generator: torch.Generator, *, flip: bool = True,
-                 pad_fraction: float = 0.125) -> Tensor:
-    """Random crop of the reflect-padded images (per-sample offsets), then horizontal flip with
-    probability 0.5 per sample when `flip`."""
-    _check_inputs(images, generator)
-    n, _, height, width = images.shape
-    pad = round(pad_fraction * width)
-    if not 0 <= pad < min(height, width):
-        raise ValueError(f"pad_fraction={pad_fraction} pads {pad} pixels, but reflect padding "
-                         f"needs fewer than the image side ({min(height, width)})")
-    row_offsets = _randint(generator, images, 0, 2 * pad + 1, (n, 1))
-    column_offsets = _randint(generator, images, 0, 2 * pad + 1, (n, 1))
-    rows = _reflect(torch.arange(height, device=images.device) + row_offsets - pad, height)
-    columns = _reflect(torch.arange(width, device=images.device) + column_offsets - pad, width)
-    if flip:
-        flipped = _uniform(generator, images, (n, 1)) < 0.5
-        columns = torch.where(flipped, columns.flip(1), columns)
-    return _gather_pixels(images, rows[:, :, None], columns[:, None, :])
+                 pad_fraction: float = 0.125, vertical_flip: bool = False,
+                 crop_size: int | None = None) -> Tensor:
+    """Random crop of the reflect-padded images (per-sample offsets; crop_size, default the
+    image's size), then horizontal flip with probability 0.5 per sample when `flip`, vertical
+    flip likewise when `vertical_flip` (semisup.data.geometry.pad_crop)."""
+    return pad_crop(images, generator, pad_fraction=pad_fraction, crop_size=crop_size,
+                    horizontal_flip=flip, vertical_flip=vertical_flip)
 
 
 def strong_augment(images: Tensor, generator: torch.Generator, *, variant: str = "fixmatch",
-                   flip: bool = True, pad_fraction: float = 0.125) -> Tensor:
-    """weak_augment, then RandAugment, then Cutout, as the `variant` ('fixmatch' or 'usb') does."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown strong augmentation variant {variant!r}; "
-                         f"allowed values: {', '.join(repr(v) for v in VARIANTS)}")
-    images = weak_augment(images, generator, flip=flip, pad_fraction=pad_fraction)
-    images = _rand_augment(images, generator, variant)
+                   flip: bool = True, pad_fraction: float = 0.125, vertical_flip: bool = False,
+                   crop_size: int | None = None, ops: str = "all", crop: str = "pad_crop",
+                   resized_crop_scale: tuple[float, float] = (0.08, 1.0),
+                   resized_crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+    """The crop and flips (crop 'pad_crop': weak_augment's; 'resized_crop': a random resized
+    crop to crop_size, default the image's size), then RandAugment over the op list `ops`
+    ('all' or 'no_color', OP_LISTS), then Cutout, as the `variant` ('fixmatch' or 'usb') does."""
+    for name, value, allowed in (("variant", variant, VARIANTS), ("ops", ops, tuple(OP_LISTS)),
+                                 ("crop", crop, STRONG_CROPS)):
+        if value not in allowed:
+            raise ValueError(f"unknown strong augmentation {name} {value!r}; allowed values: "
+                             f"{', '.join(repr(each) for each in allowed)}")
+    if crop == "resized_crop":
+        images = resized_crop(images, generator, size=crop_size or images.shape[-1],
+                              scale=resized_crop_scale, ratio=resized_crop_ratio,
+                              horizontal_flip=flip, vertical_flip=vertical_flip)
+    else:
+        images = weak_augment(images, generator, flip=flip, pad_fraction=pad_fraction,
+                              vertical_flip=vertical_flip, crop_size=crop_size)
+    images = _rand_augment(images, generator, variant, ops)
     return _cutout(images, generator, variant)
 
 
@@ -232,12 +249,23 @@ _OPS = (
     _Op("TranslateY", _translate_y, 0, 0.3, signed=True),
 )
 _NOT_APPLIED = len(_OPS)   # op index of a sample whose drawn op was skipped (FixMatch's p = 0.5)
+# The lists RandAugment draws from, as indices into _OPS. no_color: semilearn 0.3.2's
+# augment_list_no_color (augmentation/randaugment.py; RandAugment(exclude_color_aug=True), its
+# strong view of the MedMNIST sets, TissueMNIST among them): without AutoContrast, Color,
+# Contrast, Posterize and Solarize, so 9 ops; Brightness and Equalize stay, as there.
+NO_COLOR_OPS = ("Brightness", "Equalize", "Identity", "Rotate", "Sharpness", "ShearX", "ShearY",
+                "TranslateX", "TranslateY")
+OP_LISTS = {"all": tuple(range(len(_OPS))),
+            "no_color": tuple(index for index, op in enumerate(_OPS) if op.name in NO_COLOR_OPS)}
 
 
-def _rand_augment(images: Tensor, generator: torch.Generator, variant: str) -> Tensor:
-    """Apply OPS_PER_SAMPLE[variant] ops in turn; each sample draws its own ops and magnitudes."""
+def _rand_augment(images: Tensor, generator: torch.Generator, variant: str,
+                  ops: str = "all") -> Tensor:
+    """Apply OPS_PER_SAMPLE[variant] ops in turn; each sample draws its own ops (uniformly from
+    OP_LISTS[ops]) and magnitudes. The draws do not depend on the op list, only their meaning."""
     shape = (images.shape[0], OPS_PER_SAMPLE[variant])
-    chosen_ops = _randint(generator, images, 0, len(_OPS), shape)
+    allowed = torch.tensor(OP_LISTS[ops], device=images.device)
+    chosen_ops = allowed[_randint(generator, images, 0, len(allowed), shape)]
     if variant == "fixmatch":
         skipped = _uniform(generator, images, shape) >= 0.5
         chosen_ops = chosen_ops.masked_fill(skipped, _NOT_APPLIED)
@@ -342,21 +370,6 @@ def _affine(images: Tensor, coefficients: tuple, fill: int = GEOMETRIC_FILL) -> 
                           source_columns.clamp(0, width - 1), fill_where=~inside, fill=fill)
 
 
-def _gather_pixels(images: Tensor, rows: Tensor, columns: Tensor,
-                   fill_where: Tensor | None = None, fill: int = GEOMETRIC_FILL) -> Tensor:
-    """out[k, :, y, x] = images[k, :, rows[k, y, x], columns[k, y, x]], or `fill` where
-    fill_where[k, y, x] (indices broadcast to (n, H, W)). The fill is an extra pixel appended to
-    every image, so one gather does both."""
-    n, channels, height, width = images.shape
-    flat_images = images.reshape(n, channels, height * width)
-    flat_index = (rows * width + columns).expand(n, height, width).reshape(n, 1, height * width)
-    if fill_where is not None:
-        fill_pixel = flat_images.new_full((n, channels, 1), fill)
-        flat_images = torch.cat([flat_images, fill_pixel], 2)
-        flat_index = flat_index.masked_fill(fill_where.reshape(n, 1, -1), height * width)
-    return flat_images.gather(2, flat_index.expand(n, channels, -1)).view(images.shape)
-
-
 def _apply_lookup_tables(images: Tensor, tables: Tensor) -> Tensor:
     """out[k, c] = tables[k, c, images[k, c]]: PIL's Image.point with one table per channel; the
     tables' values are truncated to integers, as PIL's are."""
@@ -364,27 +377,3 @@ def _apply_lookup_tables(images: Tensor, tables: Tensor) -> Tensor:
     tables = tables.to(torch.uint8).reshape(n, tables.shape[1], 256).expand(n, channels, 256)
     pixels = images.reshape(n, channels, height * width).long()
     return tables.gather(2, pixels).view(images.shape)
-
-
-def _reflect(index: Tensor, size: int) -> Tensor:
-    """Reflect out-of-range indices about the first and last pixel (edge not repeated)."""
-    index = index.abs()
-    return torch.where(index >= size, 2 * (size - 1) - index, index)
-
-
-def _randint(generator: torch.Generator, images: Tensor, low: int, high: int,
-             shape: tuple) -> Tensor:
-    return torch.randint(low, high, shape, generator=generator, device=images.device)
-
-
-def _uniform(generator: torch.Generator, images: Tensor, shape: tuple) -> Tensor:
-    return torch.rand(shape, generator=generator, device=images.device)
-
-
-def _check_inputs(images: Tensor, generator: torch.Generator) -> None:
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"augmentation expects uint8 images (N, C, H, W) with C = 1 or 3, got "
-                         f"{images.dtype} of shape {tuple(images.shape)}")
-    if generator.device.type != images.device.type:
-        raise ValueError(f"the generator is on {generator.device} but the images are on "
-                         f"{images.device}; create it with torch.Generator(device=images.device)")

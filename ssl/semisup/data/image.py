@@ -1,9 +1,12 @@
 """The image data layer: uint8 images (N, C, H, W) resident on the training device, augmented a
 whole batch at a time there (semisup.data.augment) and normalised per channel.
 
-View kinds: "weak" (random crop after reflect padding, horizontal flip where the dataset allows)
-and "strong" (weak, then RandAugment and Cutout in the chosen variant, or CTAugment and its
-cutout: `strong` = "ctaugment"). With CTAugment, a step whose views include "strong" also gets a
+View kinds: "weak" (random crop after reflect padding, horizontal flip where the dataset allows,
+vertical flip where asked) and "strong" (weak, or a random resized crop and the flips, then
+RandAugment over all ops or those without colour and Cutout in the chosen variant, or CTAugment
+and its cutout: `strong` = "ctaugment"). With a crop_size smaller than the images, the training
+views are crops of that size and evaluation sees the centre crop (semilearn's Semi-Aves: 224 px
+of images loaded at 256). With CTAugment, a step whose views include "strong" also gets a
 probe of its labeled samples (weak, then CTAugment's probe policy), whose predictions update the
 bin rates (semisup.data.ctaugment).
 """
@@ -17,6 +20,7 @@ from torch import Tensor
 
 from ..catalog import ImageInputs
 from .augment import strong_augment, weak_augment
+from .geometry import centre_crop
 from .ctaugment import CTAugment, CTAugmentSettings
 from .modality import POOLS, Modality, Probe, TrainData
 from .registry import ImageData
@@ -25,12 +29,22 @@ from .registry import ImageData
 @dataclass(frozen=True)
 class ImageAugment:
     """How an image dataset is augmented (params.yaml: train.horizontal_flip, pad_fraction,
-    strong_augment, ctaugment)."""
+    strong_augment, ctaugment, vertical_flip, rand_augment_ops, crop_size, strong_crop,
+    resized_crop_scale, resized_crop_ratio). params.yaml's values of the six after ctaugment are
+    what runs did before these choices existed; semilearn 0.3.2 departs from them on EuroSAT and TissueMNIST
+    (vertical flips; TissueMNIST's RandAugment without colour ops) and Semi-Aves (224 px crops of
+    256 px images, a random resized crop for the strong view)."""
 
     horizontal_flip: bool
     pad_fraction: float
     strong: str                      # RandAugment variant fixmatch | usb, or ctaugment
     ctaugment: CTAugmentSettings     # used where strong is ctaugment
+    vertical_flip: bool
+    rand_augment_ops: str            # all | no_color (semisup.data.augment.OP_LISTS)
+    crop_size: int | None            # None: the images' size; else train crops, evaluation centre
+    strong_crop: str                 # pad_crop (the weak crop) | resized_crop
+    resized_crop_scale: tuple[float, float]   # of the image's area (strong_crop resized_crop)
+    resized_crop_ratio: tuple[float, float]   # width / height
 
 
 class Normalizer:
@@ -55,6 +69,12 @@ class ImageModality(Modality):
         missing = [pool for pool in POOLS if pool not in pools]
         if missing:
             raise ValueError(f"the image data layer needs the pools {', '.join(missing)}")
+        if augment.strong == "ctaugment" and (augment.rand_augment_ops, augment.strong_crop) != (
+                "all", "pad_crop"):
+            raise ValueError(f"CTAugment draws its own ops after the weak view: rand_augment_ops "
+                             f"{augment.rand_augment_ops!r} and strong_crop "
+                             f"{augment.strong_crop!r} apply to RandAugment only; use 'all' and "
+                             f"'pad_crop' with ctaugment, or a RandAugment variant")
         self.pools, self.augment = pools, augment
         self.normalize = Normalizer(inputs.mean, inputs.std, pools["train"].device, channels_last)
         self.ctaugment = (CTAugment(augment.ctaugment, pools["train"].device)
@@ -89,11 +109,17 @@ class ImageModality(Modality):
             return self.ctaugment.augment(self.weak(images, generator), generator)
         augment = self.augment
         return strong_augment(images, generator, variant=augment.strong,
-                              flip=augment.horizontal_flip, pad_fraction=augment.pad_fraction)
+                              flip=augment.horizontal_flip, pad_fraction=augment.pad_fraction,
+                              vertical_flip=augment.vertical_flip, crop_size=augment.crop_size,
+                              ops=augment.rand_augment_ops, crop=augment.strong_crop,
+                              resized_crop_scale=augment.resized_crop_scale,
+                              resized_crop_ratio=augment.resized_crop_ratio)
 
     def weak(self, images: Tensor, generator: torch.Generator) -> Tensor:
         return weak_augment(images, generator, flip=self.augment.horizontal_flip,
-                            pad_fraction=self.augment.pad_fraction)
+                            pad_fraction=self.augment.pad_fraction,
+                            vertical_flip=self.augment.vertical_flip,
+                            crop_size=self.augment.crop_size)
 
     # ---- CTAugment's probes and state ---------------------------------------------------------
     def probe(self, pool: str, indices: Tensor, labels: Tensor, kinds: Sequence[str],
@@ -124,9 +150,12 @@ class ImageModality(Modality):
             self.ctaugment.reset()
 
     def batches(self, pool: str, batch_size: int) -> Iterator[Tensor]:
-        images = self.pools[pool]
+        """The pool's images as evaluation sees them: whole, or their centre crop_size crop
+        (semilearn's evaluation view of Semi-Aves: CenterCrop(224))."""
+        images, crop_size = self.pools[pool], self.augment.crop_size
         for start in range(0, len(images), batch_size):
-            yield self.normalize(images[start:start + batch_size])
+            batch = images[start:start + batch_size]
+            yield self.normalize(batch if crop_size is None else centre_crop(batch, crop_size))
 
 
 def image_train_data(images: ImageData, labeled_indices: Tensor, inputs: ImageInputs,
