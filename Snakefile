@@ -204,7 +204,7 @@ onstart:
         flavour = "portable" if STUDY.config["train"]["portable_numerics"] else "native"
         owner = os.getpid()
         shell(
-            f"python -m pipeline.runs.forkserver start --owner {owner} --flavour {flavour} --wait 0"
+            f"python -m pipeline.runs.forkserver_daemon start --owner {owner} --flavour {flavour} --wait 0"
         )
 
 

@@ -64,7 +64,7 @@ def server(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(workdir), str(ROOT)])}
     env.pop(FLAVOUR_SWITCH, None)
     owner = subprocess.Popen(["sleep", "600"])
-    started = subprocess.run([sys.executable, "-m", "pipeline.runs.forkserver", "start", "--owner",
+    started = subprocess.run([sys.executable, "-m", "pipeline.runs.forkserver_daemon", "start", "--owner",
                               str(owner.pid), "--flavour", "native"], cwd=workdir, env=env,
                              capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr
@@ -137,7 +137,7 @@ def test_the_server_stops_with_its_snakemake_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(FLAVOUR_SWITCH, None)
     owner = subprocess.Popen(["sleep", "600"])
-    subprocess.run([sys.executable, "-m", "pipeline.runs.forkserver", "start", "--owner",
+    subprocess.run([sys.executable, "-m", "pipeline.runs.forkserver_daemon", "start", "--owner",
                     str(owner.pid), "--flavour", "native"], cwd=tmp_path, env=env, check=True,
                    timeout=120)
     path = socket_path("native", str(tmp_path))
@@ -176,7 +176,7 @@ def test_a_warm_training_job_writes_what_a_cold_one_writes(tmp_path):
     (tmp_path / "run.json").write_text(run.to_json())
     owner = subprocess.Popen(["sleep", "600"])
     try:
-        subprocess.run([sys.executable, "-m", "pipeline.runs.forkserver", "start", "--owner",
+        subprocess.run([sys.executable, "-m", "pipeline.runs.forkserver_daemon", "start", "--owner",
                         str(owner.pid), "--flavour", "portable"], cwd=tmp_path, env=env,
                        check=True, timeout=120)
         outputs = {}

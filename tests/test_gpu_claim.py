@@ -2,7 +2,7 @@
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.runs.train import claim_gpu
+from pipeline.runs.device import claim_gpu
 
 
 def test_each_claim_takes_a_free_gpu_and_one_too_many_is_a_clear_error(tmp_path):

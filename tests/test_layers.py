@@ -14,7 +14,7 @@ from pipeline.config import ROOT
 LAYERS = ("semisup", "pipeline core", "pipeline.data", "pipeline.runs", "pipeline.reports",
           "pipeline.workflow", "tools")
 CORE = {"pipeline", "pipeline.code", "pipeline.config", "pipeline.errors", "pipeline.files",
-        "pipeline.run_config", "pipeline.validation"}
+        "pipeline.run_config", "pipeline.validation", "pipeline.variants"}
 SOURCES = {"semisup": ROOT / "ssl", "pipeline": ROOT, "tools": ROOT}   # top package -> its root
 TOOLS = {path.stem for path in (ROOT / "tools").glob("*.py")}   # run as scripts: `import <stem>`
 

@@ -108,7 +108,7 @@ def test_portable_numerics_give_the_same_bits_on_other_cpu_code_paths(ci_study, 
 def test_pinning_selects_the_portable_kernels():
     """Pinned, a convolution of a batch of 16 (where torch would pick NNPACK or oneDNN) runs
     ATen's own kernel, and ATen dispatches to its AVX2 code."""
-    code = ("from pipeline.runs.train import pin_cpu_numerics; pin_cpu_numerics()\n"
+    code = ("from pipeline.runs.device import pin_cpu_numerics; pin_cpu_numerics()\n"
             "import os, torch\n"
             "conv = torch.nn.Conv2d(8, 8, 3, padding=1)\n"
             "with torch.profiler.profile() as prof:\n"

@@ -179,7 +179,7 @@ def test_the_documented_offline_download_command_plans_the_download_only(tmp_pat
 def test_a_gpu_study_on_a_machine_without_one_names_its_config_file(tmp_path):
     """The GPU smoke study's train.device comes from configs/gpu-smoke.yaml: the job that finds
     no GPU says so, naming that file (not params.yaml) as the place to change."""
-    from pipeline.runs.train import choose_device
+    from pipeline.runs.device import choose_device
 
     result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--printshellcmds",
                        "--configfile", str(ROOT / "configs/gpu-smoke.yaml"),
