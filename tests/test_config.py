@@ -415,3 +415,12 @@ def test_augmentation_choices_that_ctaugment_cannot_honour_or_reversed_ranges_ar
     assert "train.resized_crop_scale = [1.0, 0.08] is not a range" in message
     message = error_for(params, lambda c: c["train"].update(rand_augment_ops="grey"))
     assert "train.rand_augment_ops" in message and "'no_color'" in message
+
+
+@pytest.mark.parametrize("path", ["params.yaml", "pipeline/params.schema.yaml", "dvc.yaml",
+                                  *sorted(f"configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml"))])
+def test_no_project_yaml_file_gives_a_key_twice(path):
+    """PyYAML keeps the last of two equal keys silently: the schema once held ema_decay twice."""
+    from pipeline.config import read_yaml
+
+    read_yaml((ROOT / path).read_text(), path)
