@@ -189,6 +189,15 @@ def figure_report(name):
     )
 
 
+def train_jobs_to_run() -> int:
+    """How many train jobs this Snakemake run will run (its DAG is built when onstart runs); where
+    this Snakemake version's DAG cannot say, as many as a fork server is worth."""
+    try:
+        return sum(job.rule.name == "train" for job in workflow.dag.needrun_jobs())
+    except (AttributeError, TypeError):
+        return 2
+
+
 onstart:
     write_run_configs(run_config_files())
     # beside the page `dvc plots show` writes: it draws without internet (.dvc/plots.html)
@@ -197,10 +206,11 @@ onstart:
     hosts = "" if workflow.local_exec else "--jobs-on-other-hosts"
     experiment = shlex.quote(STUDY.name)
     shell(f"python -m pipeline.runs.tracking init --experiment {experiment} {hosts}")
-    if workflow.local_exec:
+    if workflow.local_exec and train_jobs_to_run() > 1:
         # warm starts: the train jobs fork from a process that imports torch and MLflow once
         # (pipeline/runs/forkserver.py), in the background: jobs that start before it is ready
-        # run cold. It stops when this Snakemake process ends.
+        # run cold. It stops when this Snakemake process ends. For one job it would only import
+        # them a second time.
         flavour = "portable" if STUDY.config["train"]["portable_numerics"] else "native"
         owner = os.getpid()
         shell(

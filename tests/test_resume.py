@@ -406,6 +406,8 @@ def test_run_killed_by_sigkill_resumes_on_rerun_to_identical_metrics_and_mlflow_
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert f"resumed from checkpoint at step {killed_after}/" in log.read_text()
+    # one train job: no fork server (it would import torch and MLflow a second time)
+    assert not (workdir / "logs/forkserver.log").exists()
     resumed = json.loads((workdir / TARGET).read_text())
     reference = json.loads((uninterrupted_run / TARGET).read_text())
     assert without_commit(resumed) == without_commit(reference)

@@ -2,6 +2,7 @@
 MLflow runs exist; a second run does nothing; a bad config stops before any job starts."""
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,21 @@ def test_every_training_job_is_one_finished_mlflow_run_with_tags(tiny_study):
     assert len(metrics["code_digest"]) == 64 and metrics["run"]["train"]["steps"] == 6
     fixmatch = next(r for r in runs if r.data.tags["algorithm"] == "fixmatch")
     assert fixmatch.data.tags["code_digest"] == metrics["code_digest"]
+
+
+def test_the_jobs_of_a_study_start_warm_from_its_fork_server(tiny_study):
+    """Four train jobs: onstart starts a fork server; the jobs that start once it is ready fork
+    from it (run.json says which), and it stops with Snakemake, saying its CPU time."""
+    path, deadline = tiny_study / "logs/forkserver.log", time.monotonic() + 10
+    while "stopping (" not in path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)   # it looks for its Snakemake process once a second
+    log = path.read_text()
+    assert "serving" in log and "stopping (" in log
+    starts = {path.parent.name + path.parent.parent.name: json.loads(path.read_text())["start"]
+              for path in tiny_study.glob("results/tiny/*/*/seed*/run.json")}
+    assert len(starts) == 4 and set(starts.values()) <= {"warm", "cold"}
+    warm = sum(start == "warm" for start in starts.values())
+    assert warm >= 1 and log.count(": pipeline.runs.train --run-config") == warm
 
 
 def test_second_run_with_nothing_changed_does_nothing(tiny_study):
