@@ -20,8 +20,7 @@ USB_NLP = {
     "yahoo_answers": ([500, 2000], 1e-4, 0.65),
     "yelp_review": ([250, 1000], 5e-5, 0.75),
 }
-# semilearn runs VAT on text with a variant ssl-repro lacks (vat_embed; tests/test_text.py)
-NOT_ON_TEXT = {"vat"}
+NOT_ON_TEXT: set[str] = set()   # every algorithm (VAT: vat_embed; MixMatch, ReMixMatch: features)
 
 
 def study_of(task: str):
@@ -64,6 +63,9 @@ def test_usb_nlp_study_trains_with_usbs_nlp_protocol(task):
     assert config["algorithms"]["remixmatch"] == {
         "T": 0.5, "mixup_alpha": 0.75, "lambda_u": 1.5, "lambda_pre_mixup": 0.5, "lambda_rot": 0.0,
         "rampup_fraction": 0.015625, "alignment_momentum": 0.999, "mixup_space": "by_modality"}
+    assert config["algorithms"]["vat"] == {"eps": 6.0, "xi": 1e-6, "power_iteration_precision":
+                                           "float32", "lambda_u": 1.0, "lambda_entropy": 0.06,
+                                           "rampup_fraction": 0.4}
     assert config["reports"]["selection"] == "at_best_validation"
     assert config["reports"]["published"] == "reference/published_usb_nlp.csv"
     run = study_of(task).run_config(task, budgets[0], "pimodel", 0)
@@ -87,7 +89,7 @@ def test_usbs_published_nlp_numbers_cover_every_task_budget_and_algorithm():
 @pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(USB_NLP))
 def test_usb_nlp_study_dry_runs_offline_every_algorithm_budget_and_seed(task, tmp_path):
-    """`snakemake -n` plans 2 budgets x 18 algorithms x 3 seeds = 108 training runs, offline."""
+    """`snakemake -n` plans 2 budgets x 19 algorithms x 3 seeds = 114 training runs, offline."""
     result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile",
                              str(ROOT / "Snakefile"), "--configfile",
                              str(CONFIGS / f"usb-nlp-{task}.yaml"), "--cores", "2", "--dry-run"],
@@ -98,7 +100,7 @@ def test_usb_nlp_study_dry_runs_offline_every_algorithm_budget_and_seed(task, tm
     study = study_of(task).config["study"]
     assert planned == {(str(n), algorithm, str(seed)) for n in study["n_labels"]
                        for algorithm in study["algorithms"] for seed in study["seeds"]}
-    assert len(planned) == 108
+    assert len(planned) == 114
 
 
 def test_a_text_dataset_needs_a_text_network_and_the_reverse():

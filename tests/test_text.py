@@ -218,10 +218,6 @@ def test_max_length_beyond_the_position_embeddings_is_refused(tiny_bert):
                       dropout=0.1, pooling="all_positions")
 
 
-# Algorithms whose step changes the inputs themselves, which token ids do not allow: semilearn
-# runs them on text with variants ssl-repro does not have (VAT's perturbation of the word
-# embeddings, vat_embed). MixMatch and ReMixMatch mix BERT's pooled features there (mixup_space).
-NEEDS_INPUT_ARITHMETIC = {"vat"}
 # USB's NLP settings where the classic ones would rotate images (rot_loss_ratio 0.0)
 TEXT_SETTINGS = {"crmatch": {"lambda_rot": 0.0}, "remixmatch": {"lambda_rot": 0.0}}
 
@@ -253,19 +249,11 @@ def two_steps(algorithm_name: str, ag_news, tiny_bert):
     return text_trainer(algorithm_name, ag_news, tiny_bert).fit()
 
 
-@pytest.mark.parametrize("algorithm_name", sorted(set(algorithm_cards()) - NEEDS_INPUT_ARITHMETIC))
+@pytest.mark.parametrize("algorithm_name", sorted(algorithm_cards()))
 def test_every_algorithm_trains_unchanged_on_text(algorithm_name, ag_news, tiny_bert):
     result = two_steps(algorithm_name, ag_news, tiny_bert)
     assert [point["step"] for point in result.curve] == [2.0]
     assert "ema/at_best_validation_error" in result.metrics
-
-
-@pytest.mark.parametrize("algorithm_name", sorted(NEEDS_INPUT_ARITHMETIC))
-def test_algorithms_that_change_the_inputs_say_so_on_text(algorithm_name, ag_news, tiny_bert):
-    with pytest.raises(TypeError, match=f"{algorithm_name} (mixes|perturbs) image tensors(| and "
-                                        f"waveforms), not "
-                                        f"TokenBatch"):
-        two_steps(algorithm_name, ag_news, tiny_bert)
 
 
 def step_on_text(run, labels=(0, 1, 2, 3)):
@@ -304,21 +292,51 @@ def test_mixup_on_text_mixes_berts_pooled_features_never_token_ids(algorithm_nam
     assert network.backbone.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
 
 
-def test_a_remixmatch_text_run_resumes_bit_for_bit(ag_news, tiny_bert, tmp_path):
-    """MixUp's draws (host and step generators) and dropout resume with the checkpoint."""
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_vat_on_text_perturbs_berts_input_embeddings_by_eps_per_sample(ag_news, tiny_bert,
+                                                                      precision):
+    """semilearn's vat_embed: e + eps * d_adv goes back in as inputs_embeds with the mask. (The
+    embedding layer's dropout is off here, so that e can be computed again outside the step.)"""
+    from semisup.algorithms import StepContext
+    from semisup.data.inputs import EmbeddedTokens
+
+    run = text_trainer("vat", ag_news, tiny_bert)
+    run.algorithm.precision = precision
+    network, step_batch = run.network, step_on_text(run)
+    network.backbone.bert.embeddings.dropout = torch.nn.Identity()
+    (tokens,) = step_batch.unlabeled.views
+    perturbed = []
+    network.backbone.register_forward_hook(
+        lambda m, args, out: perturbed.append(args[0]) if isinstance(args[0], EmbeddedTokens) else None)
+    output = run.algorithm.training_step(StepContext(network, 1, torch.Generator().manual_seed(0)),
+                                         step_batch)
+    clean = network(tokens, want=("input_embeddings",)).heads["input_embeddings"]
+    probe, adversarial = perturbed[-2:]                  # the power iteration's, then the LDS pass
+    assert all(x.mask is tokens.mask for x in (probe, adversarial))
+    assert adversarial.embeddings.shape == clean.shape == (4, tokens.ids.shape[1], 16)
+    move = (adversarial.embeddings - clean).flatten(1).norm(dim=1)
+    assert torch.allclose(move, torch.full((4,), run.algorithm.eps), rtol=1e-4)
+    output.loss.backward()
+    assert torch.isfinite(output.loss)
+    assert network.backbone.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("algorithm_name", ["remixmatch", "vat"])
+def test_a_mixup_or_vat_text_run_resumes_bit_for_bit(algorithm_name, ag_news, tiny_bert, tmp_path):
+    """MixUp's draws, VAT's noise (host and step generators) and dropout resume."""
     import json
 
     def die_at_3(step, metrics):
         if step >= 3:
             raise Killed(step)
 
-    whole = text_trainer("remixmatch", ag_news, tiny_bert, steps=4).fit()
+    whole = text_trainer(algorithm_name, ag_news, tiny_bert, steps=4).fit()
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(Killed):
-        text_trainer("remixmatch", ag_news, tiny_bert, steps=4, checkpoint_path=checkpoint,
+        text_trainer(algorithm_name, ag_news, tiny_bert, steps=4, checkpoint_path=checkpoint,
                      log=die_at_3).fit()
     torch.manual_seed(123)
-    resumed = text_trainer("remixmatch", ag_news, tiny_bert, steps=4,
+    resumed = text_trainer(algorithm_name, ag_news, tiny_bert, steps=4,
                            checkpoint_path=checkpoint).fit()
     assert resumed.resumed_from == 2
     for field in ("metrics", "curve", "stat_history"):

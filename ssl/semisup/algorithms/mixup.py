@@ -102,8 +102,9 @@ def chunked_logits(network: nn.Module, inputs: Tensor, chunk_size: int,
     """The logits of `inputs` (images, or features with from_features) in chunks of `chunk_size`
     rows (the labeled batch size), each chunk its own BatchNorm batch, only the first updating
     the running statistics: semilearn 0.3.2's MixMatch and ReMixMatch (no interleaving)."""
+    forward = (lambda chunk: network(chunk, from_features=True)) if from_features else network
     chunks = inputs.split(chunk_size)
-    logits = [network(chunks[0], from_features=from_features).logits]
+    logits = [forward(chunks[0]).logits]
     with frozen_batchnorm_statistics(network):
-        logits += [network(chunk, from_features=from_features).logits for chunk in chunks[1:]]
+        logits += [forward(chunk).logits for chunk in chunks[1:]]
     return logits
