@@ -296,8 +296,10 @@ MIX_FEATURES = {"mixmatch": {}, "remixmatch": {"lambda_rot": 0.0}}
 @pytest.mark.parametrize("name", sorted(MIX_FEATURES))
 def test_mixing_the_features_of_a_linear_backbone_gives_the_loss_of_mixing_its_inputs(name):
     """features = inputs * s: a mix of features is the features of the mix, so the losses agree;
-    the gradient differs: the unlabeled features come from the no-grad guessing passes."""
-    algorithm = make(name, counts=(1, 1, 1), rampup_fraction=0.0, **MIX_FEATURES[name])
+    the gradient differs (mixed_features_gradient backbone): the weak features come from the
+    no-grad guessing passes."""
+    algorithm = make(name, counts=(1, 1, 1), rampup_fraction=0.0, mixed_features_gradient="backbone",
+                     **MIX_FEATURES[name])
     generator = torch.Generator().manual_seed(0)
     logits = [torch.randn(4, 3, generator=generator) for _ in range(4)]
     step_batch = batch(logits[0], [0, 1, 2, 0], *logits[1:1 + len(algorithm.views.unlabeled)])
@@ -337,11 +339,30 @@ def test_mixed_features_go_through_the_classifier_alone_and_the_backbone_sees_ea
     assert torch.allclose(mixed, lam * rows + (1 - lam) * rows[permutation], atol=1e-6)
 
 
+@pytest.mark.parametrize("name, pre_mixup, trains_backbone", [
+    ("mixmatch", {}, False), ("remixmatch", {"lambda_pre_mixup": 0.0}, False),
+    ("remixmatch", {"lambda_pre_mixup": 0.5}, True)])
+def test_semilearns_mix_of_features_carries_no_gradient_to_the_backbone(name, pre_mixup,
+                                                                        trains_backbone):
+    """mixed_features_gradient none (semilearn's mixup_one_target is no-grad): the mixed rows
+    train the classifier alone; ReMixMatch's backbone learns from its pre-mixup term only."""
+    algorithm = make(name, counts=(1, 1, 1), rampup_fraction=0.0, mixup_space="features",
+                     mixed_features_gradient="none", **MIX_FEATURES[name], **pre_mixup)
+    network = with_batchnorm(algorithm)
+    output = algorithm.training_step(context(network), image_batch(algorithm))
+    (gradient,) = torch.autograd.grad(output.loss, network.backbone[0].weight, allow_unused=True,
+                                      retain_graph=True)
+    assert (gradient is not None and bool(gradient.abs().sum() > 0)) == trains_backbone
+    assert torch.autograd.grad(output.loss, network.classifier.weight)[0].abs().sum() > 0
+
+
 def test_mixup_space_names_its_values_and_inputs_of_tokens_are_refused_with_the_fix():
     from semisup.data.inputs import TokenBatch
 
     with pytest.raises(ValueError, match="by_modality, inputs, features"):
         make("mixmatch", mixup_space="manifold")
+    with pytest.raises(ValueError, match="mixed_features_gradient 'all' is not one of none, backbone"):
+        make("remixmatch", mixed_features_gradient="all")
     algorithm = make("mixmatch", mixup_space="inputs")
     tokens = TokenBatch(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(TypeError, match="mixup_space to features or by_modality"):

@@ -52,10 +52,12 @@ def test_usb_audio_study_runs_every_algorithm_that_runs_on_audio_with_usbs_proto
     assert config["algorithms"]["comatch"]["queue_batches"] == 128
     # semilearn's config/usb_audio/{mixmatch,remixmatch}: mixup_manifold True, rot_loss_ratio 0
     assert config["algorithms"]["mixmatch"] == {"T": 0.5, "mixup_alpha": 0.5, "lambda_u": 10.0,
-                                                "rampup_fraction": 0.4, "mixup_space": "by_modality"}
+                                                "rampup_fraction": 0.4, "mixup_space": "by_modality",
+                                                "mixed_features_gradient": "none"}
     assert config["algorithms"]["remixmatch"] == {
         "T": 0.5, "mixup_alpha": 0.75, "lambda_u": 1.5, "lambda_pre_mixup": 0.5, "lambda_rot": 0.0,
-        "rampup_fraction": 0.015625, "alignment_momentum": 0.999, "mixup_space": "by_modality"}
+        "rampup_fraction": 0.015625, "alignment_momentum": 0.999, "mixup_space": "by_modality",
+        "mixed_features_gradient": "none"}
     assert config["reports"]["published"] == "reference/published_usb_audio.csv"
 
 

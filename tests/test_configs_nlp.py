@@ -59,10 +59,12 @@ def test_usb_nlp_study_trains_with_usbs_nlp_protocol(task):
     assert config["algorithms"]["crmatch"]["lambda_rot"] == 0.0
     # semilearn's config/usb_nlp/{mixmatch,remixmatch}: mixup_manifold True, rot_loss_ratio 0
     assert config["algorithms"]["mixmatch"] == {"T": 0.5, "mixup_alpha": 0.5, "lambda_u": 100.0,
-                                                "rampup_fraction": 0.4, "mixup_space": "by_modality"}
+                                                "rampup_fraction": 0.4, "mixup_space": "by_modality",
+                                                "mixed_features_gradient": "none"}
     assert config["algorithms"]["remixmatch"] == {
         "T": 0.5, "mixup_alpha": 0.75, "lambda_u": 1.5, "lambda_pre_mixup": 0.5, "lambda_rot": 0.0,
-        "rampup_fraction": 0.015625, "alignment_momentum": 0.999, "mixup_space": "by_modality"}
+        "rampup_fraction": 0.015625, "alignment_momentum": 0.999, "mixup_space": "by_modality",
+        "mixed_features_gradient": "none"}
     assert config["algorithms"]["vat"] == {"eps": 6.0, "xi": 1e-6, "power_iteration_precision":
                                            "float32", "lambda_u": 1.0, "lambda_entropy": 0.06,
                                            "rampup_fraction": 0.4}

@@ -268,12 +268,16 @@ def step_on_text(run, labels=(0, 1, 2, 3)):
                           torch.full((4,), -1), indices + 1))
 
 
-@pytest.mark.parametrize("algorithm_name", ["mixmatch", "remixmatch"])
-def test_mixup_on_text_mixes_berts_pooled_features_never_token_ids(algorithm_name, ag_news,
-                                                                    tiny_bert):
+@pytest.mark.parametrize("algorithm_name, gradient, trains_bert", [
+    ("mixmatch", "none", False), ("mixmatch", "backbone", True), ("remixmatch", "none", True)])
+def test_mixup_on_text_mixes_berts_pooled_features_never_token_ids(algorithm_name, gradient,
+                                                                    trains_bert, ag_news, tiny_bert):
+    """semilearn's MixMatch on text trains the classifier alone (its mix is no-grad); its
+    ReMixMatch trains BERT through the pre-mixup term."""
     from semisup.algorithms import StepContext
 
     run = text_trainer(algorithm_name, ag_news, tiny_bert)
+    run.algorithm.mixed_features_gradient = gradient
     network, step_batch = run.network, step_on_text(run)
     backbone_inputs, classifier_inputs = [], []
     network.backbone.register_forward_hook(lambda m, args, out: backbone_inputs.append(args[0]))
@@ -289,7 +293,9 @@ def test_mixup_on_text_mixes_berts_pooled_features_never_token_ids(algorithm_nam
     assert [len(chunk) for chunk in mixed] == [4] * len(views)
     assert all(chunk.shape[1] == network.num_features for chunk in mixed)
     output.loss.backward()
-    assert network.backbone.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    embeddings = network.backbone.bert.embeddings.word_embeddings.weight.grad
+    assert (embeddings is not None and bool(embeddings.abs().sum() > 0)) == trains_bert
+    assert network.classifier[0].weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])

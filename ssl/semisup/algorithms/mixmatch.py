@@ -13,9 +13,11 @@ batch size, each its own BatchNorm batch, and only the first chunk updates the r
 each weak view is its own BatchNorm batch too.
 
 Text and audio (mixup_space, semisup.algorithms.mixup): semilearn's mixup_manifold mixes the
-pooled features [f(x_lb), f(x_w1), f(x_w2)] instead (the weak ones from the guessing passes, no
-gradient; the labeled ones from a pass of their own with frozen statistics, in that order) and
-runs the classifier alone on the mixed rows, in the same chunks.
+pooled features [f(x_lb), f(x_w1), f(x_w2)] instead (the weak ones from the guessing passes; the
+labeled ones from a pass of their own with frozen statistics, in that order) and runs the
+classifier alone on the mixed rows, in the same chunks. Its mix is no-grad, so on text and audio
+semilearn's MixMatch trains the classifier alone (mixed_features_gradient none; backbone lets
+the gradient reach the backbone through the labeled features).
 """
 from __future__ import annotations
 
@@ -49,15 +51,23 @@ class MixMatch(Algorithm):
           What MixUp mixes: inputs (images), features (the pooled features, then the classifier
           alone: semilearn's mixup_manifold), or by_modality, semilearn's per modality (inputs
           for images, features for text and audio).
+      mixed_features_gradient:
+        enum: [none, backbone]
+        description: >-
+          With mixup_space features: none, the mixed features carry no gradient (semilearn
+          0.3.2's mixup_one_target runs under no_grad, so the mixed losses train the classifier
+          alone); backbone, the gradient reaches the backbone through the features (manifold
+          MixUp as published).
     """
     views = Views(labeled=("weak",), unlabeled=("weak", "weak"))
 
     def __init__(self, *, T: float, mixup_alpha: float, lambda_u: float, rampup_fraction: float,
-                 mixup_space: str, **base):
+                 mixup_space: str, mixed_features_gradient: str, **base):
         super().__init__(**base)
         self.T, self.mixup_alpha = T, mixup_alpha
         self.lambda_u, self.rampup_fraction = lambda_u, rampup_fraction
-        self.mixup_space = check_mixup_space("mixmatch", mixup_space)
+        self.mixup_space = check_mixup_space("mixmatch", mixup_space, mixed_features_gradient)
+        self.mixed_features_gradient = mixed_features_gradient
 
     def training_step(self, ctx: StepContext, batch: StepBatch) -> StepOutput:
         (x_lb,), (x_w1, x_w2) = batch.labeled.views, batch.unlabeled.views
@@ -76,7 +86,8 @@ class MixMatch(Algorithm):
         else:
             rows = torch.cat([x_lb, x_w1, x_w2])
         lam, permutation = mixup_draw(ctx, len(targets), self.mixup_alpha)
-        mixed_x, mixed_y = (mix_features if features else mix)(lam, permutation, rows, targets)
+        mixed_x, mixed_y = (mix_features(lam, permutation, rows, targets, self.mixed_features_gradient)
+                            if features else mix(lam, permutation, rows, targets))
         logits = chunked_logits(ctx.network, mixed_x, num_labeled, from_features=features)
 
         loss_sup = cross_entropy_per_sample(logits[0], mixed_y[:num_labeled]).mean()

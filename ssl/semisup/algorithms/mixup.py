@@ -16,9 +16,15 @@ What is mixed, `mixup_space` (semilearn's `mixup_manifold`, "manifold mixup" in 
                ids) and audio (semilearn's usb_nlp and usb_audio configs set mixup_manifold True
                for both algorithms, so it mixes HuBERT's and wav2vec2's pooled features, not
                waveforms)
-With features, semilearn takes the unlabeled views' features from the guessing passes, under
-no_grad: the gradient of the mixed rows reaches the backbone through the labeled features
-(and, in ReMixMatch, the strong views') only; followed here.
+With features, semilearn takes the unlabeled weak views' features from the guessing passes,
+under no_grad, and its `mixup_one_target` is itself decorated with @torch.no_grad(): the mixed
+features carry no gradient at all, so the losses on the mixed rows train the classifier alone
+(semilearn's MixMatch on text and audio never trains the backbone; its ReMixMatch trains it
+through the pre-mixup term only). `mixed_features_gradient` names it:
+  none       semilearn 0.3.2 (mixup_one_target under no_grad)
+  backbone   manifold MixUp as its paper means it: the gradient of the mixed rows reaches the
+             backbone through the features that had one (the labeled ones, and in ReMixMatch the
+             strong views'; the weak ones stay the no-grad guessing passes', as semilearn's)
 """
 from __future__ import annotations
 
@@ -40,12 +46,16 @@ def mixup_draw(ctx: StepContext, num_rows: int, alpha: float) -> tuple[float, Te
 
 
 MIXUP_SPACES = ("by_modality", "inputs", "features")
+FEATURE_GRADIENTS = ("none", "backbone")
 
 
-def check_mixup_space(algorithm: str, mixup_space: str) -> str:
+def check_mixup_space(algorithm: str, mixup_space: str, mixed_features_gradient: str) -> str:
     if mixup_space not in MIXUP_SPACES:
         raise ValueError(f"{algorithm}: mixup_space {mixup_space!r} is not one of "
                          f"{', '.join(MIXUP_SPACES)}")
+    if mixed_features_gradient not in FEATURE_GRADIENTS:
+        raise ValueError(f"{algorithm}: mixed_features_gradient {mixed_features_gradient!r} is "
+                         f"not one of {', '.join(FEATURE_GRADIENTS)}")
     return mixup_space
 
 
@@ -76,9 +86,12 @@ def mix(lam: float, permutation: Tensor, inputs: Tensor, targets: Tensor) -> tup
             lam * targets + (1 - lam) * targets[permutation])
 
 
-def mix_features(lam: float, permutation: Tensor, features: Tensor,
-                 targets: Tensor) -> tuple[Tensor, Tensor]:
-    """As `mix`, the gradient kept: mixed features train the backbone that made them."""
+def mix_features(lam: float, permutation: Tensor, features: Tensor, targets: Tensor,
+                 gradient: str) -> tuple[Tensor, Tensor]:
+    """As `mix`; with gradient "backbone" the mixed features keep the gradient of the features
+    (none: semilearn's no-grad mix, see the module docstring)."""
+    if gradient == "none":
+        return mix(lam, permutation, features, targets)
     permutation = permutation.to(features.device)
     with torch.no_grad():
         mixed_targets = lam * targets + (1 - lam) * targets[permutation]

@@ -20,10 +20,12 @@ updating them (no interleaving). The forwards semilearn makes only for logging (
 images, the second strong view) are left out.
 
 Text and audio (mixup_space, semisup.algorithms.mixup): semilearn's mixup_manifold mixes the
-pooled features [f(x_lb), f(x_s0), f(x_s1), f(x_w)] instead (f(x_w) from the guessing pass, no
-gradient; the others from one pass each with frozen statistics, which then are needed: the first
-strong view's logits of the pre-mixup term come from its pass) and runs the classifier alone on
-the mixed rows, in the same chunks; then the rotation loss, in semilearn's order. USB's text and
+pooled features [f(x_lb), f(x_s0), f(x_s1), f(x_w)] instead (f(x_w) from the guessing pass; the
+others from one pass each with frozen statistics, which then are needed: the first strong view's
+logits of the pre-mixup term come from its pass) and runs the classifier alone on the mixed rows,
+in the same chunks; then the rotation loss, in semilearn's order. Its mix is no-grad, so the
+backbone learns from the pre-mixup term alone (mixed_features_gradient none; backbone: through
+the labeled and strong features too). USB's text and
 audio configs set rot_loss_ratio 0 (lambda_rot here): a rotation of token ids or waveforms is
 refused with that advice. The two strong views are the two back-translations of a text
 (semisup.data.text) or two strong audio augmentations, as semilearn's datasets make them.
@@ -92,17 +94,25 @@ class ReMixMatch(Algorithm):
           What MixUp mixes: inputs (images), features (the pooled features, then the classifier
           alone: semilearn's mixup_manifold), or by_modality, semilearn's per modality (inputs
           for images, features for text and audio).
+      mixed_features_gradient:
+        enum: [none, backbone]
+        description: >-
+          With mixup_space features: none, the mixed features carry no gradient (semilearn
+          0.3.2's mixup_one_target runs under no_grad, so the mixed losses train the classifier
+          alone); backbone, the gradient reaches the backbone through the features (manifold
+          MixUp as published).
     """
     views = Views(labeled=("weak",), unlabeled=("weak", "strong", "strong"))
 
     def __init__(self, *, T: float, mixup_alpha: float, lambda_u: float, lambda_pre_mixup: float,
                  lambda_rot: float, rampup_fraction: float, alignment_momentum: float,
-                 mixup_space: str, **base):
+                 mixup_space: str, mixed_features_gradient: str, **base):
         super().__init__(**base)
         self.T, self.mixup_alpha, self.rampup_fraction = T, mixup_alpha, rampup_fraction
         self.lambda_u, self.lambda_pre_mixup, self.lambda_rot = lambda_u, lambda_pre_mixup, lambda_rot
         self.alignment = LabeledPriorAlignment(self.facts.labeled_class_counts, alignment_momentum)
-        self.mixup_space = check_mixup_space("remixmatch", mixup_space)
+        self.mixup_space = check_mixup_space("remixmatch", mixup_space, mixed_features_gradient)
+        self.mixed_features_gradient = mixed_features_gradient
 
     def heads(self, num_features: int) -> dict[str, nn.Module]:
         return {"rotation": nn.Linear(num_features, NUM_ROTATIONS)} if self.lambda_rot > 0 else {}
@@ -133,7 +143,8 @@ class ReMixMatch(Algorithm):
         targets = torch.cat([one_hot(batch.labeled.labels, self.num_classes, guess.dtype),
                              guess, guess, guess])
         lam, permutation = mixup_draw(ctx, len(targets), self.mixup_alpha)
-        mixed_x, mixed_y = (mix_features if features else mix)(lam, permutation, rows, targets)
+        mixed_x, mixed_y = (mix_features(lam, permutation, rows, targets, self.mixed_features_gradient)
+                            if features else mix(lam, permutation, rows, targets))
         logits = chunked_logits(ctx.network, mixed_x, num_labeled, from_features=features)
         if features:
             loss_rot = self.rotation_loss(ctx, x_s0)
