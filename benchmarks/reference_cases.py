@@ -212,13 +212,15 @@ REFERENCES = {
         theirs={**LOSS_TERMS_SEMILEARN, "loss_entropy": log("loss_entmin")}, unlabeled=("x_ulb_w",)),
     "mixmatch": Reference(
         "mixmatch", lambda p: {"T": p["T"], "unsup_warm_up": p["rampup_fraction"],
-                               "mixup_alpha": p["mixup_alpha"]},
+                               "mixup_alpha": p["mixup_alpha"],
+                               "mixup_manifold": p["mixup_space"] == "features"},
         ours=LOSS_TERMS_OURS, theirs=LOSS_TERMS_SEMILEARN, draws=semilearn_mixup(mixmatch)),
     # the alignment's momentum is semilearn's DistAlignEMAHook default (no argument sets it)
     "remixmatch": Reference(
         "remixmatch", lambda p: {"T": p["T"], "kl_loss_ratio": p["lambda_pre_mixup"],
                                  "rot_loss_ratio": p["lambda_rot"], "unsup_warm_up": p["rampup_fraction"],
-                                 "mixup_alpha": p["mixup_alpha"]},
+                                 "mixup_alpha": p["mixup_alpha"],
+                                 "mixup_manifold": p["mixup_space"] == "features"},
         ours=LOSS_TERMS_OURS, theirs=LOSS_TERMS_SEMILEARN,
         state={"alignment.p_model": ("DistAlignHook", "p_model")},
         unlabeled=("x_ulb_w", "x_ulb_s_0", "x_ulb_s_1"),
@@ -350,8 +352,18 @@ CASES = [
     Case("vat", {"power_iteration_precision": "float32"}, wrong={"power_iteration_precision": "float64"}),
     Case("mixmatch"),
     Case("mixmatch", wrong={"mixup_alpha": 0.75}),
+    # MixUp of pooled features (semilearn's mixup_manifold, its text and audio setting), here on
+    # the tiny image network, which has semilearn's only_feat / only_fc; semilearn's mix is no-grad
+    # (mixed_features_gradient none), the backbone value differs from it
+    Case("mixmatch", {"mixup_space": "features"}),
+    Case("mixmatch", {"mixup_space": "features"}, wrong={"mixup_space": "inputs"}),
+    Case("mixmatch", {"mixup_space": "features"}, wrong={"mixed_features_gradient": "backbone"}),
     Case("remixmatch"),
     Case("remixmatch", wrong={"alignment_momentum": 0.99}),
+    Case("remixmatch", {"mixup_space": "features"}),
+    Case("remixmatch", {"mixup_space": "features", "lambda_rot": 0.0}),   # USB's text and audio
+    Case("remixmatch", {"mixup_space": "features"}, wrong={"mixup_space": "inputs"}),
+    Case("remixmatch", {"mixup_space": "features"}, wrong={"mixed_features_gradient": "backbone"}),
     Case("crmatch"),
     Case("crmatch", wrong={"lambda_feature": 0.5}),
     Case("crmatch", semilearn={"net": "wrn_28_2", "dataset": "cifar10"}, known=CRMATCH_ON_MAP,

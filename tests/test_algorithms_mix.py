@@ -289,6 +289,95 @@ def crmatch_by_hand(**params):
     return algorithm, weak, algorithm.training_step(context(network), step_batch)
 
 
+# ---- MixUp of pooled features (semilearn's mixup_manifold, text and audio) -----------------------
+MIX_FEATURES = {"mixmatch": {}, "remixmatch": {"lambda_rot": 0.0}}
+
+
+@pytest.mark.parametrize("name", sorted(MIX_FEATURES))
+def test_mixing_the_features_of_a_linear_backbone_gives_the_loss_of_mixing_its_inputs(name):
+    """features = inputs * s: a mix of features is the features of the mix, so the losses agree;
+    the gradient differs (mixed_features_gradient backbone): the weak features come from the
+    no-grad guessing passes."""
+    algorithm = make(name, counts=(1, 1, 1), rampup_fraction=0.0, mixed_features_gradient="backbone",
+                     **MIX_FEATURES[name])
+    generator = torch.Generator().manual_seed(0)
+    logits = [torch.randn(4, 3, generator=generator) for _ in range(4)]
+    step_batch = batch(logits[0], [0, 1, 2, 0], *logits[1:1 + len(algorithm.views.unlabeled)])
+    losses, gradients = {}, {}
+    for space in ("inputs", "features"):
+        algorithm.mixup_space = space
+        algorithm.load_state_dict(make(name, counts=(1, 1, 1), **MIX_FEATURES[name]).state_dict())
+        network = logits_are_inputs(algorithm, num_classes=3)
+        output = algorithm.training_step(context(network), step_batch)
+        (gradients[space],) = torch.autograd.grad(output.loss, network.backbone.scale)
+        losses[space] = output.loss.item()
+    assert losses["features"] == pytest.approx(losses["inputs"], rel=1e-5)
+    assert gradients["features"].item() != pytest.approx(gradients["inputs"].item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(MIX_FEATURES))
+def test_mixed_features_go_through_the_classifier_alone_and_the_backbone_sees_each_view_once(name):
+    algorithm = make(name, counts=(1, 1, 1), mixup_space="features", **MIX_FEATURES[name])
+    network = with_batchnorm(algorithm).eval()   # eval: features are the same pass after pass
+    step_batch = image_batch(algorithm)
+    backbone_inputs, classifier_inputs = [], []
+    network.backbone.register_forward_hook(lambda m, args, out: backbone_inputs.append(args[0]))
+    network.classifier.register_forward_hook(lambda m, args, out: classifier_inputs.append(args[0]))
+    output = algorithm.training_step(context(network), step_batch)
+
+    views = [*step_batch.unlabeled.views, *step_batch.labeled.views]
+    assert len(backbone_inputs) == len(views)     # no forward of mixed images
+    assert all(any(x is view for view in views) for x in backbone_inputs)
+    features = {id(view): network.backbone(view) for view in views}
+    (x_lb,), unlabeled = step_batch.labeled.views, step_batch.unlabeled.views
+    order = [x_lb, *unlabeled] if name == "mixmatch" else [x_lb, unlabeled[1], unlabeled[2],
+                                                          unlabeled[0]]
+    rows = torch.cat([features[id(view)] for view in order])
+    lam, permutation = mixup_draw(context(network), len(rows), algorithm.mixup_alpha)
+    mixed = torch.cat(classifier_inputs[-len(order):])   # the chunks, after the views' passes
+    assert output.stats["mixup_lambda"].item() == pytest.approx(lam)
+    assert torch.allclose(mixed, lam * rows + (1 - lam) * rows[permutation], atol=1e-6)
+
+
+@pytest.mark.parametrize("name, pre_mixup, trains_backbone", [
+    ("mixmatch", {}, False), ("remixmatch", {"lambda_pre_mixup": 0.0}, False),
+    ("remixmatch", {"lambda_pre_mixup": 0.5}, True)])
+def test_semilearns_mix_of_features_carries_no_gradient_to_the_backbone(name, pre_mixup,
+                                                                        trains_backbone):
+    """mixed_features_gradient none (semilearn's mixup_one_target is no-grad): the mixed rows
+    train the classifier alone; ReMixMatch's backbone learns from its pre-mixup term only."""
+    algorithm = make(name, counts=(1, 1, 1), rampup_fraction=0.0, mixup_space="features",
+                     mixed_features_gradient="none", **MIX_FEATURES[name], **pre_mixup)
+    network = with_batchnorm(algorithm)
+    output = algorithm.training_step(context(network), image_batch(algorithm))
+    (gradient,) = torch.autograd.grad(output.loss, network.backbone[0].weight, allow_unused=True,
+                                      retain_graph=True)
+    assert (gradient is not None and bool(gradient.abs().sum() > 0)) == trains_backbone
+    assert torch.autograd.grad(output.loss, network.classifier.weight)[0].abs().sum() > 0
+
+
+def test_mixup_space_names_its_values_and_inputs_of_tokens_are_refused_with_the_fix():
+    from semisup.data.inputs import TokenBatch
+
+    with pytest.raises(ValueError, match="by_modality, inputs, features"):
+        make("mixmatch", mixup_space="manifold")
+    with pytest.raises(ValueError, match="mixed_features_gradient 'all' is not one of none, backbone"):
+        make("remixmatch", mixed_features_gradient="all")
+    algorithm = make("mixmatch", mixup_space="inputs")
+    tokens = TokenBatch(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="mixup_space to features or by_modality"):
+        algorithm.training_step(context(nn.Identity()), batch(tokens, [0, 1], tokens, tokens))
+
+
+def test_remixmatch_refuses_to_rotate_tokens_and_says_to_set_lambda_rot_to_zero():
+    from semisup.data.inputs import TokenBatch
+
+    algorithm = make("remixmatch")
+    tokens = TokenBatch(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="lambda_rot to 0"):
+        algorithm.training_step(context(nn.Identity()), batch(tokens, [0, 1], tokens, tokens, tokens))
+
+
 def test_crmatch_loss_by_hand():
     *_, output = crmatch_by_hand()
     # sup = H(0, softmax([0, 0])) = ln 2; unsup = (H(0, softmax([1, 1])) * 1 + ... * 0) / 2 = ln 2 / 2

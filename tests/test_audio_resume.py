@@ -95,3 +95,16 @@ def test_vat_perturbs_the_waveforms_and_keeps_their_mask(model_folder, tmp_path,
     assert as_input(values + direction).mask is batch.mask
     result = run.fit()
     assert result.stat_history and all(math.isfinite(row["train/loss_unsup"]) for row in result.stat_history)
+
+
+@pytest.mark.parametrize("algorithm", ["mixmatch", "remixmatch"])
+def test_mixup_trains_on_audio_mixing_pooled_features_as_usb(model_folder, tmp_path, algorithm):
+    """semilearn's usb_audio configs set mixup_manifold: features are mixed, not waveforms."""
+    params = {**default_params()["algorithms"][algorithm], "rampup_fraction": 0.0}
+    if algorithm == "remixmatch":
+        params["lambda_rot"] = 0.0   # rot_loss_ratio of USB's audio configs
+    result = trainer(model_folder, tmp_path / f"{algorithm}.pt", algorithm=algorithm,
+                     params=params).fit()
+    assert result.stat_history and all(
+        math.isfinite(row["train/loss_unsup"]) and 0.5 <= row["train/mixup_lambda"] <= 1
+        for row in result.stat_history)

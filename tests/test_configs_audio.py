@@ -20,7 +20,7 @@ USB_AUDIO = {
     "gtzan": ([100, 400], "wav2vec2_base", 2e-5, 1.0, 3.0),
     "superbks": ([50, 100], "wav2vec2_base", 5e-5, 0.75, 1.0),
 }
-NOT_ON_AUDIO = {"mixmatch", "remixmatch"}   # they mix inputs; USB mixes pooled features there
+NOT_ON_AUDIO: set[str] = set()   # every algorithm (MixMatch, ReMixMatch: MixUp of features)
 HUB = {"hubert_base": "facebook/hubert-base-ls960", "wav2vec2_base": "facebook/wav2vec2-base-960h"}
 
 
@@ -50,6 +50,14 @@ def test_usb_audio_study_runs_every_algorithm_that_runs_on_audio_with_usbs_proto
     assert all(values.get("uratio", 1) == 1 for values in overrides.values())
     assert config["algorithms"]["crmatch"]["lambda_rot"] == 0.0
     assert config["algorithms"]["comatch"]["queue_batches"] == 128
+    # semilearn's config/usb_audio/{mixmatch,remixmatch}: mixup_manifold True, rot_loss_ratio 0
+    assert config["algorithms"]["mixmatch"] == {"T": 0.5, "mixup_alpha": 0.5, "lambda_u": 10.0,
+                                                "rampup_fraction": 0.4, "mixup_space": "by_modality",
+                                                "mixed_features_gradient": "none"}
+    assert config["algorithms"]["remixmatch"] == {
+        "T": 0.5, "mixup_alpha": 0.75, "lambda_u": 1.5, "lambda_pre_mixup": 0.5, "lambda_rot": 0.0,
+        "rampup_fraction": 0.015625, "alignment_momentum": 0.999, "mixup_space": "by_modality",
+        "mixed_features_gradient": "none"}
     assert config["reports"]["published"] == "reference/published_usb_audio.csv"
 
 

@@ -20,8 +20,7 @@ USB_NLP = {
     "yahoo_answers": ([500, 2000], 1e-4, 0.65),
     "yelp_review": ([250, 1000], 5e-5, 0.75),
 }
-# semilearn runs these on text with variants ssl-repro lacks (tests/test_text.py)
-NOT_ON_TEXT = {"vat", "mixmatch", "remixmatch"}
+NOT_ON_TEXT: set[str] = set()   # every algorithm (VAT: vat_embed; MixMatch, ReMixMatch: features)
 
 
 def study_of(task: str):
@@ -58,6 +57,17 @@ def test_usb_nlp_study_trains_with_usbs_nlp_protocol(task):
     assert config["algorithms"]["uda"]["tsa_schedule"] == "exp"
     assert config["algorithms"]["comatch"]["queue_batches"] == 128
     assert config["algorithms"]["crmatch"]["lambda_rot"] == 0.0
+    # semilearn's config/usb_nlp/{mixmatch,remixmatch}: mixup_manifold True, rot_loss_ratio 0
+    assert config["algorithms"]["mixmatch"] == {"T": 0.5, "mixup_alpha": 0.5, "lambda_u": 100.0,
+                                                "rampup_fraction": 0.4, "mixup_space": "by_modality",
+                                                "mixed_features_gradient": "none"}
+    assert config["algorithms"]["remixmatch"] == {
+        "T": 0.5, "mixup_alpha": 0.75, "lambda_u": 1.5, "lambda_pre_mixup": 0.5, "lambda_rot": 0.0,
+        "rampup_fraction": 0.015625, "alignment_momentum": 0.999, "mixup_space": "by_modality",
+        "mixed_features_gradient": "none"}
+    assert config["algorithms"]["vat"] == {"eps": 6.0, "xi": 1e-6, "power_iteration_precision":
+                                           "float32", "lambda_u": 1.0, "lambda_entropy": 0.06,
+                                           "rampup_fraction": 0.4}
     assert config["reports"]["selection"] == "at_best_validation"
     assert config["reports"]["published"] == "reference/published_usb_nlp.csv"
     run = study_of(task).run_config(task, budgets[0], "pimodel", 0)
@@ -81,7 +91,7 @@ def test_usbs_published_nlp_numbers_cover_every_task_budget_and_algorithm():
 @pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(USB_NLP))
 def test_usb_nlp_study_dry_runs_offline_every_algorithm_budget_and_seed(task, tmp_path):
-    """`snakemake -n` plans 2 budgets x 16 algorithms x 3 seeds = 96 training runs, offline."""
+    """`snakemake -n` plans 2 budgets x 19 algorithms x 3 seeds = 114 training runs, offline."""
     result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile",
                              str(ROOT / "Snakefile"), "--configfile",
                              str(CONFIGS / f"usb-nlp-{task}.yaml"), "--cores", "2", "--dry-run"],
@@ -92,7 +102,7 @@ def test_usb_nlp_study_dry_runs_offline_every_algorithm_budget_and_seed(task, tm
     study = study_of(task).config["study"]
     assert planned == {(str(n), algorithm, str(seed)) for n in study["n_labels"]
                        for algorithm in study["algorithms"] for seed in study["seeds"]}
-    assert len(planned) == 96
+    assert len(planned) == 114
 
 
 def test_a_text_dataset_needs_a_text_network_and_the_reverse():

@@ -316,3 +316,24 @@ def test_an_algorithm_runs_unchanged_on_token_batches():
     assert network.backbone.embedding.weight.grad.abs().sum() > 0
     logits = forward_views(network, tokens(2, 3), tokens(1, 8))
     assert [tuple(x.shape) for x in logits] == [(2, 3), (1, 3)]
+
+
+def test_features_go_back_in_through_the_classifier_and_heads_alone():
+    """semilearn's only_feat then only_fc (MixUp of features): the backbone is skipped."""
+    torch.manual_seed(0)
+    network = Network(BagOfTokens(), nn.Linear(6, 3), {"proj": nn.Linear(6, 2)})
+    tokens = TokenBatch(torch.randint(1, 20, (4, 5)), torch.ones(4, 5, dtype=torch.long))
+    output = network(tokens, want=("proj",))
+    calls = []
+    network.backbone.register_forward_hook(lambda m, args, out: calls.append(1))
+    again = network(output.features, want=("proj",), from_features=True)
+    assert calls == []
+    assert torch.equal(again.logits, output.logits) and torch.equal(again.features, output.features)
+    assert torch.equal(again.heads["proj"], output.heads["proj"])
+
+
+def test_only_a_backbone_that_has_them_returns_its_input_embeddings():
+    network = Network(BagOfTokens(), nn.Linear(6, 3))
+    tokens = TokenBatch(torch.randint(1, 20, (2, 5)), torch.ones(2, 5, dtype=torch.long))
+    with pytest.raises(TypeError, match="cannot return its input embeddings"):
+        network(tokens, want=("input_embeddings",))

@@ -91,3 +91,46 @@ def replace_augment(modality, options):
 
     return ImageModality(modality.pools, get_dataset("digits_rgb32").inputs,
                          image_augment(options), True)
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory):
+    """The tiny BERT and AG News-shaped release of tools/nlp_smoke.py, tokenised on the GPU."""
+    from nlp_smoke import make_release, make_tiny_bert
+
+    from semisup.data.text import text_train_data
+    from semisup.models.bert import load_tokenizer
+
+    folder = make_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
+    release = make_release(tmp_path_factory.mktemp("release") / "ag_news")
+    spec, root = get_dataset("ag_news"), tmp_path_factory.mktemp("raw")
+    spec.download(root, mirror=release.as_uri(), md5={})
+    data = text_train_data(spec.load(root), torch.arange(0, 96, 12), load_tokenizer(str(folder)),
+                           32, CUDA)
+    return folder, data
+
+
+# USB's text settings where the classic ones would rotate images (rot_loss_ratio 0)
+TEXT_PARAMS = {"remixmatch": {"lambda_rot": 0.0}}
+
+
+@pytest.mark.parametrize("name, gradient", [("vat", None), ("mixmatch", "none"),
+                                            ("mixmatch", "backbone"), ("remixmatch", "none")])
+def test_vat_on_embeddings_and_mixup_of_features_train_bert_under_bf16(text_data, name, gradient):
+    """semilearn's vat_embed and mixup_manifold on the GPU with bf16 autocast: finite losses."""
+    folder, train_data = text_data
+    config = train_config(default_train_options(
+        "ag_news", steps=100, batch_size=4, uratio=1, precision="bf16", optimizer="adamw", lr=1e-4,
+        layer_decay=0.65, lr_warmup_steps=1))
+    params = {**default_params()["algorithms"][name], **TEXT_PARAMS.get(name, {}),
+              **({} if gradient is None else {"mixed_features_gradient": gradient})}
+    torch.manual_seed(0)
+    algorithm = build_algorithm(name, params, facts=train_data.facts(4), total_steps=100)
+    network = build_network("bert_base_uncased", 4, None, name_or_path=str(folder), max_length=32,
+                            dropout=0.1, pooling="view_positions")
+    trainer = Trainer(network, algorithm, train_data, config, 0, CUDA)
+    trainer.network.train()
+    for _ in range(3):
+        stats = trainer.train_step()
+    assert all(value.is_cuda for value in stats.values())
+    assert torch.isfinite(stats["loss"]).item() and torch.isfinite(stats["loss_unsup"]).item()

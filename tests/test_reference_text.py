@@ -28,3 +28,10 @@ def test_view_positions_pooling_is_semilearns_within_float_rounding(capsys):
 def test_another_pooling_is_found_to_differ(capsys):
     assert reference.main(["--pooling", "attended"]) == 1
     assert "DIFFERS: features differ" in capsys.readouterr().out
+
+
+def test_vat_on_text_is_semilearns_vat_embed_step_and_another_eps_is_found(capsys):
+    assert reference.main([]) == 0
+    assert "VAT on text (vat_embed), one step: largest difference" in capsys.readouterr().out
+    assert reference.main(["--vat-eps", "5.0"]) == 1
+    assert "DIFFERS: VAT" in capsys.readouterr().out

@@ -100,3 +100,11 @@ def test_missing_weights_name_the_folder_to_fill(tmp_path, monkeypatch):
                       dropout=0.1, use_mask=False)
     message = str(error.value)
     assert "facebook/hubert-base-ls960" in message and "models.hubert_base.pretrained" in message
+
+
+def test_pooled_features_go_back_in_through_the_classifier_alone(tiny):
+    """MixUp of features on audio (semilearn's mixup_manifold): only_feat, then only_fc."""
+    net = network(tiny).eval()
+    out = net(waves())
+    again = net(out.features, from_features=True)
+    assert torch.equal(again.logits, out.logits) and torch.equal(again.features, out.features)

@@ -154,6 +154,27 @@ def test_view_positions_features_do_not_depend_on_the_views_joined_to_it(ag_news
                                   semilearn_as_written(weak).features)
 
 
+def test_bert_returns_the_embedding_layers_output_and_takes_it_back_as_semilearns_vat_embed(
+        tiny_bert):
+    """hidden_states[0] of the same pass; fed back as inputs_embeds, transformers adds positions
+    and token types and normalises again (semilearn's vat_embed), so it is not the clean pass."""
+    from semisup.data.inputs import EmbeddedTokens
+
+    torch.manual_seed(0)
+    network = bert(tiny_bert).eval()
+    batch = TokenBatch(ids=torch.tensor([[2, 7, 9, 3, 0]]), mask=torch.tensor([[1, 1, 1, 1, 2]]))
+    output = network(batch, want=("input_embeddings",))
+    embeddings = output.heads["input_embeddings"]
+    hidden = network.backbone.bert(input_ids=batch.ids, attention_mask=(batch.mask == 1).long(),
+                                   output_hidden_states=True).hidden_states
+    torch.testing.assert_close(embeddings, hidden[0])
+    torch.testing.assert_close(output.logits, network(batch).logits)
+    again = network(EmbeddedTokens(embeddings, batch.mask))
+    twice = network.backbone.bert(inputs_embeds=embeddings, attention_mask=(batch.mask == 1).long())
+    torch.testing.assert_close(again.features, twice.last_hidden_state.mean(1))
+    assert not torch.allclose(again.logits, output.logits)
+
+
 def test_bert_layers_for_layer_wise_decay(tiny_bert):
     network = bert(tiny_bert)
     backbone = network.backbone
@@ -197,10 +218,6 @@ def test_max_length_beyond_the_position_embeddings_is_refused(tiny_bert):
                       dropout=0.1, pooling="all_positions")
 
 
-# Algorithms whose step changes the inputs themselves, which token ids do not allow: semilearn
-# runs them on text with variants ssl-repro does not have (VAT's perturbation of the word
-# embeddings, vat_embed; MixMatch's and ReMixMatch's MixUp of features, mixup_manifold).
-NEEDS_INPUT_ARITHMETIC = {"vat", "mixmatch", "remixmatch"}
 # USB's NLP settings where the classic ones would rotate images (rot_loss_ratio 0.0)
 TEXT_SETTINGS = {"crmatch": {"lambda_rot": 0.0}, "remixmatch": {"lambda_rot": 0.0}}
 
@@ -232,19 +249,105 @@ def two_steps(algorithm_name: str, ag_news, tiny_bert):
     return text_trainer(algorithm_name, ag_news, tiny_bert).fit()
 
 
-@pytest.mark.parametrize("algorithm_name", sorted(set(algorithm_cards()) - NEEDS_INPUT_ARITHMETIC))
+@pytest.mark.parametrize("algorithm_name", sorted(algorithm_cards()))
 def test_every_algorithm_trains_unchanged_on_text(algorithm_name, ag_news, tiny_bert):
     result = two_steps(algorithm_name, ag_news, tiny_bert)
     assert [point["step"] for point in result.curve] == [2.0]
     assert "ema/at_best_validation_error" in result.metrics
 
 
-@pytest.mark.parametrize("algorithm_name", sorted(NEEDS_INPUT_ARITHMETIC))
-def test_algorithms_that_change_the_inputs_say_so_on_text(algorithm_name, ag_news, tiny_bert):
-    with pytest.raises(TypeError, match=f"{algorithm_name} (mixes|perturbs) image tensors(| and "
-                                        f"waveforms), not "
-                                        f"TokenBatch"):
-        two_steps(algorithm_name, ag_news, tiny_bert)
+def step_on_text(run, labels=(0, 1, 2, 3)):
+    """A StepBatch of the run's data: four labeled texts, four unlabeled ones, the run's views."""
+    from semisup.algorithms import Side, StepBatch
+
+    modality, views, generator = run.data.modality, run.algorithm.views, torch.Generator().manual_seed(0)
+    indices = torch.arange(4)
+    return StepBatch(Side(modality.views("train", indices * 12, views.labeled, generator),
+                          torch.tensor(labels), indices),
+                     Side(modality.views("unlabeled", indices + 1, views.unlabeled, generator),
+                          torch.full((4,), -1), indices + 1))
+
+
+@pytest.mark.parametrize("algorithm_name, gradient, trains_bert", [
+    ("mixmatch", "none", False), ("mixmatch", "backbone", True), ("remixmatch", "none", True)])
+def test_mixup_on_text_mixes_berts_pooled_features_never_token_ids(algorithm_name, gradient,
+                                                                    trains_bert, ag_news, tiny_bert):
+    """semilearn's MixMatch on text trains the classifier alone (its mix is no-grad); its
+    ReMixMatch trains BERT through the pre-mixup term."""
+    from semisup.algorithms import StepContext
+
+    run = text_trainer(algorithm_name, ag_news, tiny_bert)
+    run.algorithm.mixed_features_gradient = gradient
+    network, step_batch = run.network, step_on_text(run)
+    backbone_inputs, classifier_inputs = [], []
+    network.backbone.register_forward_hook(lambda m, args, out: backbone_inputs.append(args[0]))
+    network.classifier.register_forward_hook(lambda m, args, out: classifier_inputs.append(args[0]))
+    output = run.algorithm.training_step(StepContext(
+        network, 1, torch.Generator().manual_seed(0),
+        host_generator=torch.Generator().manual_seed(0)), step_batch)
+
+    views = step_batch.labeled.views + step_batch.unlabeled.views
+    assert len(backbone_inputs) == len(views)   # one pass per view, none of mixed ids
+    assert all(any(x is view for view in views) for x in backbone_inputs)
+    mixed = classifier_inputs[len(views):]      # the classifier alone on the mixed features
+    assert [len(chunk) for chunk in mixed] == [4] * len(views)
+    assert all(chunk.shape[1] == network.num_features for chunk in mixed)
+    output.loss.backward()
+    embeddings = network.backbone.bert.embeddings.word_embeddings.weight.grad
+    assert (embeddings is not None and bool(embeddings.abs().sum() > 0)) == trains_bert
+    assert network.classifier[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_vat_on_text_perturbs_berts_input_embeddings_by_eps_per_sample(ag_news, tiny_bert,
+                                                                      precision):
+    """semilearn's vat_embed: e + eps * d_adv goes back in as inputs_embeds with the mask. (The
+    embedding layer's dropout is off here, so that e can be computed again outside the step.)"""
+    from semisup.algorithms import StepContext
+    from semisup.data.inputs import EmbeddedTokens
+
+    run = text_trainer("vat", ag_news, tiny_bert)
+    run.algorithm.precision = precision
+    network, step_batch = run.network, step_on_text(run)
+    network.backbone.bert.embeddings.dropout = torch.nn.Identity()
+    (tokens,) = step_batch.unlabeled.views
+    perturbed = []
+    network.backbone.register_forward_hook(
+        lambda m, args, out: perturbed.append(args[0]) if isinstance(args[0], EmbeddedTokens) else None)
+    output = run.algorithm.training_step(StepContext(network, 1, torch.Generator().manual_seed(0)),
+                                         step_batch)
+    clean = network(tokens, want=("input_embeddings",)).heads["input_embeddings"]
+    probe, adversarial = perturbed[-2:]                  # the power iteration's, then the LDS pass
+    assert all(x.mask is tokens.mask for x in (probe, adversarial))
+    assert adversarial.embeddings.shape == clean.shape == (4, tokens.ids.shape[1], 16)
+    move = (adversarial.embeddings - clean).flatten(1).norm(dim=1)
+    assert torch.allclose(move, torch.full((4,), run.algorithm.eps), rtol=1e-4)
+    output.loss.backward()
+    assert torch.isfinite(output.loss)
+    assert network.backbone.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("algorithm_name", ["remixmatch", "vat"])
+def test_a_mixup_or_vat_text_run_resumes_bit_for_bit(algorithm_name, ag_news, tiny_bert, tmp_path):
+    """MixUp's draws, VAT's noise (host and step generators) and dropout resume."""
+    import json
+
+    def die_at_3(step, metrics):
+        if step >= 3:
+            raise Killed(step)
+
+    whole = text_trainer(algorithm_name, ag_news, tiny_bert, steps=4).fit()
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(Killed):
+        text_trainer(algorithm_name, ag_news, tiny_bert, steps=4, checkpoint_path=checkpoint,
+                     log=die_at_3).fit()
+    torch.manual_seed(123)
+    resumed = text_trainer(algorithm_name, ag_news, tiny_bert, steps=4,
+                           checkpoint_path=checkpoint).fit()
+    assert resumed.resumed_from == 2
+    for field in ("metrics", "curve", "stat_history"):
+        assert json.dumps(getattr(whole, field), sort_keys=True) == json.dumps(
+            getattr(resumed, field), sort_keys=True), field
 
 
 def test_tokenised_in_chunks_as_in_one_call(ag_news, tiny_bert):

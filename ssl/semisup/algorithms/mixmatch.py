@@ -11,6 +11,13 @@ of the probabilities on the mixed unlabeled rows.
 As semilearn (no interleaving), the mixed batch goes through the network in chunks of the labeled
 batch size, each its own BatchNorm batch, and only the first chunk updates the running statistics;
 each weak view is its own BatchNorm batch too.
+
+Text and audio (mixup_space, semisup.algorithms.mixup): semilearn's mixup_manifold mixes the
+pooled features [f(x_lb), f(x_w1), f(x_w2)] instead (the weak ones from the guessing passes; the
+labeled ones from a pass of their own with frozen statistics, in that order) and runs the
+classifier alone on the mixed rows, in the same chunks. Its mix is no-grad, so on text and audio
+semilearn's MixMatch trains the classifier alone (mixed_features_gradient none; backbone lets
+the gradient reach the backbone through the labeled features).
 """
 from __future__ import annotations
 
@@ -21,8 +28,8 @@ from . import register
 from .base import (Algorithm, StepBatch, StepContext, StepOutput, Views, cross_entropy_per_sample,
                    frozen_batchnorm_statistics, scalar)
 from .masking import linear_rampup
-from .mixup import (chunked_logits, mix, mixup_draw, one_hot, require_image_tensors,
-                    sharpen_probabilities)
+from .mixup import (check_mixup_space, chunked_logits, mix, mix_features, mixes_features,
+                    mixup_draw, one_hot, sharpen_probabilities)
 
 
 @register
@@ -38,28 +45,50 @@ class MixMatch(Algorithm):
                  minimum: 0}
       rampup_fraction: {type: number, minimum: 0, maximum: 1,
                         description: Linear ramp-up of lambda_u over this fraction of the steps.}
+      mixup_space:
+        enum: [by_modality, inputs, features]
+        description: >-
+          What MixUp mixes: inputs (images), features (the pooled features, then the classifier
+          alone: semilearn's mixup_manifold), or by_modality, semilearn's per modality (inputs
+          for images, features for text and audio).
+      mixed_features_gradient:
+        enum: [none, backbone]
+        description: >-
+          With mixup_space features: none, the mixed features carry no gradient (semilearn
+          0.3.2's mixup_one_target runs under no_grad, so the mixed losses train the classifier
+          alone); backbone, the gradient reaches the backbone through the features (manifold
+          MixUp as published).
     """
     views = Views(labeled=("weak",), unlabeled=("weak", "weak"))
 
     def __init__(self, *, T: float, mixup_alpha: float, lambda_u: float, rampup_fraction: float,
-                 **base):
+                 mixup_space: str, mixed_features_gradient: str, **base):
         super().__init__(**base)
         self.T, self.mixup_alpha = T, mixup_alpha
         self.lambda_u, self.rampup_fraction = lambda_u, rampup_fraction
+        self.mixup_space = check_mixup_space("mixmatch", mixup_space, mixed_features_gradient)
+        self.mixed_features_gradient = mixed_features_gradient
 
     def training_step(self, ctx: StepContext, batch: StepBatch) -> StepOutput:
         (x_lb,), (x_w1, x_w2) = batch.labeled.views, batch.unlabeled.views
-        require_image_tensors("mixmatch", x_lb)
+        features = mixes_features("mixmatch", self.mixup_space, x_lb)
         num_labeled = len(batch.labeled.labels)
         with torch.no_grad(), frozen_batchnorm_statistics(ctx.network):
-            probs_w1 = torch.softmax(ctx.network(x_w1).logits.float(), dim=-1)
-            probs_w2 = torch.softmax(ctx.network(x_w2).logits.float(), dim=-1)
+            out_w1, out_w2 = ctx.network(x_w1), ctx.network(x_w2)
+            probs_w1 = torch.softmax(out_w1.logits.float(), dim=-1)
+            probs_w2 = torch.softmax(out_w2.logits.float(), dim=-1)
             guess = sharpen_probabilities((probs_w1 + probs_w2) / 2, self.T)
 
         targets = torch.cat([one_hot(batch.labeled.labels, self.num_classes, guess.dtype), guess, guess])
+        if features:   # mixup_manifold: the labeled features from a pass of their own
+            with frozen_batchnorm_statistics(ctx.network):
+                rows = torch.cat([ctx.network(x_lb).features, out_w1.features, out_w2.features])
+        else:
+            rows = torch.cat([x_lb, x_w1, x_w2])
         lam, permutation = mixup_draw(ctx, len(targets), self.mixup_alpha)
-        mixed_x, mixed_y = mix(lam, permutation, torch.cat([x_lb, x_w1, x_w2]), targets)
-        logits = chunked_logits(ctx.network, mixed_x, num_labeled)
+        mixed_x, mixed_y = (mix_features(lam, permutation, rows, targets, self.mixed_features_gradient)
+                            if features else mix(lam, permutation, rows, targets))
+        logits = chunked_logits(ctx.network, mixed_x, num_labeled, from_features=features)
 
         loss_sup = cross_entropy_per_sample(logits[0], mixed_y[:num_labeled]).mean()
         probs_mixed = torch.softmax(torch.cat(logits[1:]).float(), dim=-1)

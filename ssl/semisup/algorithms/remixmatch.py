@@ -18,6 +18,17 @@ here). The weak and strong views are each their own BatchNorm batch with frozen 
 statistics; the mixed batch goes through in chunks of the labeled batch size, only the first
 updating them (no interleaving). The forwards semilearn makes only for logging (the labeled
 images, the second strong view) are left out.
+
+Text and audio (mixup_space, semisup.algorithms.mixup): semilearn's mixup_manifold mixes the
+pooled features [f(x_lb), f(x_s0), f(x_s1), f(x_w)] instead (f(x_w) from the guessing pass; the
+others from one pass each with frozen statistics, which then are needed: the first strong view's
+logits of the pre-mixup term come from its pass) and runs the classifier alone on the mixed rows,
+in the same chunks; then the rotation loss, in semilearn's order. Its mix is no-grad, so the
+backbone learns from the pre-mixup term alone (mixed_features_gradient none; backbone: through
+the labeled and strong features too). USB's text and
+audio configs set rot_loss_ratio 0 (lambda_rot here): a rotation of token ids or waveforms is
+refused with that advice. The two strong views are the two back-translations of a text
+(semisup.data.text) or two strong audio augmentations, as semilearn's datasets make them.
 """
 from __future__ import annotations
 
@@ -30,8 +41,8 @@ from .base import (Algorithm, StepBatch, StepContext, StepOutput, Views, cross_e
                    frozen_batchnorm_statistics, scalar)
 from .components import DistributionAlignment
 from .masking import linear_rampup
-from .mixup import (chunked_logits, mix, mixup_draw, one_hot, require_image_tensors,
-                    sharpen_probabilities)
+from .mixup import (check_mixup_space, chunked_logits, mix, mix_features, mixes_features,
+                    mixup_draw, one_hot, sharpen_probabilities)
 from .rotation import NUM_ROTATIONS, rotate_randomly
 
 
@@ -77,35 +88,66 @@ class ReMixMatch(Algorithm):
         description: >-
           EMA momentum of the mean unlabeled prediction p_model (0.999: the default of
           semilearn's DistAlignEMAHook, which its ReMixMatch keeps; no config key sets it).
+      mixup_space:
+        enum: [by_modality, inputs, features]
+        description: >-
+          What MixUp mixes: inputs (images), features (the pooled features, then the classifier
+          alone: semilearn's mixup_manifold), or by_modality, semilearn's per modality (inputs
+          for images, features for text and audio).
+      mixed_features_gradient:
+        enum: [none, backbone]
+        description: >-
+          With mixup_space features: none, the mixed features carry no gradient (semilearn
+          0.3.2's mixup_one_target runs under no_grad, so the mixed losses train the classifier
+          alone); backbone, the gradient reaches the backbone through the features (manifold
+          MixUp as published).
     """
     views = Views(labeled=("weak",), unlabeled=("weak", "strong", "strong"))
 
     def __init__(self, *, T: float, mixup_alpha: float, lambda_u: float, lambda_pre_mixup: float,
-                 lambda_rot: float, rampup_fraction: float, alignment_momentum: float, **base):
+                 lambda_rot: float, rampup_fraction: float, alignment_momentum: float,
+                 mixup_space: str, mixed_features_gradient: str, **base):
         super().__init__(**base)
         self.T, self.mixup_alpha, self.rampup_fraction = T, mixup_alpha, rampup_fraction
         self.lambda_u, self.lambda_pre_mixup, self.lambda_rot = lambda_u, lambda_pre_mixup, lambda_rot
         self.alignment = LabeledPriorAlignment(self.facts.labeled_class_counts, alignment_momentum)
+        self.mixup_space = check_mixup_space("remixmatch", mixup_space, mixed_features_gradient)
+        self.mixed_features_gradient = mixed_features_gradient
 
     def heads(self, num_features: int) -> dict[str, nn.Module]:
         return {"rotation": nn.Linear(num_features, NUM_ROTATIONS)} if self.lambda_rot > 0 else {}
 
     def training_step(self, ctx: StepContext, batch: StepBatch) -> StepOutput:
         (x_lb,), (x_w, x_s0, x_s1) = batch.labeled.views, batch.unlabeled.views
-        require_image_tensors("remixmatch", x_lb)
+        features = mixes_features("remixmatch", self.mixup_space, x_lb)
+        if self.lambda_rot > 0 and not isinstance(x_s0, Tensor):
+            raise TypeError(f"remixmatch rotates image tensors, not {type(x_s0).__name__}: set "
+                            f"algorithms.remixmatch.lambda_rot to 0 (USB's rot_loss_ratio for "
+                            f"text and audio)")
         num_labeled = len(batch.labeled.labels)
         with torch.no_grad(), frozen_batchnorm_statistics(ctx.network):
-            probs_w = torch.softmax(ctx.network(x_w).logits.float(), dim=-1)
+            out_w = ctx.network(x_w)
+            probs_w = torch.softmax(out_w.logits.float(), dim=-1)
             guess = sharpen_probabilities(self.alignment(probs_w), self.T)
-        with frozen_batchnorm_statistics(ctx.network):
-            logits_s0 = ctx.network(x_s0).logits
-        loss_rot = self.rotation_loss(ctx, x_s0)
+        if features:   # mixup_manifold: a pass of their own for the labeled and strong views
+            with frozen_batchnorm_statistics(ctx.network):
+                out_lb, out_s0, out_s1 = ctx.network(x_lb), ctx.network(x_s0), ctx.network(x_s1)
+            logits_s0 = out_s0.logits
+            rows = torch.cat([out_lb.features, out_s0.features, out_s1.features, out_w.features])
+        else:
+            with frozen_batchnorm_statistics(ctx.network):
+                logits_s0 = ctx.network(x_s0).logits
+            loss_rot = self.rotation_loss(ctx, x_s0)
+            rows = torch.cat([x_lb, x_s0, x_s1, x_w])
 
         targets = torch.cat([one_hot(batch.labeled.labels, self.num_classes, guess.dtype),
                              guess, guess, guess])
         lam, permutation = mixup_draw(ctx, len(targets), self.mixup_alpha)
-        mixed_x, mixed_y = mix(lam, permutation, torch.cat([x_lb, x_s0, x_s1, x_w]), targets)
-        logits = chunked_logits(ctx.network, mixed_x, num_labeled)
+        mixed_x, mixed_y = (mix_features(lam, permutation, rows, targets, self.mixed_features_gradient)
+                            if features else mix(lam, permutation, rows, targets))
+        logits = chunked_logits(ctx.network, mixed_x, num_labeled, from_features=features)
+        if features:
+            loss_rot = self.rotation_loss(ctx, x_s0)
 
         loss_sup = cross_entropy_per_sample(logits[0], mixed_y[:num_labeled]).mean()
         loss_unsup = cross_entropy_per_sample(torch.cat(logits[1:]), mixed_y[num_labeled:]).mean()

@@ -22,6 +22,19 @@ at a resolvable xi = 0.1 to a cosine of 0.99). A larger xi in float32 is another
 Waveforms (the audio modality's WaveBatch): the padded, normalised waveform is perturbed (its
 L2 norm per sample over the whole padded width) and the mask kept, as semilearn perturbs its
 audio networks' input values (USB's audio configs leave vat_embed false).
+
+Text (TokenBatch), as semilearn's vat_embed (set true in every config/usb_nlp/vat config; token
+ids cannot be perturbed): the clean unlabeled pass also returns BERT's embedding-layer output e
+(hidden_states[0]: word + position + token type embeddings, LayerNorm, dropout; semisup.models
+.bert), and the perturbed passes feed e + r back as inputs_embeds with the batch's mask
+(EmbeddedTokens). The noise and the direction have e's shape, L2-normalised per sample over all
+of the view's positions and the hidden size (semilearn's `_l2_normalize` of a 3-d tensor); the
+power iteration probes e detached, the adversarial pass takes e + eps * d_adv with e's gradient
+(so the LDS term trains the embeddings through the clean pass too), as semilearn. What follows
+from semilearn's way in, reproduced: transformers adds positions and token types to inputs_embeds
+and normalises them again, so the perturbed network is not the clean one at r = 0 and the KL
+of the power iteration does not start at 0 (float64 takes its target p from e fed back, where it
+does). The paper's perturbation of the word embeddings alone is not implemented.
 """
 from __future__ import annotations
 
@@ -36,7 +49,8 @@ from . import register
 from .base import (Algorithm, StepBatch, StepContext, StepOutput, Views, frozen_batchnorm_statistics,
                    scalar, supervised_loss)
 from .masking import linear_rampup
-from ..data.inputs import WaveBatch
+from ..data.inputs import EmbeddedTokens, TokenBatch, WaveBatch
+from ..models.network import INPUT_EMBEDDINGS
 
 PRECISIONS = ("float32", "float64")
 
@@ -83,8 +97,13 @@ def perturbed_values(inputs) -> tuple[Tensor, Callable]:
         return inputs, lambda values: values
     if isinstance(inputs, WaveBatch):
         return inputs.waveform, lambda values: replace(inputs, waveform=values)
-    raise TypeError(f"vat perturbs image tensors and waveforms, not {type(inputs).__name__} "
-                    f"(semilearn's perturbation of text embeddings is not implemented)")
+    raise TypeError(f"vat perturbs image tensors, waveforms and (TokenBatch) BERT's input "
+                    f"embeddings, not {type(inputs).__name__}")
+
+
+def embedded_as(tokens: TokenBatch) -> Callable:
+    """How perturbed embeddings of `tokens` go back into the network: inputs_embeds, same mask."""
+    return lambda embeddings: EmbeddedTokens(embeddings, tokens.mask)
 
 
 @register
@@ -142,12 +161,19 @@ class VAT(Algorithm):
 
     def training_step(self, ctx: StepContext, batch: StepBatch) -> StepOutput:
         (x_lb,), (x_ulb,) = batch.labeled.views, batch.unlabeled.views
-        values, as_input = perturbed_values(x_ulb)
+        text = isinstance(x_ulb, TokenBatch)
+        if not text:
+            values, as_input = perturbed_values(x_ulb)
         loss_sup = supervised_loss(ctx.network(x_lb).logits, batch.labeled.labels)
         with frozen_batchnorm_statistics(ctx.network):
-            logits_ulb = ctx.network(x_ulb).logits
-            direction = self.adversarial_direction(ctx.network, values, logits_ulb, ctx.generator,
-                                                   as_input)
+            if text:   # semilearn's vat_embed: the embeddings of this very pass
+                output = ctx.network(x_ulb, want=(INPUT_EMBEDDINGS,))
+                logits_ulb, values = output.logits, output.heads[INPUT_EMBEDDINGS]
+                as_input = embedded_as(x_ulb)
+            else:
+                logits_ulb = ctx.network(x_ulb).logits
+            direction = self.adversarial_direction(ctx.network, values.detach(), logits_ulb,
+                                                   ctx.generator, as_input)
             logits_adversarial = ctx.network(as_input(values + self.eps * direction)).logits
         loss_unsup = kl_with_logits(logits_ulb.detach(), logits_adversarial)
         loss_entropy = entropy_with_logits(logits_ulb)

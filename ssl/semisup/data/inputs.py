@@ -73,6 +73,22 @@ class WaveBatch(_Masked):
     values_field: ClassVar[str] = "waveform"
 
 
+@dataclass
+class EmbeddedTokens:
+    """A TokenBatch as the vectors a text network feeds its encoder (N x L x H) and the
+    TokenBatch's mask: what VAT perturbs on text (semilearn's vat_embed), never a data layer's
+    output, so it is not joined with other batches."""
+
+    embeddings: Tensor
+    mask: Tensor
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    def to(self, device) -> EmbeddedTokens:
+        return EmbeddedTokens(self.embeddings.to(device), self.mask.to(device))
+
+
 Inputs = Tensor | TokenBatch | WaveBatch
 
 

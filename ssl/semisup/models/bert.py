@@ -19,6 +19,13 @@ them all (semisup.data.inputs). So `pooling`:
   attended        the mean over the real tokens only, the same whatever the padding
 The network attends to the real tokens only (mask 1).
 
+VAT on text (semilearn's vat_embed): `network(tokens, want=("input_embeddings",))` also returns
+hidden_states[0], the embedding layer's output (word + position + token type embeddings,
+LayerNorm, dropout) of that very pass, semilearn's `return_embed`; an EmbeddedTokens batch goes in
+as `inputs_embeds`, as semilearn feeds its perturbed embeddings back. transformers then adds the
+position and token type embeddings and applies LayerNorm and dropout a second time: semilearn's
+perturbed pass is not its clean pass at r = 0 (semisup.algorithms.vat says what follows).
+
 Layers for layer-wise learning-rate decay (semisup.optim, semilearn's `group_matcher`):
 bert.embeddings is layer 0, bert.encoder.layer.i is layer i + 1, the pooler (unused, as in
 semilearn) joins the classifier on top (num_layers = blocks + 1). No parameter is exempt from
@@ -35,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..data.inputs import TokenBatch
+from ..data.inputs import EmbeddedTokens, TokenBatch
 from ..errors import PretrainedError
 from .network import Network
 
@@ -76,6 +83,8 @@ def load_bert(name_or_path: str):
 
 
 class BertBackbone(nn.Module):
+    returns_input_embeddings = True
+
     def __init__(self, bert: nn.Module, dropout: float, pooling: str):
         super().__init__()
         if pooling not in POOLINGS:
@@ -85,14 +94,19 @@ class BertBackbone(nn.Module):
         self.num_features = bert.config.hidden_size
         self.num_layers = bert.config.num_hidden_layers + 1
 
-    def forward(self, inputs: TokenBatch) -> Tensor:
+    def forward(self, inputs: TokenBatch | EmbeddedTokens, return_input_embeddings: bool = False):
         real = (inputs.mask == 1).long()
-        hidden = self.bert(input_ids=inputs.ids, attention_mask=real,
-                           return_dict=True).last_hidden_state
-        hidden = self.dropout(hidden)
+        tokens = ({"inputs_embeds": inputs.embeddings} if isinstance(inputs, EmbeddedTokens)
+                  else {"input_ids": inputs.ids})
+        output = self.bert(**tokens, attention_mask=real, return_dict=True,
+                           output_hidden_states=return_input_embeddings)
+        features = self.pool(self.dropout(output.last_hidden_state), inputs.mask, real)
+        return (features, output.hidden_states[0]) if return_input_embeddings else features
+
+    def pool(self, hidden: Tensor, mask: Tensor, real: Tensor) -> Tensor:
         if self.pooling == "all_positions":
             return torch.mean(hidden, 1)
-        pooled = (inputs.mask > 0) if self.pooling == "view_positions" else real
+        pooled = (mask > 0) if self.pooling == "view_positions" else real
         weights = pooled.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1)
 

@@ -9,6 +9,16 @@ trained, averaged and checkpointed with the rest.
 
 `network(inputs, want=("proj",))` returns a NetOutput: logits, features and the heads asked
 for (computed only when asked); evaluation reads the logits.
+
+Two more ways in, for the algorithms semilearn runs with other inputs on text and audio:
+  from_features=True   `inputs` are features (what the backbone returns, e.g. MixUp of them):
+                       only the classifier and the heads run (semilearn's `only_fc`); MixMatch
+                       and ReMixMatch mix pooled features where inputs cannot be mixed
+  want=("input_embeddings",)
+                       the output's heads also carry what the backbone feeds its encoder (BERT:
+                       the embedding layer's output, semilearn's `return_embed`) from the same
+                       forward pass; a backbone that takes such embeddings back as inputs
+                       (semisup.data.inputs.EmbeddedTokens) lets VAT perturb them (vat_embed)
 """
 from __future__ import annotations
 
@@ -16,6 +26,9 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from torch import Tensor, nn
+
+
+INPUT_EMBEDDINGS = "input_embeddings"
 
 
 class NetOutput(NamedTuple):
@@ -44,7 +57,17 @@ class Network(nn.Module):
             self.heads[name] = head
         return self
 
-    def forward(self, inputs, want: tuple[str, ...] = ()) -> NetOutput:
-        features = self.backbone(inputs)
+    def forward(self, inputs, want: tuple[str, ...] = (), *, from_features: bool = False) -> NetOutput:
+        extras = {}
+        if from_features:
+            features = inputs
+        elif INPUT_EMBEDDINGS in want:
+            if not getattr(self.backbone, "returns_input_embeddings", False):
+                raise TypeError(f"the {type(self.backbone).__name__} backbone cannot return its "
+                                f"input embeddings (only BERT does: VAT's vat_embed is for text)")
+            features, extras[INPUT_EMBEDDINGS] = self.backbone(inputs, return_input_embeddings=True)
+        else:
+            features = self.backbone(inputs)
         logits = self.classifier(features)
-        return NetOutput(logits, features, {name: self.heads[name](features) for name in want})
+        heads = {name: self.heads[name](features) for name in want if name != INPUT_EMBEDDINGS}
+        return NetOutput(logits, features, {**heads, **extras})
