@@ -194,7 +194,7 @@ def test_vat_refuses_inputs_it_cannot_perturb_and_unknown_precisions():
                       Side([tokens], torch.zeros(2, dtype=torch.long), torch.arange(2)))
     # token ids cannot be perturbed: VAT perturbs BERT's input embeddings (vat_embed), which a
     # backbone without them cannot return
-    with pytest.raises(TypeError, match="cannot return its input embeddings .only BERT does"):
+    with pytest.raises(TypeError, match=r"cannot return its input embeddings \(only BERT does"):
         run_step(make("vat"), logits_are_inputs(), batch, 0)
 
 
