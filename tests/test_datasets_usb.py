@@ -202,22 +202,25 @@ def test_an_npz_without_the_medmnist_arrays_is_named(tmp_path):
 # Semi-Aves
 
 SEMI_AVES_CLASSES = 200
+SEMI_AVES_TEST_SIZES = [(40, 30), (30, 41), (53, 20), (20, 20)]   # (width, height)
 
 
 @pytest.fixture
 def semi_aves_mirror(tmp_path):
     """The release in miniature: trainval_images/<class>/<n>.jpg (3 labeled images of 4 classes
-    in l_train, one more each in l_train_val), u_train_in/<n>.jpg (5, label -1), test/<n>.jpg (4),
-    each folder as <folder>.tar.gz, and the lists."""
+    in l_train, one more each in l_train_val), u_train_in/<n>.jpg (5, label -1), test/<n>.jpg (4 of
+    random pixels, wide and tall), each folder as <folder>.tar.gz, and the lists."""
     staging, mirror = tmp_path / "staging", tmp_path / "mirror"
     mirror.mkdir()
     rng = np.random.default_rng(2)
     lists: dict[str, list[str]] = {"l_train": [], "l_train_val": [], "u_train_in": [], "test": []}
 
-    def image(path: str, size) -> None:
+    def image(path: str, size, noise: bool = False) -> None:
         (staging / path).parent.mkdir(parents=True, exist_ok=True)
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        Image.new("RGB", size, colour).save(staging / path, "JPEG")
+        picture = Image.new("RGB", size, colour) if not noise else Image.fromarray(
+            rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        picture.save(staging / path, "JPEG")
 
     for label in (0, 7, 150, 199):
         for number in range(4):
@@ -229,8 +232,8 @@ def semi_aves_mirror(tmp_path):
     for number in range(5):
         image(f"u_train_in/{number}.jpg", (20, 50))
         lists["u_train_in"].append(f"u_train_in/{number}.jpg -1")
-    for number, label in enumerate((199, 0, 7, 150)):
-        image(f"test/{number}.jpg", (33, 33))
+    for (number, label), size in zip(enumerate((199, 0, 7, 150)), SEMI_AVES_TEST_SIZES, strict=True):
+        image(f"test/{number}.jpg", size, noise=True)
         lists["test"].append(f"test/{number}.jpg {label}")
     md5 = {}
     for name, lines in lists.items():
@@ -319,6 +322,45 @@ def test_a_semi_aves_archive_with_the_wrong_md5_or_missing_images_is_refused(tmp
     with pytest.raises(DatasetError, match=r"test\.tar\.gz does not hold 3 of the 4 images .* "
                                            r"test/1\.jpg.*delete it"):
         semi_aves.download_semi_aves(tmp_path / "raw" / "two", **{**settings, "md5": unpinned})
+
+
+def semilearn_evaluation_view(path: Path, resize: int, crop: int, mean, std) -> torch.Tensor:
+    """semilearn 0.3.2's transform_val of Semi-Aves (cv_datasets/aves.py: Resize(floor(img_size /
+    crop_ratio)), CenterCrop(img_size), ToTensor, Normalize) on its loader's PIL image."""
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(crop),
+                                    transforms.ToTensor(), transforms.Normalize(mean, std)])
+    with Image.open(path) as image:
+        return transform(image.convert("RGB"))
+
+
+def test_semi_aves_evaluation_view_keeps_the_aspect_ratio_as_semilearns_transform(
+        tmp_path, semi_aves_mirror):
+    """Evaluation sees each test image as semilearn's Resize of the shorter side and CenterCrop
+    make it (16 and 12 here for its 256 and 224), on wide, tall and square JPEGs of random
+    pixels: equal up to float rounding, and not what squashing the image would give."""
+    from pipeline.config import default_train_options
+    from pipeline.runs.train import image_augment
+
+    mirror, md5, staging = semi_aves_mirror
+    root, spec = tmp_path / "raw" / "semi_aves", get_dataset("semi_aves")
+    settings = options("semi_aves", image_size=16)
+    spec.download(root, **{**settings, "mirror": mirror.as_uri(), "md5": md5})
+    data = spec.load(root, **settings)
+    assert data.test_images.shape == (4, 3, 16, 16)
+    augment = image_augment(default_train_options("semi_aves", crop_size=12,
+                                                  strong_crop="resized_crop"))
+    modality = image_train_data(data, torch.arange(12), spec.inputs, augment, False,
+                                torch.device("cpu")).modality
+    evaluated = torch.cat(list(modality.batches("test", 3)))
+    mean, std = spec.inputs.mean, spec.inputs.std
+    for number, (width, height) in enumerate(SEMI_AVES_TEST_SIZES):
+        path = staging / f"test/{number}.jpg"
+        expected = semilearn_evaluation_view(path, 16, 12, mean, std)
+        assert torch.allclose(evaluated[number], expected, atol=1e-5), (width, height)
+        squashed = semilearn_evaluation_view(path, (16, 16), 12, mean, std)
+        assert torch.allclose(evaluated[number], squashed, atol=1e-5) == (width == height)
 
 
 def test_semi_aves_pinned_lists_have_the_release_counts():

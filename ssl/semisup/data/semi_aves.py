@@ -18,14 +18,19 @@ cvl-umass/ssl-evaluation, data/semi_aves/, pinned below with their md5s), the fi
 USB's `semi_aves` trains on l_train_val (its configs name the task by l_train's 3,959) with
 u_train_in, `semi_aves_out` on l_train_val with u_train_out; the unlabeled set never includes the
 labeled images. Options: labeled_list (l_train | l_train_val), unlabeled_list (u_train_in |
-u_train_out | u_train), image_size (USB: 224; every image squashed to image_size x image_size,
-as USB's training transform does before its random crop to 224 from 256; USB's test transform
-instead resizes the shorter side to 256 and centre-crops 224: a known difference here).
+u_train_out | u_train), image_size (USB: 224 / crop_ratio 0.875 = 256). The views, as semilearn's
+aves.py makes them from images loaded at their own size: the training images (labeled and
+unlabeled) squashed to image_size x image_size, as its weak and strong transforms'
+Resize((256, 256)) before their crops to train.crop_size; the test images resized with the aspect
+kept, as its evaluation transform's Resize(256) (the shorter side to 256), and stored as their
+centre square, from which evaluation's centre crop takes CenterCrop(224)'s pixels
+(aspect_kept_rgb).
 
 Terms of the release: iNaturalist's terms of service, non-commercial research and education
 only, the images not to be redistributed."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -134,11 +139,15 @@ def download_semi_aves(root: Path, *, mirror: str | None, md5: dict, image_size:
     return lists + [root / image for image in images]
 
 
-def decoded(root: Path, entries: list[tuple[str, int]], image_size: int):
+def decoded(root: Path, entries: list[tuple[str, int]], image_size: int, *,
+            keep_aspect: bool = False):
+    """The listed images and labels: squashed to image_size x image_size (the training views'
+    Resize((s, s))), or with keep_aspect as semilearn's evaluation view (aspect_kept_rgb)."""
     if not entries:
         raise DatasetError(f"semi_aves: a list under {root} is empty; delete it and {rerun_hint(root)}")
-    images = np.stack([decode_rgb(existing("semi_aves", root / path).read_bytes(), image_size,
-                                  "semi_aves", str(root / path)) for path, _ in entries])
+    decode = decode_aspect_kept if keep_aspect else decode_rgb
+    images = np.stack([decode(existing("semi_aves", root / path).read_bytes(), image_size,
+                              "semi_aves", str(root / path)) for path, _ in entries])
     labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
     return as_uint8_nchw(images, channels_last=True), labels
 
@@ -153,11 +162,48 @@ def load_semi_aves(root: Path, *, image_size: int, labeled_list: str, unlabeled_
             raise unreadable("semi_aves", root / LISTS[name].name,
                              ValueError(f"label {bad[0]} is not a class 0..{NUM_CLASSES - 1}"))
     unlabeled_images, _ = decoded(root, unlabeled, image_size)
-    return ImageData(*decoded(root, labeled, image_size), *decoded(root, test, image_size),
+    return ImageData(*decoded(root, labeled, image_size),
+                     *decoded(root, test, image_size, keep_aspect=True),
                      class_names=[str(label) for label in range(NUM_CLASSES)],
                      extra_unlabeled_images=unlabeled_images,
                      extra_unlabeled_labels=torch.full((len(unlabeled),), -1, dtype=torch.int64),
                      unlabeled_includes_train=False)
+
+
+def decode_aspect_kept(data: bytes, image_size: int, dataset: str, source: str) -> np.ndarray:
+    """`data` (the file's bytes, named `source` in errors) as aspect_kept_rgb gives it."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return aspect_kept_rgb(image, image_size)
+    except (OSError, ValueError, SyntaxError) as error:   # PIL's errors for unreadable files
+        raise DatasetError(f"{dataset}: {source} is not an image PIL can read ({error}); it is "
+                           f"not the released file: delete it and rerun the `download` rule") from error
+
+
+def aspect_kept_rgb(image, image_size: int) -> np.ndarray:
+    """semilearn's evaluation transform of Semi-Aves (cv_datasets/aves.py) up to its CenterCrop:
+    torchvision's Resize(image_size) on the PIL image (the shorter side to image_size, the
+    longer to int(image_size * longer / shorter), PIL's bilinear filter), then the centre
+    image_size x image_size square at CenterCrop's offsets, round((side - image_size) / 2).
+    Evaluation's centre crop of train.crop_size from this square is then the one that
+    CenterCrop(crop_size) takes from the resized image whenever image_size - crop_size is a
+    multiple of 4 (USB's 256 - 224 = 32; Python's round takes half-integers to the even
+    neighbour, so the two offsets add up exactly); otherwise it may sit one pixel off along the
+    longer side."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    width, height = image.size
+    shorter, longer = min(width, height), max(width, height)
+    resized_longer = int(image_size * longer / shorter)
+    size = (image_size, resized_longer) if width <= height else (resized_longer, image_size)
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    left = int(round((size[0] - image_size) / 2.0))
+    top = int(round((size[1] - image_size) / 2.0))
+    return np.asarray(image.crop((left, top, left + image_size, top + image_size)), dtype=np.uint8)
 
 
 register_dataset(DatasetSpec(name="semi_aves", download=download_semi_aves, load=load_semi_aves))
