@@ -207,9 +207,10 @@ SEMI_AVES_TEST_SIZES = [(40, 30), (30, 41), (53, 20), (20, 20)]   # (width, heig
 
 @pytest.fixture
 def semi_aves_mirror(tmp_path):
-    """The release in miniature: trainval_images/<class>/<n>.jpg (3 labeled images of 4 classes
-    in l_train, one more each in l_train_val), u_train_in/<n>.jpg (5, label -1), test/<n>.jpg (4 of
-    random pixels, wide and tall), each folder as <folder>.tar.gz, and the lists."""
+    """The release in miniature, laid out as semilearn's semi_fgvc/: trainval_images/<class>/
+    <n>.jpg (3 labeled images of 4 classes in l_train, one more each in l_train_val),
+    u_train_in/<n>.jpg (5, label -1), test/<n>.jpg (4 of random pixels, wide and tall), each
+    folder as <folder>.tar.gz, and the lists in semi_aves/<list>.txt."""
     staging, mirror = tmp_path / "staging", tmp_path / "mirror"
     mirror.mkdir()
     rng = np.random.default_rng(2)
@@ -236,9 +237,10 @@ def semi_aves_mirror(tmp_path):
         image(f"test/{number}.jpg", size, noise=True)
         lists["test"].append(f"test/{number}.jpg {label}")
     md5 = {}
+    (mirror / "semi_aves").mkdir()
     for name, lines in lists.items():
-        (mirror / f"{name}.txt").write_text("\n".join(lines) + "\n")
-        md5[f"{name}.txt"] = md5_of(mirror / f"{name}.txt")
+        (mirror / f"semi_aves/{name}.txt").write_text("\n".join(lines) + "\n")
+        md5[f"semi_aves/{name}.txt"] = md5_of(mirror / f"semi_aves/{name}.txt")
     for folder in ("trainval_images", "u_train_in", "test"):
         with tarfile.open(mirror / f"{folder}.tar.gz", "w:gz") as tar:
             tar.add(staging / folder, arcname=folder)
@@ -252,7 +254,7 @@ def test_semi_aves_keeps_the_release_labeled_and_unlabeled_sets_apart(tmp_path, 
     spec, settings = get_dataset("semi_aves"), options("semi_aves", image_size=16)
     files = spec.download(root, **{**settings, "mirror": mirror.as_uri(), "md5": md5})
     names = [str(path.relative_to(root)) for path in files]
-    assert names[:3] == ["l_train.txt", "u_train_in.txt", "test.txt"]
+    assert names[:3] == ["semi_aves/l_train.txt", "semi_aves/u_train_in.txt", "semi_aves/test.txt"]
     assert "trainval_images/7/2.jpg" in names and "trainval_images/7/3.jpg" not in names
     data = spec.load(root, **settings)
     assert data.train_images.shape == (12, 3, 16, 16) and data.num_classes == SEMI_AVES_CLASSES
@@ -293,7 +295,7 @@ def test_semi_aves_offline_names_every_file_it_needs_and_where(tmp_path):
     with pytest.raises(DatasetError) as error:
         get_dataset("semi_aves").download(root, **options("semi_aves", mirror="file:///nonexistent"))
     message = str(error.value)
-    assert "could not download l_train.txt" in message and str(root.resolve()) in message
+    assert "could not download semi_aves/l_train.txt" in message and str(root.resolve()) in message
     for name in ("l_train", "u_train_in", "test"):
         listed = semi_aves.LISTS[name]
         assert f"{listed.name}  (md5 {listed.md5})  from {listed.url}" in message
@@ -363,12 +365,33 @@ def test_semi_aves_evaluation_view_keeps_the_aspect_ratio_as_semilearns_transfor
         assert torch.allclose(evaluated[number], squashed, atol=1e-5) == (width == height)
 
 
+@pytest.mark.parametrize("form", ["tar", "zip"])
+def test_a_semi_aves_archive_is_extracted_by_its_content_whatever_its_name(tmp_path, form,
+                                                                           semi_aves_mirror):
+    """The release names no archives: a plain tar or a zip saved as <folder>.tar.gz is read."""
+    mirror, md5, staging = semi_aves_mirror
+    archive = mirror / "test.tar.gz"
+    if form == "zip":
+        with zipfile.ZipFile(archive, "w") as zipped:
+            for path in sorted((staging / "test").iterdir()):
+                zipped.write(path, f"test/{path.name}")
+    else:
+        with tarfile.open(archive, "w") as tar:
+            tar.add(staging / "test", arcname="test")
+    unpinned = {key: value for key, value in md5.items() if key != "test.tar.gz"}
+    root, settings = tmp_path / "raw" / "semi_aves", options("semi_aves", image_size=8)
+    semi_aves.download_semi_aves(root, **{**settings, "mirror": mirror.as_uri(), "md5": unpinned})
+    assert semi_aves.load_semi_aves(root, **settings).test_images.shape == (4, 3, 8, 8)
+
+
 def test_semi_aves_pinned_lists_have_the_release_counts():
     counts = dict(get_dataset("semi_aves").facts.release_labels.counts)
     assert counts == {"l_train": 3959, "l_train_val": 5959}
     assert set(semi_aves.LISTS) == {"l_train", "l_train_val", "u_train_in", "u_train_out",
                                     "u_train", "test"}
     assert all("cvl-umass/ssl-evaluation/472f904" in listed.url for listed in semi_aves.LISTS.values())
+    # where semilearn's make_dataset reads them: <data_dir>/semi_fgvc/semi_aves/<list>.txt
+    assert all(listed.name == f"semi_aves/{name}.txt" for name, listed in semi_aves.LISTS.items())
 
 
 # ---------------------------------------------------------------------------------------------

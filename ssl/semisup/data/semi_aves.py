@@ -2,10 +2,26 @@
 arXiv:2103.06937): 200 bird species, a labeled set fixed by the release (not drawn per seed), an
 unlabeled set of its own (in-class and out-of-class images) and a test set, JPEGs of up to 500 px.
 
-The release: four image archives on Google Drive (linked from github.com/cvl-umass/semi-inat-2020,
-no checksums published) and, per split, a list of `<image path> <label>` lines (github.com/
-cvl-umass/ssl-evaluation, data/semi_aves/, pinned below with their md5s), the files USB reads
-(semilearn 0.3.2, datasets/cv_datasets/aves.py, from <data_dir>/semi_fgvc/):
+The release, and where each name here comes from:
+- the lists, one `<image path> <label>` line per image: data/semi_aves/<list>.txt of
+  github.com/cvl-umass/ssl-evaluation (its README, "Preparing Datasets and Splits"; pinned below
+  at commit 472f904 with their md5s). semilearn 0.3.2 reads them from <data_dir>/semi_fgvc/
+  semi_aves/<list>.txt and each image from <data_dir>/semi_fgvc/<image path>
+  (datasets/cv_datasets/aves.py, make_dataset); this dataset's folder is laid out as that
+  semi_fgvc/ (lists in semi_aves/), so a copy made for semilearn can be placed here as it is.
+  Not used: val.txt (the 2,000 images l_train_val adds to l_train) and the *_oracle.txt lists
+  (the unlabeled images' labels, released after the challenge).
+- the image folders trainval_images/<class>/, u_train_in/, u_train_out/, test/: the first part
+  of the lists' paths, as in the release's annotation files (annotation.tar.gz of
+  github.com/cvl-umass/semi-inat-2020: anno_*.json's file_name, e.g. trainval_images/0/0.jpg,
+  test/0.jpg) and semilearn's preprocess/README.md ("Semi-Aves": data/semi_fgvc/ holds
+  annotation, trainval_images, test, u_train_in, u_train_out, cub, semi_aves).
+- the image archives: four Google Drive links in semi-inat-2020's README ("Data and
+  Annotations": labeled train and val 533 MB, unlabeled in-class 2.3 GB, out-of-class 11.0 GB,
+  test 722 MB; the same data on Kaggle, competition semi-inat-2020), with neither file names
+  nor checksums. <folder>.tar.gz is this project's name for each (the downloader saves it so;
+  offline, place your copy under it); its format is read from its content (gzipped or plain
+  tar, or zip), and that it extracts to <folder>/ is checked, not assumed.
 
 | list          | images  | folder           | what                                         |
 | l_train       |   3,959 | trainval_images/ | labeled training images                      |
@@ -31,6 +47,9 @@ only, the images not to be redistributed."""
 from __future__ import annotations
 
 import io
+import tarfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,18 +61,18 @@ from .registry import DatasetError, DatasetSpec, ImageData, as_uint8_nchw, regis
 
 LISTS_URL = ("https://raw.githubusercontent.com/cvl-umass/ssl-evaluation/"
              "472f904276532c4a28fb03b014aca0314726fe0d/data/semi_aves")
-LISTS = {name: OfficialFile(f"{name}.txt", f"{LISTS_URL}/{name}.txt", md5) for name, md5 in (
+LIST_FOLDER = "semi_aves"   # semilearn's <data_dir>/semi_fgvc/semi_aves/<list>.txt
+LISTS = {name: OfficialFile(f"{LIST_FOLDER}/{name}.txt", f"{LISTS_URL}/{name}.txt", md5)
+         for name, md5 in (
     ("l_train", "044672f528472e7697bde81a7afc6617"),
     ("l_train_val", "61d2994cb611e616c3d2c70cbaf89c2d"),
     ("u_train_in", "b52481cdbc146f68ab71e4f34037a431"),
     ("u_train_out", "5562761fb5d79c43cc35bd49fd85fda2"),
     ("u_train", "4d4c9d1360915bd52a71f575596012b1"),
     ("test", "322ecde88fd54af894799a405f58566c"))}
-# The image archives by the folder they extract to (the first part of the lists' paths; as
-# members, so that the offline message names it). The release links the Drive files without
-# checksums or file names: <folder>.tar.gz is the name given here (the downloader saves it so;
-# offline, place your copy under it), and that it extracts to <folder>/ is checked, not assumed:
-# a copy is accepted when it holds every image the lists name, whose sha256s the manifest keeps.
+# The image archives by the folder they extract to (as members, so that the offline message
+# names it); named here, not by the release (the module's docstring): a copy is accepted when it
+# holds every image the lists name, whose sha256s the manifest keeps.
 ARCHIVES = {folder: OfficialFile(f"{folder}.tar.gz", f"https://drive.google.com/file/d/{drive_id}/view",
                                  "", {folder: ""})
             for folder, drive_id in (("trainval_images", "1xsgOcEWKG9CszNNT_EXN3YB1OLPYNbf8"),
@@ -98,16 +117,14 @@ def extracted(dataset_root: Path, folder: str, images: list[str], needed: list[O
               mirror: str | None, md5: dict) -> None:
     """Make sure every listed image of `folder` is there: fetch and extract its archive unless
     they all are (a folder extracted before stands in for its archive)."""
-    from torchvision.datasets.utils import extract_archive
-
     missing = [image for image in images if not (dataset_root / image).is_file()]
     if not missing:
         return
     official = ARCHIVES[folder]
     archive, _ = fetch("semi_aves", official, dataset_root, needed, mirror, md5)
     try:
-        extract_archive(archive, dataset_root)
-    except (OSError, EOFError, ValueError) as error:   # tarfile's errors are OSError/ValueError
+        extract_by_content(archive, dataset_root)
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
         raise DatasetError(f"semi_aves: cannot extract {archive} ({error}); delete it and "
                            f"{rerun_hint(dataset_root)}") from error
     missing = [image for image in images if not (dataset_root / image).is_file()]
@@ -118,11 +135,22 @@ def extracted(dataset_root: Path, folder: str, images: list[str], needed: list[O
                            f"delete it and {rerun_hint(dataset_root)}")
 
 
+def extract_by_content(archive: Path, root: Path) -> None:
+    """Extract a zip or a tar (gzipped or not) into root, whatever its name says: the release
+    names no archives, so <folder>.tar.gz may hold any of them."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as opened:
+            opened.extractall(root)
+        return
+    with tarfile.open(archive, "r:*") as opened:   # r:*: any compression tarfile reads
+        opened.extractall(root, filter="data")
+
+
 def download_semi_aves(root: Path, *, mirror: str | None, md5: dict, image_size: int,
                        labeled_list: str, unlabeled_list: str) -> list[Path]:
     """The chosen lists and every image they name (the files `load` reads)."""
     names = chosen_lists(labeled_list, unlabeled_list)
-    root.mkdir(parents=True, exist_ok=True)
+    (root / LIST_FOLDER).mkdir(parents=True, exist_ok=True)
     needed = needed_files(names)
     lists = [fetch("semi_aves", LISTS[name], root, needed, mirror, md5)[0] for name in names]
     images = sorted({path for name in names for path, _ in read_list(root, name)})
