@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Here, on a machine that reaches PyPI: download what benchmarks/gpu_check.sh installs on a lent GPU
 # machine, which reaches nothing outside itself, into one folder to carry there (ignored by git):
-#   .gpu-bundle/site/       the project's dependencies that the machine's image lacks
-#                           (benchmarks/gpu_requirements.txt): CPython 3.12 x86-64 wheels, ~23 MB
+#   .gpu-bundle/site/       the project's dependencies that the machine's image lacks, and timm
+#                           and transformers at the locked versions (benchmarks/gpu_requirements.txt):
+#                           CPython 3.12 x86-64 wheels, ~48 MiB
 #   .gpu-bundle/semilearn/  semilearn 0.3.2, the peer of benchmarks/peer_step.py, and the two small
 #                           packages it imports that the image lacks (progress, ruamel.yaml), ~0.3 MB
 #
@@ -39,3 +40,12 @@ mkdir -p "$bundle/site"
 "${pip[@]}" wheel --quiet --no-deps --wheel-dir "$bundle/site" \
     $(grep -E "$source_only" <<<"$requirements")
 du -sh "$bundle/site" "$bundle/semilearn"
+# A run carries the working tree and this folder, 64 MiB in all (the device README): say how much
+# the bundle takes, and stop when the two would not fit.
+bundle_bytes=$(du -sb "$bundle" | cut -f1)
+tree_bytes=$(git ls-files -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+awk -v b="$bundle_bytes" -v t="$tree_bytes" 'BEGIN {
+    m = 2 ^ 20
+    printf "bundle %.1f MiB + tracked tree %.1f MiB = %.1f MiB of the 64 MiB a run carries\n",
+           b / m, t / m, (b + t) / m
+    exit (b + t > 64 * m) }' || { echo "gpu_bundle.sh: the bundle and the tree exceed 64 MiB" >&2; exit 1; }

@@ -9,11 +9,13 @@
 # Parts, in this order, each stopped at its own time limit (seconds; all of them together at most
 # GPU_CHECK_BUDGET, default 470) so that one hang cannot eat the rest (GPU_CHECK_PARTS, e.g.
 # "environment:20 peer:110", runs others or other limits):
-#   install       60  the project's dependencies the machine lacks, from .gpu-bundle/site, into a
-#                     folder on PYTHONPATH (skipped where they import); semilearn, from
+#   install       60  the project's dependencies the machine lacks (timm and transformers at the
+#                     locked versions among them), from .gpu-bundle/site, into a folder first on
+#                     PYTHONPATH (skipped where they all import); semilearn, from
 #                     .gpu-bundle/semilearn, into a separate folder for its own processes
 #   environment   20  GPU, driver, Python, torch and package versions, cores, load
-#   cuda_tests    90  the CUDA tests: no host synchronisation in any algorithm's step, CUDA ops
+#   cuda_tests    90  the CUDA tests: no host synchronisation in any algorithm's step, a small ViT
+#                     and a tiny BERT under bf16 (timm, transformers from the bundle), CUDA ops
 #   train_step    90  benchmarks/train_step.py --device cuda: conventional pipeline vs ssl-repro
 #   peer         110  benchmarks/peer_step.py: semilearn 0.3.2's own FixMatch step vs ssl-repro's,
 #                     alternating run by run
@@ -38,14 +40,16 @@ part_install() {
         fi
         install_wheels "$SITE" "$BUNDLE"/site/*.whl || return 1
     else
-        echo "snakemake, mlflow and jsonschema import: nothing to install from $BUNDLE/site"
+        echo "snakemake, mlflow, jsonschema, timm and transformers import: nothing to install from $BUNDLE/site"
     fi
     if compgen -G "$BUNDLE/semilearn/semilearn-*.whl" >/dev/null; then
         install_wheels "$SEMILEARN_SITE" "$BUNDLE"/semilearn/*.whl
     else
         echo "no semilearn wheel in $BUNDLE/semilearn (benchmarks/gpu_bundle.sh): the peer part fails"
     fi
-    "$PYTHON" -c "import snakemake, mlflow, jsonschema, semisup, pipeline; print('imports ok')"
+    "$PYTHON" -c "import snakemake, mlflow, jsonschema, semisup, pipeline; print('imports ok')" &&
+    "$PYTHON" -c "import timm, transformers; print(f'timm {timm.__version__} from {timm.__file__}');
+print(f'transformers {transformers.__version__} from {transformers.__file__}')"
 }
 
 install_wheels() {   # install_wheels FOLDER WHEEL...: without an index, without dependencies
@@ -67,7 +71,8 @@ print(f"Python {platform.python_version()}, torch {torch.__version__}, CUDA {tor
 if torch.cuda.is_available():
     memory = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
     print(f"GPU: {torch.cuda.get_device_name()}, {memory:.0f} GiB")
-for name in ("numpy", "torchvision", "snakemake", "mlflow-skinny", "jsonschema", "pillow", "triton"):
+for name in ("numpy", "torchvision", "snakemake", "mlflow-skinny", "jsonschema", "pillow", "triton",
+             "timm", "transformers", "tokenizers", "huggingface-hub", "safetensors"):
     try:
         print(f"{name} {metadata.version(name)}")
     except metadata.PackageNotFoundError:
@@ -192,7 +197,7 @@ setup() {
     [[ -x $PYTHON ]] || PYTHON=python3
     BUDGET=${GPU_CHECK_BUDGET:-470}
     export PYTHONPATH="$ROOT/ssl:$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-    if ! "$PYTHON" -c "import snakemake, mlflow, jsonschema" 2>/dev/null; then
+    if ! "$PYTHON" -c "import snakemake, mlflow, jsonschema, timm, transformers" 2>/dev/null; then
         SITE_NEEDED=1 PYTHONPATH="$SITE:$PYTHONPATH"
     fi
     export SMOKE OUT WORK BUNDLE SITE SITE_NEEDED SEMILEARN_SITE PYTHON

@@ -134,3 +134,26 @@ def test_vat_on_embeddings_and_mixup_of_features_train_bert_under_bf16(text_data
         stats = trainer.train_step()
     assert all(value.is_cuda for value in stats.values())
     assert torch.isfinite(stats["loss"]).item() and torch.isfinite(stats["loss_unsup"]).item()
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "simmatch"])
+def test_a_small_vit_trains_under_bf16_with_usbs_optimizer(data, name):
+    """The ViT of USB's CV task (timm's blocks, fused attention) at the CIFAR shape on the GPU,
+    bf16 autocast, AdamW with layer decay and warm-up: a few finite steps (simmatch: a head on
+    the class token's features)."""
+    spec, train_data = data
+    config = train_config(default_train_options(
+        "digits_rgb32", steps=100, batch_size=8, uratio=2, precision="bf16", optimizer="adamw",
+        lr=1e-3, layer_decay=0.65, lr_warmup_steps=2))
+    torch.manual_seed(0)
+    algorithm = build_algorithm(name, default_params()["algorithms"][name],
+                                facts=train_data.facts(10), total_steps=100)
+    network = build_network("vit", 10, spec.inputs, **{
+        **default_params()["models"]["vit"], "patch_size": 4, "embed_dim": 32, "depth": 2,
+        "num_heads": 2})
+    trainer = Trainer(network, algorithm, train_data, config, 0, CUDA)
+    trainer.network.train()
+    for _ in range(3):
+        stats = trainer.train_step()
+    assert all(value.is_cuda for value in stats.values())
+    assert torch.isfinite(stats["loss"]).item()
