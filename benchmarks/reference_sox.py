@@ -7,7 +7,7 @@ effects through torchaudio.sox_effects.apply_effects_tensor, then `rate <sample 
     ["speed", f"{S:.5f}"]        S = U(0.5, 2.0)
     ["reverb", "-w"]
 
-Each effect (and three chains) runs here with fixed values on deterministic 16 kHz test signals,
+Each effect (and five chains) runs here with fixed values on deterministic 16 kHz test signals,
 once with our functions (float32, as in training) and once with the `sox` command line on 32-bit
 PCM WAV files (no dither, `-D`; sox writes raw 32-bit samples back). The sox command line would
 average reverb's two output channels into one (it inserts `channels 1` for a mono file);
@@ -57,6 +57,7 @@ CASES = [
     ("speed 1.37, reverb -w; sox: `rate` before reverb", [("speed", 1.37), ("reverb", None)]),
     ("reverb -w, gain -n -4", [("reverb", None), ("gain", -4.0)]),
     ("reverb -w, reverb -w", [("reverb", None), ("reverb", None)]),
+    ("reverb -w, speed 0.8", [("reverb", None), ("speed", 0.8)]),
 ]
 # sox's arguments where they are not semilearn's for the chain
 SOX_ARGUMENTS = {"speed 1.37, reverb -w; sox: `rate` before reverb": REVERB_AFTER_RATE}
@@ -122,14 +123,14 @@ def run_sox(samples: np.ndarray, chain, folder: Path, arguments=None) -> np.ndar
 
 
 def run_ours(samples: np.ndarray, chain, dtype=torch.float32) -> np.ndarray:
-    waves = torch.tensor(samples, dtype=dtype)[None]
+    waves = torch.tensor(samples, dtype=dtype)[None, None]   # (rows, channels, samples)
     lengths = torch.tensor([len(samples)])
     settings = StrongAudio()
     for effect, value in chain:
         draws = {name: torch.tensor([0.0 if value is None else value], dtype=torch.float64)
                  for name in ("gain", "pitch", "speed")}
         waves, lengths = apply_effect(effect, waves, lengths, draws, settings, SAMPLE_RATE)
-    return waves[0, :int(lengths[0])].double().numpy()
+    return waves[0, 0, :int(lengths[0])].double().numpy()
 
 
 def dominant_frequency(samples: np.ndarray) -> float:
