@@ -30,7 +30,7 @@ Here without sox (torchaudio.sox_effects is deprecated), each effect a few tenso
           after a reverb. benchmarks/reference_sox.py: within 1e-7 of sox 14.4.2.
   Effects after `speed` act on the resampled clip at the sample rate (sox runs them at the sped-up
   rate and resamples at the end: the same delays in seconds, rounded otherwise; for a reverb
-  after speed 1.37 that alone leaves 2-3 dB of SNR against sox's, benchmarks/README.md).
+  after speed 1.37 that alone leaves -1 to 3 dB of SNR against sox's, benchmarks/README.md).
 """
 from __future__ import annotations
 
