@@ -14,8 +14,9 @@ from semisup.data.audio import AudioAugment, AudioModality, Clips, padded, ragge
 from semisup.data.inputs import WaveBatch, cat_inputs
 from semisup.data.registry import DatasetError
 from semisup.data.wav import read_wav, wav_bytes
-from semisup.data.wave_augment import (StrongAudio, freeverb_impulse, gain_to_peak, pitch_shift,
-                                       random_crop, reverb, speed_change, strong_effects)
+from semisup.data.wave_augment import (StrongAudio, apply_effect, freeverb_impulse, gain_to_peak,
+                                       pitch_shift, random_crop, reverb, speed_change,
+                                       strong_effects)
 
 RATE = 100   # samples per second: clips of a few hundred samples
 
@@ -86,6 +87,34 @@ def test_reverb_is_the_freeverb_impulse_response_and_linear():
     both, _ = reverb(clip, torch.tensor([4000, 4000]), 16000, 0.5)
     summed, _ = reverb(clip[:1] + clip[1:], torch.tensor([4000]), 16000, 0.5)
     assert torch.allclose(both[0] + both[1], summed[0], atol=1e-6)
+
+
+def test_after_a_reverb_the_next_effect_sees_both_of_its_channels_as_in_sox():
+    settings, lengths = StrongAudio(reverb_seconds=0.5), torch.tensor([8000])
+    impulse = torch.zeros(1, 1, 8000)   # (rows, channels, samples)
+    impulse[0, 0, 0] = 1.0
+    stereo, _ = apply_effect("reverb", impulse, lengths, {}, settings, 16000)
+    assert stereo.shape == (1, 2, 8000)
+    for channel, shortest_comb in ((0, 1116), (1, 1116 + 12)):   # sox: stereo depth 100 %
+        response = torch.tensor(freeverb_impulse(16000, 0.5, channel), dtype=torch.float32)
+        assert torch.allclose(stereo[0, channel], response, atol=1e-7)
+        assert int(torch.nonzero(response).min()) == int(shortest_comb * 16000 / 44100 + 0.5)
+    gained, _ = apply_effect("gain", stereo, lengths, {"gain": torch.tensor([-6.0])}, settings,
+                             16000)
+    peak = stereo.abs().max()   # `gain -n`: one peak over both channels
+    assert torch.allclose(gained, stereo * 10 ** (-6 / 20) / peak, atol=1e-7)
+    clip = torch.randn(1, 1, 4000, generator=torch.Generator().manual_seed(0)) * 0.1
+    left_only = torch.cat([clip, torch.zeros_like(clip)], dim=1)
+    pair, half = (apply_effect("reverb", waves, torch.tensor([4000]), {}, settings, 16000)[0]
+                  for waves in (clip.expand(1, 2, 4000), left_only))
+    mono, _ = apply_effect("reverb", clip, torch.tensor([4000]), {}, settings, 16000)
+    assert torch.allclose(pair, mono, atol=1e-7)   # a mono clip is its own pair
+    assert torch.allclose(half, mono / 2, atol=1e-7)   # the mean of the two channels
+    sped, sped_lengths = apply_effect("speed", left_only, torch.tensor([4000]),
+                                      {"speed": torch.tensor([2.0], dtype=torch.float64)},
+                                      settings, 16000)
+    assert sped_lengths.tolist() == [2000] and torch.equal(sped[0, 0], clip[0, 0, ::2])
+    assert not sped[0, 1].any()   # each channel on its own
 
 
 def test_strong_effects_are_drawn_from_the_generator_alone():
