@@ -36,7 +36,7 @@ def check(project: Path, *entries: str, files: dict[str, dict] | None = None) ->
 
 
 @pytest.mark.parametrize("entry, change", [
-    ('train={"steps": 200}', "train.steps: 300 -> 200"),
+    ('train={"steps": 200}', "train.steps: 1000 -> 200"),
     ('study={"seeds": [0]}', "study.seeds: [0, 1, 2] -> [0]"),
     ('study={"algorithms": ["fixmatch"]}', "study.algorithms: ["),
     ('reports={"selection": "last"}', "reports.selection: 'best' -> 'last'"),
@@ -71,14 +71,14 @@ def test_an_override_before_the_study_has_reports_proceeds(project):
 def test_the_studys_own_files_edited_on_purpose_rewrite_its_reports(project):
     """params.yaml edited, or a config file that names the study (as configs/*.yaml do)."""
     (project / "params.yaml").write_text((project / "params.yaml").read_text()
-                                         .replace("steps: 300", "steps: 200"))
+                                         .replace("steps: 1000", "steps: 200"))
     check(project)
     check(project, files={"mine.yaml": {"study": {"name": "digits"}, "train": {"steps": 100}}})
 
 
 def test_a_config_file_that_does_not_name_the_study_is_an_override(project):
     with pytest.raises(UserError, match=r"^--configfile tweak.yaml changes what the study "
-                                        r"'digits' computes \(train.steps: 300 -> 100\)"):
+                                        r"'digits' computes \(train.steps: 1000 -> 100\)"):
         check(project, files={"tweak.yaml": {"train": {"steps": 100}}})
     with pytest.raises(UserError, match=r"^--configfile tweak.yaml and --config change .* but "
                                         r"keep its name"):

@@ -19,7 +19,7 @@ def test_a_long_study_on_a_cpu_is_announced_with_an_estimate():
     assert device_warning(PAPER, "wrn_28_2", 63, local=True, gpu=True) is None     # a GPU box
     assert device_warning(PAPER, "wrn_28_2", 63, local=False, gpu=False) is None   # SLURM
     assert device_warning({**PAPER, "device": "cpu"}, "wrn_28_2", 1, local=False, gpu=True)
-    digits = {"device": "cpu", "steps": 300, "batch_size": 16, "uratio": 4, "threads": 1}
+    digits = {"device": "cpu", "steps": 1000, "batch_size": 16, "uratio": 4, "threads": 1}
     assert device_warning(digits, "small_cnn", 54, local=True, gpu=False) is None
 
 
