@@ -370,6 +370,10 @@ HASHES_BEFORE_USB_AUGMENTATION = {
     (10, "supervised", 0): "50597c086105d97eec265179279e5c4f3920a554919ea4bc9535bf672fb68c14",
     (50, "meanteacher", 2): "5614e8e24cd174409a27a8cad4b63704bf94f8496fddccbdb80788ccb8bcf37d",
 }
+# The default study's settings at that commit, where they have changed since (session 8).
+DEFAULTS_AT_57C45C8 = {"train": {"steps": 300, "eval_every": 30, "log_every": 15,
+                                 "checkpoint_every": 150},
+                       "algorithms": {"dash": {"warmup_steps": 60, "steps_per_epoch": 6}}}
 USB_AUGMENTATION = {"vertical_flip": True, "rand_augment_ops": "no_color", "crop_size": 224,
                     "strong_crop": "resized_crop", "resized_crop_scale": [0.5, 1.0],
                     "resized_crop_ratio": [0.5, 2.0]}
@@ -378,7 +382,8 @@ USB_AUGMENTATION = {"vertical_flip": True, "rand_augment_ops": "no_color", "crop
 @pytest.mark.parametrize("run", list(HASHES_BEFORE_USB_AUGMENTATION))
 def test_the_augmentation_choices_at_their_defaults_keep_the_default_studys_hashes(params, run):
     n_labels, algorithm, seed = run
-    resolved = load_study(params).run_config("digits", n_labels, algorithm, seed)
+    resolved = load_study(deep_merge(params, DEFAULTS_AT_57C45C8)).run_config(
+        "digits", n_labels, algorithm, seed)
     assert resolved.config_hash == HASHES_BEFORE_USB_AUGMENTATION[run]
     assert {key: resolved.train[key] for key in USB_AUGMENTATION} == {   # in the config, resolved
         "vertical_flip": False, "rand_augment_ops": "all", "crop_size": None,
