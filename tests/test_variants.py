@@ -125,8 +125,9 @@ def test_a_plain_run_serializes_and_hashes_as_before_variants_existed(params):
     and a run config written before variants existed is read as it was."""
     committed = json.loads((ROOT / "reports/digits/metrics.json").read_text())
     study = load_study(with_variants(params))   # variants in the study change no other run
-    for seed, recorded in enumerate(committed["digits-10"]["dash"]["runs"]):
-        run = study.run_config("digits", 10, "dash", seed)
+    n_labels = params["study"]["n_labels"][0]
+    for seed, recorded in enumerate(committed[f"digits-{n_labels}"]["dash"]["runs"]):
+        run = study.run_config("digits", n_labels, "dash", seed)
         assert run.variant is None and "variant" not in run.as_dict()
         assert "variant" not in json.loads(run.to_json())
         assert run.config_hash == recorded["config_hash"]
